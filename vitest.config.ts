@@ -1,0 +1,12 @@
+import { defineConfig } from "vitest/config";
+
+// Tests run real models; a 2-core CI machine needs generous per-test limits and no file parallelism
+// beyond the cores it has.
+export default defineConfig({
+  test: {
+    include: ["test/**/*.test.ts"],
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
+    maxWorkers: 2,
+  },
+});
