@@ -1,0 +1,317 @@
+// quant4 native compute addon: thin N-API wrappers over BLAS / LAPACK.
+//
+// All matrices are dense ROW-MAJOR Float32Array, operated on in place (no copies). Every entry
+// point validates its arguments and throws a JS error naming the function and the mismatch, e.g.
+//   "gemm: A has 12 elements, expected M*K=16".
+//
+// Exports:
+//   sgemm(transA, transB, M, N, K, alpha, A, B, beta, C)   C = alpha*op(A)*op(B) + beta*C
+//   ssyrk(n, rows, alpha, X, beta, H)                      H = beta*H + alpha*X^T X, full matrix
+//   spotrf(A, n, upper) -> boolean                         in-place Cholesky, other triangle zeroed
+//   spotri(A, n) -> boolean                                in-place SPD inverse, full matrix
+//   setThreads(n), getThreads() -> number
+//   blasInfo() -> string
+
+#include <napi.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <thread>
+
+#ifdef QUANT4_ACCELERATE
+#include <Accelerate/Accelerate.h>
+typedef __LAPACK_int lapack_int;
+#define QUANT4_FORTRAN_STRLEN
+#else
+#include <cblas.h>
+typedef blasint lapack_int;
+// No LAPACKE header on a stock OpenBLAS install: declare the Fortran LAPACK entry points ourselves.
+// The trailing size_t is gfortran's hidden CHARACTER length argument; passing it explicitly keeps
+// the Fortran-compiled routines (spotri_ forwards UPLO to strtri/slauum) well-defined.
+extern "C" {
+void spotrf_(const char* uplo, const lapack_int* n, float* a, const lapack_int* lda, lapack_int* info,
+             size_t uplo_len);
+void spotri_(const char* uplo, const lapack_int* n, float* a, const lapack_int* lda, lapack_int* info,
+             size_t uplo_len);
+}
+#define QUANT4_FORTRAN_STRLEN , 1
+#endif
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Argument helpers. Each returns false after scheduling a JS exception; callers then return.
+
+void ThrowError(Napi::Env env, const std::string& msg) {
+  Napi::Error::New(env, msg).ThrowAsJavaScriptException();
+}
+void ThrowTypeError(Napi::Env env, const std::string& msg) {
+  Napi::TypeError::New(env, msg).ThrowAsJavaScriptException();
+}
+
+bool CheckArgCount(const Napi::CallbackInfo& info, size_t n, const char* fn) {
+  if (info.Length() < n) {
+    ThrowTypeError(info.Env(), std::string(fn) + ": expected " + std::to_string(n) + " arguments, got " +
+                                   std::to_string(info.Length()));
+    return false;
+  }
+  return true;
+}
+
+bool GetBool(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, bool* out) {
+  if (!info[i].IsBoolean()) {
+    ThrowTypeError(info.Env(), std::string(fn) + ": " + name + " must be a boolean");
+    return false;
+  }
+  *out = info[i].As<Napi::Boolean>().Value();
+  return true;
+}
+
+// A non-negative integer dimension that fits a BLAS int.
+bool GetDim(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t* out) {
+  if (!info[i].IsNumber()) {
+    ThrowTypeError(info.Env(), std::string(fn) + ": " + name + " must be a number");
+    return false;
+  }
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!(v >= 0) || v != static_cast<double>(static_cast<int64_t>(v)) || v > static_cast<double>(INT_MAX)) {
+    ThrowError(info.Env(), std::string(fn) + ": " + name + " must be a non-negative integer <= " +
+                               std::to_string(INT_MAX) + ", got " + info[i].ToString().Utf8Value());
+    return false;
+  }
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
+bool GetScalar(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, float* out) {
+  if (!info[i].IsNumber()) {
+    ThrowTypeError(info.Env(), std::string(fn) + ": " + name + " must be a number");
+    return false;
+  }
+  *out = static_cast<float>(info[i].As<Napi::Number>().DoubleValue());
+  return true;
+}
+
+struct F32View {
+  float* data = nullptr;
+  size_t length = 0;
+};
+
+// A Float32Array with exactly `expected` elements (`expr` names the expected size in the message).
+bool GetF32(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t expected,
+            const char* expr, F32View* out) {
+  Napi::Value v = info[i];
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    ThrowTypeError(info.Env(), std::string(fn) + ": " + name + " must be a Float32Array");
+    return false;
+  }
+  Napi::Float32Array arr = v.As<Napi::Float32Array>();
+  size_t len = arr.ElementLength();
+  if (static_cast<int64_t>(len) != expected) {
+    ThrowError(info.Env(), std::string(fn) + ": " + name + " has " + std::to_string(len) + " elements, expected " +
+                               expr + "=" + std::to_string(expected));
+    return false;
+  }
+  out->data = arr.Data();
+  out->length = len;
+  return true;
+}
+
+bool Overlaps(const F32View& a, const F32View& b) {
+  if (a.length == 0 || b.length == 0) return false;
+  auto a0 = reinterpret_cast<uintptr_t>(a.data), a1 = a0 + a.length * sizeof(float);
+  auto b0 = reinterpret_cast<uintptr_t>(b.data), b1 = b0 + b.length * sizeof(float);
+  return a0 < b1 && b0 < a1;
+}
+
+// Copy the triangle holding data onto the other one (row-major n×n).
+//   fromUpper=true : A[j][i] = A[i][j] for j > i
+void MirrorTriangle(float* a, int64_t n, bool fromUpper) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = a + i * n;
+    for (int64_t j = i + 1; j < n; ++j) {
+      if (fromUpper) a[j * n + i] = row[j];
+      else row[j] = a[j * n + i];
+    }
+  }
+}
+
+// Zero the strictly-lower (zeroLower=true) or strictly-upper triangle (row-major n×n).
+void ZeroTriangle(float* a, int64_t n, bool zeroLower) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = a + i * n;
+    if (zeroLower) std::fill(row, row + i, 0.0f);
+    else std::fill(row + i + 1, row + n, 0.0f);
+  }
+}
+
+#ifdef QUANT4_ACCELERATE
+int g_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#endif
+
+// ---------------------------------------------------------------------------------------------
+
+// sgemm(transA, transB, M, N, K, alpha, A, B, beta, C)
+Napi::Value Sgemm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "gemm";
+  if (!CheckArgCount(info, 10, fn)) return env.Undefined();
+  bool transA, transB;
+  int64_t M, N, K;
+  float alpha, beta;
+  if (!GetBool(info, 0, fn, "transA", &transA) || !GetBool(info, 1, fn, "transB", &transB) ||
+      !GetDim(info, 2, fn, "M", &M) || !GetDim(info, 3, fn, "N", &N) || !GetDim(info, 4, fn, "K", &K) ||
+      !GetScalar(info, 5, fn, "alpha", &alpha) || !GetScalar(info, 8, fn, "beta", &beta))
+    return env.Undefined();
+  F32View A, B, C;
+  if (!GetF32(info, 6, fn, "A", M * K, "M*K", &A) || !GetF32(info, 7, fn, "B", K * N, "K*N", &B) ||
+      !GetF32(info, 9, fn, "C", M * N, "M*N", &C))
+    return env.Undefined();
+  if (Overlaps(C, A) || Overlaps(C, B)) {
+    ThrowError(env, "gemm: C must not share memory with A or B");
+    return env.Undefined();
+  }
+  if (M == 0 || N == 0) return env.Undefined();
+  // Natural leading dimensions; clamp to 1 so BLAS argument checks pass when K == 0 (then C = beta*C).
+  const int lda = static_cast<int>(std::max<int64_t>(1, transA ? M : K));
+  const int ldb = static_cast<int>(std::max<int64_t>(1, transB ? K : N));
+  const int ldc = static_cast<int>(N);
+  cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+              static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A.data, lda, B.data, ldb,
+              beta, C.data, ldc);
+  return env.Undefined();
+}
+
+// ssyrk(n, rows, alpha, X, beta, H): H = beta*H + alpha*X^T X with X rows×n; full symmetric result.
+Napi::Value Ssyrk(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "syrk";
+  if (!CheckArgCount(info, 6, fn)) return env.Undefined();
+  int64_t n, rows;
+  float alpha, beta;
+  if (!GetDim(info, 0, fn, "n", &n) || !GetDim(info, 1, fn, "rows", &rows) ||
+      !GetScalar(info, 2, fn, "alpha", &alpha) || !GetScalar(info, 4, fn, "beta", &beta))
+    return env.Undefined();
+  F32View X, H;
+  if (!GetF32(info, 3, fn, "X", rows * n, "rows*n", &X) || !GetF32(info, 5, fn, "H", n * n, "n*n", &H))
+    return env.Undefined();
+  if (Overlaps(H, X)) {
+    ThrowError(env, "syrk: H must not share memory with X");
+    return env.Undefined();
+  }
+  if (n == 0) return env.Undefined();
+  // Row-major, Trans: C(n×n) = alpha * Aᵀ A + beta * C with A rows×n, lda = n.
+  cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(n), static_cast<int>(rows), alpha, X.data,
+              static_cast<int>(n), beta, H.data, static_cast<int>(n));
+  MirrorTriangle(H.data, n, /*fromUpper=*/true);
+  return env.Undefined();
+}
+
+// Row-major upper triangle == column-major lower triangle of the same buffer (and vice versa),
+// and for a symmetric matrix both views are the same matrix, so LAPACK's uplo is flipped.
+inline char LapackUplo(bool rowMajorUpper) { return rowMajorUpper ? 'L' : 'U'; }
+
+// spotrf(A, n, upper) -> boolean
+Napi::Value Spotrf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "cholesky";
+  if (!CheckArgCount(info, 3, fn)) return env.Undefined();
+  int64_t n;
+  bool upper;
+  if (!GetDim(info, 1, fn, "n", &n) || !GetBool(info, 2, fn, "upper", &upper)) return env.Undefined();
+  F32View A;
+  if (!GetF32(info, 0, fn, "A", n * n, "n*n", &A)) return env.Undefined();
+  if (n == 0) return Napi::Boolean::New(env, true);
+  const char uplo = LapackUplo(upper);
+  const lapack_int ln = static_cast<lapack_int>(n);
+  lapack_int status = 0;
+  spotrf_(&uplo, &ln, A.data, &ln, &status QUANT4_FORTRAN_STRLEN);
+  if (status < 0) {
+    ThrowError(env, "cholesky: spotrf rejected argument " + std::to_string(-status));
+    return env.Undefined();
+  }
+  if (status > 0) return Napi::Boolean::New(env, false);
+  ZeroTriangle(A.data, n, /*zeroLower=*/upper);
+  return Napi::Boolean::New(env, true);
+}
+
+// spotri(A, n) -> boolean: full symmetric inverse of an SPD matrix, from scratch (potrf + potri).
+Napi::Value Spotri(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "choleskyInverse";
+  if (!CheckArgCount(info, 2, fn)) return env.Undefined();
+  int64_t n;
+  if (!GetDim(info, 1, fn, "n", &n)) return env.Undefined();
+  F32View A;
+  if (!GetF32(info, 0, fn, "A", n * n, "n*n", &A)) return env.Undefined();
+  if (n == 0) return Napi::Boolean::New(env, true);
+  const char uplo = LapackUplo(/*rowMajorUpper=*/true);
+  const lapack_int ln = static_cast<lapack_int>(n);
+  lapack_int status = 0;
+  spotrf_(&uplo, &ln, A.data, &ln, &status QUANT4_FORTRAN_STRLEN);
+  if (status < 0) {
+    ThrowError(env, "choleskyInverse: spotrf rejected argument " + std::to_string(-status));
+    return env.Undefined();
+  }
+  if (status > 0) return Napi::Boolean::New(env, false);
+  spotri_(&uplo, &ln, A.data, &ln, &status QUANT4_FORTRAN_STRLEN);
+  if (status < 0) {
+    ThrowError(env, "choleskyInverse: spotri rejected argument " + std::to_string(-status));
+    return env.Undefined();
+  }
+  if (status > 0) return Napi::Boolean::New(env, false);  // singular factor (zero on the diagonal)
+  MirrorTriangle(A.data, n, /*fromUpper=*/true);
+  return Napi::Boolean::New(env, true);
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgCount(info, 1, "setThreads")) return env.Undefined();
+  int64_t n;
+  if (!GetDim(info, 0, "setThreads", "n", &n)) return env.Undefined();
+  if (n < 1) {
+    ThrowError(env, "setThreads: n must be >= 1, got " + std::to_string(n));
+    return env.Undefined();
+  }
+#ifdef QUANT4_ACCELERATE
+  g_threads = static_cast<int>(n);  // Accelerate manages its own threads; remembered for getThreads only.
+#else
+  openblas_set_num_threads(static_cast<int>(n));
+#endif
+  return env.Undefined();
+}
+
+Napi::Value GetThreads(const Napi::CallbackInfo& info) {
+#ifdef QUANT4_ACCELERATE
+  return Napi::Number::New(info.Env(), g_threads);
+#else
+  return Napi::Number::New(info.Env(), openblas_get_num_threads());
+#endif
+}
+
+Napi::Value BlasInfo(const Napi::CallbackInfo& info) {
+#ifdef QUANT4_ACCELERATE
+  return Napi::String::New(info.Env(), "Accelerate");
+#else
+  std::string s = std::string(openblas_get_config()) + " core=" + openblas_get_corename();
+  return Napi::String::New(info.Env(), s);
+#endif
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("sgemm", Napi::Function::New(env, Sgemm, "sgemm"));
+  exports.Set("ssyrk", Napi::Function::New(env, Ssyrk, "ssyrk"));
+  exports.Set("spotrf", Napi::Function::New(env, Spotrf, "spotrf"));
+  exports.Set("spotri", Napi::Function::New(env, Spotri, "spotri"));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
+  exports.Set("getThreads", Napi::Function::New(env, GetThreads, "getThreads"));
+  exports.Set("blasInfo", Napi::Function::New(env, BlasInfo, "blasInfo"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(quant4_native, Init)
