@@ -1,0 +1,30 @@
+// Format-neutral dequantization: w[o, i] = scale[o, g] · (q[o, i] − zero[o, g]), g = gIdx[i] or floor(i / gs).
+
+import { defaultGroup, numGroups } from "./common.js";
+import type { QuantizedLinear } from "./types.js";
+import { ModelError } from "../src/util/errors.js";
+
+/** [out*in] fp32 row-major weight of a quantized layer. */
+export function dequantize(layer: QuantizedLinear): Float32Array {
+  const { outFeatures: out, inFeatures: inF, groupSize } = layer;
+  const g = numGroups(inF, groupSize);
+  if (layer.codes.length !== out * inF || layer.scales.length !== out * g || layer.zeros.length !== out * g) {
+    throw new ModelError(`quantized layer ${layer.name}: codes/scales/zeros sizes do not match [${out}, ${inF}] with ${g} groups`);
+  }
+  const group = new Int32Array(inF);
+  for (let i = 0; i < inF; i++) {
+    const v = layer.gIdx ? layer.gIdx[i]! : defaultGroup(i, groupSize);
+    if (!(v >= 0 && v < g)) throw new ModelError(`quantized layer ${layer.name}: gIdx[${i}] = ${v} is outside [0, ${g})`);
+    group[i] = v;
+  }
+  const w = new Float32Array(out * inF);
+  for (let o = 0; o < out; o++) {
+    const row = o * inF;
+    const grow = o * g;
+    for (let i = 0; i < inF; i++) {
+      const k = grow + group[i]!;
+      w[row + i] = layer.scales[k]! * (layer.codes[row + i]! - layer.zeros[k]!);
+    }
+  }
+  return w;
+}

@@ -1,0 +1,280 @@
+// GPTQ v1 checkpoints (checkpoint_format "gptq"): what AutoGPTQ writes and HF transformers/optimum,
+// vLLM (gptq, gptq_marlin), TGI and ExLlama load. Layout per /work/shared/FORMATS.md §1.
+
+import { z } from "zod";
+import type { TensorToWrite } from "../src/io/types.js";
+import { ModelError } from "../src/util/errors.js";
+import { packBits, packedWords, unpackBits, type PackLayout } from "./bitpack.js";
+import {
+  biasTensor,
+  checkGIdx,
+  declared,
+  defaultGroup,
+  escapeRegex,
+  groupSizeProblem,
+  isRecord,
+  isTrivialGIdx,
+  memoGetter,
+  numGroups,
+  pyReMatch,
+  readBias,
+  readFloat32,
+  readInt32,
+  settingsOf,
+  shapeMismatch,
+  toF16Checked,
+  transpose,
+  validateLayer,
+} from "./common.js";
+import type { FormatSpec, LinearShape, ParamInfo, QuantizedLinear, QuantSettings, TensorGetter } from "./types.js";
+
+const BITS = [2, 3, 4, 8];
+// Source: AutoGPTQ qlinear_cuda_old.py pack(): rows of intweight OR-ed LSB first, 32/bits per word for
+// 2/4/8 bits and 32 values → 3 words straddling word boundaries for 3 bits = one contiguous bitstream.
+const SCHEME = "stream" as const;
+const QUANTIZER = "quant4:0.1.0";
+
+function names(prefix: string) {
+  return {
+    qweight: `${prefix}.qweight`,
+    qzeros: `${prefix}.qzeros`,
+    scales: `${prefix}.scales`,
+    gIdx: `${prefix}.g_idx`,
+  };
+}
+
+// Source: AutoGPTQ qlinear_cuda_old.py pack(): qweight[r, c] holds input rows r·32/bits.. of column c
+// (intweight = W.t(), packed along dim 0) → lines are output columns, words stride by `out`.
+function qweightLayout(out: number, inF: number): PackLayout {
+  return { lines: out, lineLen: inF, srcLineStride: inF, srcElemStride: 1, dstLineStride: 1, dstWordStride: out };
+}
+
+// Source: AutoGPTQ qlinear_cuda_old.py pack(): qzeros[g, col] |= zeros[g, j] << bits·(j−i), packed along
+// the output dim (no interleave); zeros are held here as [out, G], qzeros as [G, outWords].
+function zerosLayout(out: number, g: number, bits: number): PackLayout {
+  return { lines: g, lineLen: out, srcLineStride: 1, srcElemStride: g, dstLineStride: packedWords(out, bits, SCHEME), dstWordStride: 1 };
+}
+
+function paramInfo(prefix: string, shape: LinearShape, s: QuantSettings): ParamInfo[] {
+  const n = names(prefix);
+  const g = numGroups(shape.in, s.groupSize);
+  return [
+    { name: n.qweight, dtype: "I32", shape: [packedWords(shape.in, s.bits, SCHEME), shape.out] },
+    { name: n.qzeros, dtype: "I32", shape: [g, packedWords(shape.out, s.bits, SCHEME)] },
+    { name: n.scales, dtype: "F16", shape: [g, shape.out] },
+    { name: n.gIdx, dtype: "I32", shape: [shape.in] },
+  ];
+}
+
+function canHold(shape: LinearShape, s: QuantSettings): string | null {
+  if (!BITS.includes(s.bits)) return `gptq holds ${BITS.join("/")}-bit weights, not ${s.bits}-bit`;
+  // AutoGPTQ sizes its buffers as in // 32 * bits and out // 32 * bits.
+  if (shape.in % 32 !== 0) return `in_features ${shape.in} is not a multiple of 32 (AutoGPTQ sizes qweight as in // 32 * bits)`;
+  if (shape.out % 32 !== 0) return `out_features ${shape.out} is not a multiple of 32 (AutoGPTQ sizes qzeros as out // 32 * bits)`;
+  return groupSizeProblem(shape.in, s.groupSize);
+}
+
+function pack(layer: QuantizedLinear): TensorToWrite[] {
+  validateLayer(layer);
+  const s = settingsOf(layer);
+  const shape = { out: layer.outFeatures, in: layer.inFeatures };
+  const why = canHold(shape, s);
+  if (why) throw new ModelError(`quantized layer ${layer.name} cannot be stored as gptq: ${why}`);
+  const [qwInfo, qzInfo, scInfo, giInfo] = paramInfo(layer.name, shape, s) as [ParamInfo, ParamInfo, ParamInfo, ParamInfo];
+  const g = numGroups(shape.in, s.groupSize);
+  const mask = (1 << s.bits) - 1;
+
+  const qweight = new Int32Array(qwInfo.shape[0]! * qwInfo.shape[1]!);
+  packBits(layer.codes, qweight, s.bits, SCHEME, qweightLayout(shape.out, shape.in), qwInfo.name);
+
+  // v1 stores zero − 1 (loaders add 1 back). An asymmetric true zero of 0 becomes −1; it is masked to
+  // 2^bits − 1 in its own field only (AutoGPTQ does not mask and spoils the whole word). Loaders that
+  // add 1 without wrapping read that field as 2^bits, so prefer sym for v1 (FORMATS.md §1, limits).
+  const zm1 = new Uint8Array(layer.zeros.length);
+  for (let i = 0; i < zm1.length; i++) zm1[i] = (layer.zeros[i]! - 1) & mask;
+  const qzeros = new Int32Array(qzInfo.shape[0]! * qzInfo.shape[1]!);
+  packBits(zm1, qzeros, s.bits, SCHEME, zerosLayout(shape.out, g, s.bits), qzInfo.name);
+
+  const scales = toF16Checked(transpose(layer.scales, shape.out, g, (n) => new Float32Array(n)), scInfo.name);
+
+  const gIdx = new Int32Array(shape.in);
+  for (let i = 0; i < shape.in; i++) gIdx[i] = layer.gIdx ? layer.gIdx[i]! : defaultGroup(i, s.groupSize);
+
+  return [
+    declared(qwInfo, qweight),
+    declared(qzInfo, qzeros),
+    declared(scInfo, scales),
+    declared(giInfo, gIdx),
+    ...biasTensor(layer),
+  ];
+}
+
+function unpack(prefix: string, getRaw: TensorGetter, s: QuantSettings, shape?: LinearShape): QuantizedLinear {
+  const get = memoGetter(getRaw);
+  if (!BITS.includes(s.bits)) throw new ModelError(`quantized layer ${prefix}: gptq cannot hold ${s.bits}-bit weights`);
+  const n = names(prefix);
+  const qw = get(n.qweight);
+  if (!qw) throw new ModelError(`tensor ${n.qweight} is missing`);
+  if (qw.shape.length !== 2) throw new ModelError(`tensor ${n.qweight}: shape [${qw.shape.join(", ")}] is not 2-D`);
+  const rows = qw.shape[0]!;
+  const inF = (rows * 32) / s.bits;
+  if (!Number.isInteger(inF)) {
+    throw new ModelError(`tensor ${n.qweight}: ${rows} rows do not hold a whole number of ${s.bits}-bit input channels`);
+  }
+  const found = { out: qw.shape[1]!, in: inF };
+  shapeMismatch(prefix, shape, found);
+  const why = groupSizeProblem(found.in, s.groupSize);
+  if (why) throw new ModelError(`quantized layer ${prefix}: ${why}`);
+  const [qwInfo, qzInfo, scInfo, giInfo] = paramInfo(prefix, found, s) as [ParamInfo, ParamInfo, ParamInfo, ParamInfo];
+  const g = numGroups(found.in, s.groupSize);
+  const mask = (1 << s.bits) - 1;
+
+  const codes = new Uint8Array(found.out * found.in);
+  unpackBits(readInt32(get, qwInfo), codes, s.bits, SCHEME, qweightLayout(found.out, found.in));
+
+  const zeros = new Uint8Array(found.out * g);
+  unpackBits(readInt32(get, qzInfo), zeros, s.bits, SCHEME, zerosLayout(found.out, g, s.bits));
+  for (let i = 0; i < zeros.length; i++) zeros[i] = (zeros[i]! + 1) & mask; // v1: stored zero − 1
+
+  const scales = transpose(readFloat32(get, scInfo), g, found.out, (k) => new Float32Array(k));
+
+  let gIdx: Int32Array | undefined;
+  if (get(giInfo.name)) {
+    gIdx = Int32Array.from(readInt32(get, giInfo));
+    checkGIdx(giInfo.name, gIdx, g);
+    if (!s.actOrder && isTrivialGIdx(gIdx, s.groupSize)) gIdx = undefined;
+  } else if (s.actOrder) {
+    throw new ModelError(`tensor ${giInfo.name} is missing (desc_act checkpoints need it; expected I32 [${found.in}])`);
+  }
+
+  const layer: QuantizedLinear = {
+    name: prefix,
+    outFeatures: found.out,
+    inFeatures: found.in,
+    bits: s.bits,
+    groupSize: s.groupSize,
+    sym: s.sym,
+    codes,
+    scales,
+    zeros,
+  };
+  if (gIdx) layer.gIdx = gIdx;
+  const bias = readBias(get, prefix, found.out);
+  if (bias) layer.bias = bias;
+  return layer;
+}
+
+function quantizationConfig(s: QuantSettings, skipped: string[]): Record<string, unknown> {
+  const cfg: Record<string, unknown> = {
+    quant_method: "gptq",
+    bits: s.bits,
+    group_size: s.groupSize,
+    desc_act: s.actOrder,
+    sym: s.sym,
+    damp_percent: s.damp ?? 0.01,
+    true_sequential: s.trueSequential ?? true,
+    static_groups: s.staticGroups ?? false,
+    checkpoint_format: "gptq",
+    pack_dtype: "int32",
+    lm_head: false,
+    // GPTQModel reads meta.quantizer as "name:version".
+    meta: { quantizer: QUANTIZER, ...(s.method ? { method: s.method } : {}) },
+  };
+  // GPTQModel `dynamic`: "-:regex" keys skip a module (gptqmodel/quantization/config.py dynamic_get, re.match).
+  if (skipped.length > 0) {
+    cfg.dynamic = Object.fromEntries(skipped.map((p) => [`-:^${escapeRegex(p)}$`, {}]));
+  }
+  return cfg;
+}
+
+const Override = z.object({
+  bits: z.number().int().optional(),
+  group_size: z.number().int().optional(),
+  sym: z.boolean().optional(),
+  desc_act: z.boolean().optional(),
+  damp_percent: z.number().optional(),
+});
+
+const GptqConfig = z.object({
+  quant_method: z.string(),
+  bits: z.number().int().optional(),
+  w_bit: z.number().int().optional(),
+  group_size: z.number().int().optional(),
+  q_group_size: z.number().int().optional(),
+  desc_act: z.boolean().nullish(),
+  sym: z.boolean().nullish(),
+  damp_percent: z.number().nullish(),
+  true_sequential: z.boolean().nullish(),
+  static_groups: z.boolean().nullish(),
+  checkpoint_format: z.string().nullish(),
+  format: z.string().nullish(),
+  lm_head: z.boolean().nullish(),
+  dynamic: z.record(z.string(), z.unknown()).nullish(),
+  meta: z.record(z.string(), z.unknown()).nullish(),
+});
+
+function checkSettings(where: string, s: QuantSettings): QuantSettings {
+  if (!BITS.includes(s.bits)) throw new ModelError(`${where}: bits ${s.bits} is not one of ${BITS.join(", ")}`);
+  if (s.groupSize !== -1 && s.groupSize <= 0) throw new ModelError(`${where}: group_size ${s.groupSize} must be positive or -1`);
+  return s;
+}
+
+function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null {
+  const r = GptqConfig.safeParse(qc);
+  if (!r.success) throw new ModelError(`quantization_config (gptq): ${z.prettifyError(r.error)}`);
+  const c = r.data;
+  const fmt = c.checkpoint_format ?? c.format ?? "gptq";
+  if (fmt !== "gptq") {
+    throw new ModelError(`quantization_config: gptq checkpoint_format "${fmt}" is not supported (only "gptq", i.e. v1)`);
+  }
+  const bits = c.bits ?? c.w_bit;
+  if (bits === undefined) throw new ModelError("quantization_config (gptq): missing bits");
+  const base: QuantSettings = {
+    bits,
+    groupSize: c.group_size ?? c.q_group_size ?? -1,
+    sym: c.sym ?? true,
+    actOrder: c.desc_act ?? false,
+  };
+  if (c.damp_percent != null) base.damp = c.damp_percent;
+  if (c.true_sequential != null) base.trueSequential = c.true_sequential;
+  if (c.static_groups != null) base.staticGroups = c.static_groups;
+  if (isRecord(c.meta) && typeof c.meta.method === "string") base.method = c.meta.method;
+  checkSettings("quantization_config (gptq)", base);
+  if (prefix === undefined) return base;
+
+  if (prefix === "lm_head" && c.lm_head !== true) return null;
+  // First matching key wins, as in GPTQModel's dynamic_get.
+  for (const [key, value] of Object.entries(c.dynamic ?? {})) {
+    if (key.startsWith("-:")) {
+      if (pyReMatch(key.slice(2), prefix)) return null;
+      continue;
+    }
+    const pattern = key.startsWith("+:") ? key.slice(2) : key;
+    if (!pyReMatch(pattern, prefix)) continue;
+    const o = Override.safeParse(value ?? {});
+    if (!o.success) throw new ModelError(`quantization_config (gptq) dynamic["${key}"]: ${z.prettifyError(o.error)}`);
+    const s: QuantSettings = {
+      ...base,
+      bits: o.data.bits ?? base.bits,
+      groupSize: o.data.group_size ?? base.groupSize,
+      sym: o.data.sym ?? base.sym,
+      actOrder: o.data.desc_act ?? base.actOrder,
+    };
+    if (o.data.damp_percent !== undefined) s.damp = o.data.damp_percent;
+    return checkSettings(`quantization_config (gptq) dynamic["${key}"]`, s);
+  }
+  return base;
+}
+
+export const gptqFormat: FormatSpec = {
+  name: "gptq",
+  canHold,
+  paramInfo,
+  pack,
+  unpack,
+  isQuantized: (prefix, has) => has(`${prefix}.qweight`),
+  quantizationConfig,
+  sidecarFiles: (s, skipped) => ({ "quantize_config.json": JSON.stringify(quantizationConfig(s, skipped), null, 2) + "\n" }),
+  detect: (qc) => isRecord(qc) && typeof qc.quant_method === "string" && qc.quant_method.toLowerCase() === "gptq",
+  settingsFromConfig,
+};

@@ -1,0 +1,86 @@
+// The one interface every on-disk quantized-weight format implements (ggml type-traits style):
+// nothing outside formats/ switches on a format name; it asks the FormatSpec found in the registry.
+
+import type { DType, TensorToWrite } from "../src/io/types.js";
+
+/** One quantized Linear layer in a format-neutral, unpacked form. */
+export interface QuantizedLinear {
+  /** Module prefix, e.g. "model.layers.0.self_attn.q_proj". */
+  name: string;
+  outFeatures: number;
+  inFeatures: number;
+  /** 2 | 3 | 4 | 8 (each format says which it holds). */
+  bits: number;
+  /** −1 = one group per row. */
+  groupSize: number;
+  sym: boolean;
+  /** [out*in] row-major (PyTorch [out, in] layout), unsigned in [0, 2^bits − 1]. */
+  codes: Uint8Array;
+  /** [out*nGroups] row-major (out, group). */
+  scales: Float32Array;
+  /** [out*nGroups] unsigned zero points in [0, 2^bits − 1]; symmetric layers use 2^(bits−1). */
+  zeros: Uint8Array;
+  /** [in] group of each input channel (act-order); absent ⇒ floor(i / groupSize). */
+  gIdx?: Int32Array;
+  /** [out] */
+  bias?: Float32Array;
+}
+
+/** How a layer is (to be) quantized. `damp`, `trueSequential`, `staticGroups`, `method` are recorded in configs only. */
+export interface QuantSettings {
+  bits: number;
+  groupSize: number;
+  sym: boolean;
+  actOrder: boolean;
+  damp?: number;
+  trueSequential?: boolean;
+  staticGroups?: boolean;
+  method?: string;
+}
+
+export interface LinearShape {
+  out: number;
+  in: number;
+}
+
+/** Declaration of one stored tensor (compressed-tensors `compression_param_info` idea). */
+export interface ParamInfo {
+  name: string;
+  dtype: DType;
+  shape: number[];
+}
+
+/** A tensor as read from a checkpoint: raw little-endian bytes. */
+export interface StoredTensor {
+  dtype: DType;
+  shape: number[];
+  data: Uint8Array;
+}
+
+export type TensorGetter = (name: string) => StoredTensor | undefined;
+
+export interface FormatSpec {
+  /** "gptq" | "compressed-tensors" */
+  readonly name: string;
+  /** null = the format can hold this layer; otherwise the reason (the layer then stays fp16 and is listed as skipped). */
+  canHold(shape: LinearShape, s: QuantSettings): string | null;
+  /**
+   * The tensors that replace `<prefix>.weight`, declared once and checked on read and write.
+   * The optional bias is not listed: it is always `<prefix>.bias`, F16 [out] when written.
+   */
+  paramInfo(prefix: string, shape: LinearShape, s: QuantSettings): ParamInfo[];
+  /** Full tensor names "<prefix>.qweight" etc. (bias as "<prefix>.bias"). */
+  pack(layer: QuantizedLinear): TensorToWrite[];
+  /** Reads and validates against paramInfo; `shape`, when given, must match what the tensors say. */
+  unpack(prefix: string, get: TensorGetter, s: QuantSettings, shape?: LinearShape): QuantizedLinear;
+  /** Does the checkpoint hold this module packed in this format? */
+  isQuantized(prefix: string, has: (name: string) => boolean): boolean;
+  /** Goes into config.json "quantization_config". `skipped` = module prefixes left in fp16. */
+  quantizationConfig(s: QuantSettings, skipped: string[]): Record<string, unknown>;
+  /** Extra files beside config.json, e.g. {"quantize_config.json": "..."}; {} if none. */
+  sidecarFiles(s: QuantSettings, skipped: string[]): Record<string, string>;
+  /** Does a config.json quantization_config belong to this format? */
+  detect(quantizationConfig: unknown): boolean;
+  /** Settings for a module (or the global ones without `prefix`); null ⇒ this module is not quantized. */
+  settingsFromConfig(quantizationConfig: unknown, prefix?: string): QuantSettings | null;
+}
