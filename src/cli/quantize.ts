@@ -1,0 +1,218 @@
+// `quant4 quantize`: options → plan (validated, printable with --dry-run) → the pipeline → summary.
+
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import type { Command } from "commander";
+import { z } from "zod";
+import { resolveText } from "../calibration/texts.js";
+import { sampleWindows } from "../calibration/sampler.js";
+import { formatNames, getFormat } from "../../formats/index.js";
+import { openModel } from "../model/model.js";
+import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
+import { loadTokenizer } from "../tokenizer/index.js";
+import { UsageError } from "../util/errors.js";
+import { progressEnabled, startDualProgress } from "../util/progress.js";
+import { action, deviceSchema, fmtBytes, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
+
+/** "4GB", "500MB", "1.5GiB", "123" (bytes). */
+export function parseSize(s: string): number {
+  const m = /^\s*([\d.]+)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$/i.exec(s);
+  if (!m) throw new UsageError(`--max-shard-size "${s}" is not a size (examples: 4GB, 500MB, 2GiB)`);
+  const unit = (m[2] ?? "b").toLowerCase();
+  const mult: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
+  const v = Number(m[1]) * mult[unit]!;
+  if (!(v >= 1024)) throw new UsageError(`--max-shard-size "${s}" is too small (minimum 1KiB)`);
+  return Math.floor(v);
+}
+
+const optionsSchema = z
+  .object({
+    method: z.enum(["rtn", "gptq"]).default("gptq"),
+    bits: z.coerce.number().int().refine((b) => [2, 3, 4, 8].includes(b), "must be 2, 3, 4 or 8").default(4),
+    groupSize: z.coerce.number().int().refine((g) => g === -1 || g >= 1, "must be -1 (per row) or a positive integer").default(128),
+    sym: z.boolean().default(true),
+    actOrder: z.boolean().default(false),
+    staticGroups: z.boolean().default(false),
+    damp: numOpt().positive().max(1).default(0.01),
+    blockSize: intOpt(1).default(128),
+    calib: z.string().default("c4"),
+    nsamples: intOpt(1).default(128),
+    seqlen: intOpt(2).optional(),
+    seed: intOpt(0).default(0),
+    format: z.string().default("gptq"),
+    actDtype: z.enum(["fp32", "fp16"]).default("fp32"),
+    maxShardSize: z.string().default("4GB"),
+    resume: z.boolean().default(false),
+    overwrite: z.boolean().default(false),
+    json: z.boolean().default(false),
+    dryRun: z.boolean().default(false),
+    device: deviceSchema,
+    threads: intOpt(1).optional(),
+  })
+  .strict();
+export type QuantizeCliOptions = z.infer<typeof optionsSchema>;
+
+function fileFingerprint(files: string[]): string[] {
+  return files.map((f) => `${path.basename(f)}:${fs.statSync(f).size}:${fs.statSync(f).mtimeMs}`);
+}
+
+/** Build and validate everything the run needs; nothing is written. */
+export function buildPlan(modelDir: string, outDir: string, o: QuantizeCliOptions): QuantizePlan & { calibName: string; calibTokens: number } {
+  const format = getFormat(o.format);
+  const src = openModel(modelDir);
+  if (src.quant) throw new UsageError(`${modelDir} is already quantized (${src.quant.format.name}); quantize an fp16/bf16/fp32 checkpoint`);
+  if (path.resolve(outDir) === path.resolve(modelDir)) throw new UsageError("the output directory must differ from the model directory");
+  if (fs.existsSync(outDir) && fs.readdirSync(outDir).length > 0 && !o.overwrite)
+    throw new UsageError(`${outDir} exists and is not empty; pass --overwrite to replace it`);
+  const seqlen = o.seqlen ?? Math.min(2048, src.arch.maxPositions);
+  if (seqlen > src.arch.maxPositions) throw new UsageError(`--seqlen ${seqlen} exceeds the model's context of ${src.arch.maxPositions}`);
+  if (o.staticGroups && o.groupSize === -1) throw new UsageError("--static-groups needs a --group-size (it has no effect per row)");
+  const tok = loadTokenizer(modelDir);
+  const text = resolveText(o.calib);
+  const ids = tok.encode(text.text);
+  const windows = sampleWindows(ids, o.nsamples, seqlen, o.seed, text.name);
+  const settings = {
+    method: o.method,
+    bits: o.bits,
+    groupSize: o.groupSize,
+    sym: o.sym,
+    actOrder: o.actOrder,
+    staticGroups: o.staticGroups,
+    damp: o.damp,
+    trueSequential: true,
+  };
+  const key = crypto
+    .createHash("sha256")
+    .update(JSON.stringify({ model: fileFingerprint(src.ckpt.files), settings, format: format.name, seqlen, nsamples: o.nsamples, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype }))
+    .update(windows.buffer instanceof ArrayBuffer ? new Uint8Array(windows.buffer) : new Uint8Array(0))
+    .digest("hex");
+  return {
+    src,
+    format,
+    settings,
+    windows,
+    nsamples: o.nsamples,
+    seqlen,
+    actDtype: o.actDtype,
+    blockSize: o.blockSize,
+    maxShardBytes: parseSize(o.maxShardSize),
+    outDir,
+    settingsKey: key,
+    resume: o.resume,
+    calibName: text.name,
+    calibTokens: ids.length,
+  };
+}
+
+export function describePlan(plan: ReturnType<typeof buildPlan>): Record<string, unknown> {
+  const a = plan.src.arch;
+  const layers = a.linears.map((l) => ({ name: l.name, shape: [l.out, l.in], quantized: skipReason(plan, l) === null, reason: skipReason(plan, l) }));
+  const actBytes = plan.nsamples * plan.seqlen * a.hidden * (plan.actDtype === "fp32" ? 4 : 2);
+  const maxIn = Math.max(...a.linears.map((l) => l.in));
+  const blockParams = a.linears.reduce((s, l) => s + l.out * l.in, 0);
+  return {
+    model: plan.src.dir,
+    architecture: a.modelType,
+    blocks: a.nLayers,
+    out: plan.outDir,
+    format: plan.format.name,
+    settings: plan.settings,
+    calibration: { text: plan.calibName, tokens: plan.calibTokens, nsamples: plan.nsamples, seqlen: plan.seqlen, seed: "see options" },
+    linearsPerBlock: layers,
+    quantizedLinears: layers.filter((l) => l.quantized).length * a.nLayers,
+    skippedLinears: layers.filter((l) => !l.quantized).length * a.nLayers,
+    memoryEstimateBytes: { activations: 2 * actBytes, blockWeights: blockParams * 4, hessian: maxIn * maxIn * 4 * 2 },
+  };
+}
+
+export function registerQuantize(program: Command): void {
+  program
+    .command("quantize")
+    .description("Quantize every decoder Linear to INT4 (RTN or GPTQ) and write a packed checkpoint engines load")
+    .argument("<model-dir>", "fp16/bf16/fp32 Hugging Face model directory")
+    .argument("<out-dir>", "output directory (written atomically; an interrupted run leaves <out-dir>.partial/ for --resume)")
+    .option("--method <rtn|gptq>", "quantization algorithm", "gptq")
+    .option("--bits <n>", "bits per weight: 2, 3, 4 or 8 (formats: gptq 2/3/4/8, compressed-tensors 4/8)", "4")
+    .option("--group-size <n>", "weights per scale along the input dim; -1 = one group per row", "128")
+    .option("--sym", "symmetric quantization (zero point fixed at 2^(bits-1)); the default", true)
+    .option("--asym", "asymmetric min-max quantization")
+    .option("--act-order", "GPTQ: process columns by decreasing Hessian diagonal (desc_act)", false)
+    .option("--static-groups", "GPTQ: compute group scales up front from the unquantized weights", false)
+    .option("--damp <fraction>", "GPTQ: dampening added to the Hessian diagonal, as a fraction of its mean", "0.01")
+    .option("--block-size <n>", "GPTQ: lazy-batch block of columns", "128")
+    .option("--calib <name|file>", "calibration text: c4, wikitext2-valid, tinystories (bundled) or a .txt/.jsonl file", "c4")
+    .option("--nsamples <n>", "number of calibration windows", "128")
+    .option("--seqlen <n>", "tokens per calibration window (default: min(2048, model context))")
+    .option("--seed <n>", "seed of the window sampler", "0")
+    .option("--format <name>", `output format: ${formatNames().join(", ")}`, "gptq")
+    .option("--act-dtype <fp32|fp16>", "storage of calibration activations between blocks (fp16 halves memory)", "fp32")
+    .option("--max-shard-size <size>", "split the output into shards of at most this size", "4GB")
+    .option("--resume", "continue an interrupted run from its last finished block", false)
+    .option("--overwrite", "replace a non-empty output directory", false)
+    .option("--dry-run", "validate everything and print the plan; write nothing", false)
+    .option("--json", "print a JSON summary (per-layer error, time, peak memory) on stdout", false)
+    .option("--device <cpu|cuda>", "compute device", "cpu")
+    .option("--threads <n>", "BLAS threads (default: all cores)")
+    .addHelpText("after", `
+Examples:
+  quant4 quantize models/stories260K out/s260k-rtn --method rtn --group-size -1 --asym --format compressed-tensors
+  quant4 quantize ../brown-llama out/brown-gptq --method gptq --bits 4 --group-size 128 --calib c4 --nsamples 128 --seqlen 512
+  quant4 quantize ../brown-llama out/brown-gptq --resume          # after an interruption
+
+Layers the chosen format cannot hold (e.g. an input width not divisible by the group size) stay in
+fp16 and are listed in the config's skip list, with a warning.`)
+    .action(
+      action(async (modelDir: string, outDir: string, raw: Record<string, unknown>) => {
+        const { asym, ...rest } = raw;
+        const o = parseOptions(optionsSchema, { ...rest, sym: asym ? false : true });
+        const backend = setupBackend(o.device, o.threads);
+        const plan = buildPlan(modelDir, outDir, o);
+        if (o.dryRun) {
+          const d = describePlan(plan);
+          if (o.json) printJson({ dryRun: true, ...d });
+          else {
+            process.stdout.write(`plan (dry run, nothing written):\n${JSON.stringify(d, null, 2)}\n`);
+          }
+          return;
+        }
+        const show = progressEnabled(o.json);
+        const a = plan.src.arch;
+        const bars = startDualProgress(show, "blocks", a.nLayers);
+        let inner = bars.inner("layers", a.linears.length);
+        const warnings: string[] = [];
+        let report: QuantizeReport;
+        try {
+          report = runQuantize(plan, backend, {
+            onBlockStart: (i) => {
+              inner = bars.inner(`block ${i}`, a.linears.length);
+            },
+            onLayerDone: (_i, stat, done) => inner.update(done, { info: stat.name }),
+            onBlockDone: (i) => bars.outer.update(i + 1),
+            onWarning: (m) => warnings.push(m),
+            afterBlockJournaled: (i) => {
+              // Test hook: simulate a crash (kill -9) right after block i is journaled.
+              if (process.env["QUANT4_KILL_AFTER_BLOCK"] === String(i)) process.kill(process.pid, "SIGKILL");
+            },
+          });
+        } finally {
+          bars.stop();
+        }
+        const uniqueWarnings = [...new Set(warnings.map((w) => w.replace(/\.layers\.\d+\./, ".layers.*.")))];
+        if (!o.json) for (const w of uniqueWarnings) process.stderr.write(`quant4: warning: ${w}\n`);
+        const q = report.layers.filter((l) => l.status === "quantized");
+        const meanErr = q.reduce((s, l) => s + (l.relError ?? 0), 0) / Math.max(1, q.length);
+        if (o.json) {
+          printJson({ ...describePlan(plan), report, warnings: uniqueWarnings });
+        } else {
+          process.stdout.write(
+            `wrote ${outDir} (${plan.format.name}, ${o.method} ${o.bits}-bit g${o.groupSize} ${o.sym ? "sym" : "asym"}${o.actOrder ? " act-order" : ""}): ` +
+              `${q.length} linears quantized, ${report.skipped.length} kept fp16, mean relative output error ${meanErr.toExponential(3)}, ` +
+              `${report.totalSeconds.toFixed(1)} s, peak RSS ${fmtBytes(report.peakRssBytes)}` +
+              (report.resumedFromBlock ? ` (resumed at block ${report.resumedFromBlock})` : "") +
+              "\n",
+          );
+        }
+      }),
+    );
+}

@@ -1,0 +1,219 @@
+// Opening a checkpoint directory as a model: config.json → ArchSpec, tensor presence and shape checks,
+// per-block weight loading (fp16/bf16/fp32, or packed INT4 dequantized through the format registry),
+// and the whole-model forward (embeddings → blocks → final norm → LM head) used by generate and eval.
+
+import fs from "node:fs";
+import path from "node:path";
+import type { Backend } from "../compute/backend.js";
+import { Checkpoint } from "../io/checkpoint.js";
+import { assertFinite } from "../io/safetensors.js";
+import { detectFormat } from "../../formats/index.js";
+import { dequantize } from "../../formats/dequant.js";
+import type { FormatSpec, QuantSettings } from "../../formats/types.js";
+import { FileFormatError, ModelError } from "../util/errors.js";
+import { resolveArchitecture, type ArchSpec } from "./architectures.js";
+import { applyNorm, blockForward, createContext, linear, type BlockWeights, type ForwardContext, type LayerCache } from "./forward.js";
+
+export interface QuantInfo {
+  format: FormatSpec;
+  config: Record<string, unknown>;
+}
+
+/** A checkpoint opened for reading: nothing but the header and config is loaded yet. */
+export interface ModelSource {
+  dir: string;
+  config: Record<string, unknown>;
+  arch: ArchSpec;
+  ckpt: Checkpoint;
+  quant: QuantInfo | null;
+}
+
+export function readConfig(dir: string): Record<string, unknown> {
+  const file = path.join(dir, "config.json");
+  if (!fs.existsSync(dir)) throw new FileFormatError(dir, "model directory does not exist");
+  if (!fs.existsSync(file)) throw new FileFormatError(file, "missing: a Hugging Face model directory needs config.json");
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new FileFormatError(file, `not valid JSON: ${(e as Error).message}`);
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new FileFormatError(file, "expected a JSON object");
+  return raw as Record<string, unknown>;
+}
+
+export function openModel(dir: string): ModelSource {
+  const config = readConfig(dir);
+  const ckpt = Checkpoint.open(dir);
+  const arch = resolveArchitecture(config, path.join(dir, "config.json"), ckpt.names());
+  const qc = config["quantization_config"];
+  const quant = qc ? { format: detectFormat(qc), config: qc as Record<string, unknown> } : null;
+  const src: ModelSource = { dir, config, arch, ckpt, quant };
+  checkGlobalShapes(src);
+  return src;
+}
+
+function shapeStr(s: number[]): string {
+  return `[${s.join(", ")}]`;
+}
+
+function expectShape(src: ModelSource, name: string, want: number[]): void {
+  if (!src.ckpt.has(name)) throw new ModelError(`${src.dir}: tensor "${name}" is missing (needed by ${src.arch.modelType})`);
+  const info = src.ckpt.info(name);
+  if (info.shape.length !== want.length || info.shape.some((d, i) => d !== want[i]))
+    throw new ModelError(`${path.basename(info.file)}: tensor "${name}" has shape ${shapeStr(info.shape)}, expected ${shapeStr(want)} from config.json`);
+}
+
+function checkGlobalShapes(src: ModelSource): void {
+  const a = src.arch;
+  expectShape(src, a.embedTokens, [a.vocabSize, a.hidden]);
+  if (!a.tiedLmHead) expectShape(src, a.lmHead, [a.vocabSize, a.hidden]);
+  if (a.positional.kind === "learned") expectShape(src, a.positional.tensor, [a.maxPositions + a.positional.offset, a.hidden]);
+  expectShape(src, a.finalNorm.weight, [a.hidden]);
+}
+
+/** Read a floating tensor as fp32 and refuse NaN/Inf. */
+export function readFloat(src: ModelSource, name: string): Float32Array {
+  const data = src.ckpt.readF32(name);
+  assertFinite(name, data, path.basename(src.ckpt.info(name).file));
+  return data;
+}
+
+function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
+  const t = new Float32Array(x.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = x[r * cols + c]!;
+  return t;
+}
+
+/** Quantization settings of one Linear if the checkpoint stores it packed, else null. */
+export function linearQuantSettings(src: ModelSource, fullPrefix: string): QuantSettings | null {
+  if (!src.quant) return null;
+  if (!src.quant.format.isQuantized(fullPrefix, (n) => src.ckpt.has(n))) return null;
+  return src.quant.format.settingsFromConfig(src.quant.config, fullPrefix);
+}
+
+/** Load block i: norms as fp32, every Linear as an fp32 [out, in] matrix (dequantized when packed). */
+export function loadBlockWeights(src: ModelSource, i: number): BlockWeights {
+  const a = src.arch;
+  const p = a.blockPrefix(i);
+  const w: BlockWeights = new Map();
+  for (const n of [a.attnNorm, a.mlpNorm]) {
+    expectShape(src, p + n.weight, [a.hidden]);
+    w.set(n.weight, readFloat(src, p + n.weight));
+    if (n.bias) w.set(n.bias, readFloat(src, p + n.bias));
+  }
+  for (const l of a.linears) {
+    const full = p + l.name;
+    const settings = linearQuantSettings(src, full);
+    if (settings) {
+      const q = src.quant!.format.unpack(
+        full,
+        (n) => (src.ckpt.has(n) ? { dtype: src.ckpt.info(n).dtype, shape: src.ckpt.info(n).shape, data: src.ckpt.readRaw(n) } : undefined),
+        settings,
+        { out: l.out, in: l.in },
+      );
+      w.set(`${l.name}.weight`, dequantize(q));
+      if (l.bias) w.set(`${l.name}.bias`, q.bias ?? readFloat(src, `${full}.bias`));
+    } else {
+      const wn = `${full}.weight`;
+      expectShape(src, wn, a.transposedLinears ? [l.in, l.out] : [l.out, l.in]);
+      const raw = readFloat(src, wn);
+      w.set(`${l.name}.weight`, a.transposedLinears ? transpose(raw, l.in, l.out) : raw);
+      if (l.bias) {
+        expectShape(src, `${full}.bias`, [l.out]);
+        w.set(`${l.name}.bias`, readFloat(src, `${full}.bias`));
+      }
+    }
+  }
+  return w;
+}
+
+/** Everything outside the blocks: embeddings, positional table, final norm, LM head. */
+export interface GlobalWeights {
+  embed: Float32Array;
+  positions: Float32Array | null;
+  finalNorm: Map<string, Float32Array>;
+  lmHead: Float32Array;
+}
+
+export function loadGlobalWeights(src: ModelSource): GlobalWeights {
+  const a = src.arch;
+  const embed = readFloat(src, a.embedTokens);
+  const finalNorm = new Map<string, Float32Array>([[a.finalNorm.weight, readFloat(src, a.finalNorm.weight)]]);
+  if (a.finalNorm.bias) finalNorm.set(a.finalNorm.bias, readFloat(src, a.finalNorm.bias));
+  return {
+    embed,
+    positions: a.positional.kind === "learned" ? readFloat(src, a.positional.tensor) : null,
+    finalNorm,
+    lmHead: a.tiedLmHead ? embed : readFloat(src, a.lmHead),
+  };
+}
+
+/** Token (and learned position) embeddings for B sequences of T tokens starting at pos0. */
+export function embedTokens(arch: ArchSpec, g: GlobalWeights, tokens: ArrayLike<number>, T: number, pos0 = 0): Float32Array {
+  const h = arch.hidden;
+  const x = new Float32Array(tokens.length * h);
+  for (let r = 0; r < tokens.length; r++) {
+    const id = tokens[r]!;
+    if (id < 0 || id >= arch.vocabSize) throw new ModelError(`token id ${id} is outside the vocabulary (size ${arch.vocabSize})`);
+    x.set(g.embed.subarray(id * h, id * h + h), r * h);
+    if (g.positions && arch.positional.kind === "learned") {
+      const p = pos0 + (r % T) + arch.positional.offset;
+      for (let i = 0; i < h; i++) x[r * h + i] = x[r * h + i]! + g.positions[p * h + i]!;
+    }
+  }
+  return x;
+}
+
+/** Final norm + LM head: logits [rows, vocab]. */
+export function logitsOf(ctx: ForwardContext, g: GlobalWeights, x: Float32Array, rows: number): Float32Array {
+  const a = ctx.arch;
+  const n = applyNorm(a, (k) => g.finalNorm.get(k), a.finalNorm, x, rows);
+  return linear(ctx.backend, n, rows, g.lmHead, a.vocabSize, a.hidden);
+}
+
+/** A fully loaded model for inference (all blocks in memory as fp32). */
+export class Model {
+  readonly ctx: ForwardContext;
+  private constructor(
+    readonly src: ModelSource,
+    readonly globals: GlobalWeights,
+    readonly blocks: BlockWeights[],
+    backend: Backend,
+  ) {
+    this.ctx = createContext(src.arch, backend);
+  }
+
+  static load(dir: string, backend: Backend, onBlock?: (i: number, n: number) => void): Model {
+    const src = openModel(dir);
+    const globals = loadGlobalWeights(src);
+    const blocks: BlockWeights[] = [];
+    for (let i = 0; i < src.arch.nLayers; i++) {
+      blocks.push(loadBlockWeights(src, i));
+      onBlock?.(i + 1, src.arch.nLayers);
+    }
+    src.ckpt.close();
+    return new Model(src, globals, blocks, backend);
+  }
+
+  get arch(): ArchSpec {
+    return this.src.arch;
+  }
+
+  newCache(capacity: number): LayerCache[] {
+    const kv = this.arch.nKvHeads * this.arch.headDim;
+    return this.blocks.map(() => ({ k: new Float32Array(capacity * kv), v: new Float32Array(capacity * kv), capacity }));
+  }
+
+  /** Logits [B*T, vocab] for B sequences of T tokens (B must be 1 with a cache). */
+  forward(tokens: ArrayLike<number>, B: number, T: number, opts: { pos0?: number; cache?: LayerCache[] } = {}): Float32Array {
+    const pos0 = opts.pos0 ?? 0;
+    if (pos0 + T > this.arch.maxPositions)
+      throw new ModelError(`sequence of ${pos0 + T} tokens exceeds the model's context of ${this.arch.maxPositions}`);
+    let x = embedTokens(this.arch, this.globals, tokens, T, pos0);
+    for (let i = 0; i < this.blocks.length; i++) {
+      x = blockForward(this.ctx, this.blocks[i]!, x, B, T, { pos0, cache: opts.cache?.[i] });
+    }
+    return logitsOf(this.ctx, this.globals, x, B * T);
+  }
+}

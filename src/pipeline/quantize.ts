@@ -1,0 +1,353 @@
+// The layer-by-layer quantize driver (one driver for every architecture): read → block → calibrate →
+// quantize → pack → write. Only the current block's weights and the calibration activations are in
+// memory. Inputs to block i are the outputs of the already-quantized block i−1 (sequential, as GPTQ);
+// inside a block the Linears are quantized in the architecture's true-sequential groups, each group's
+// Hessian collected with the earlier groups already quantized. Each finished block is written to the
+// journal's work directory, so an interrupted run resumes at the first unfinished block.
+
+import fs from "node:fs";
+import path from "node:path";
+import type { Backend } from "../compute/backend.js";
+import { Checkpoint } from "../io/checkpoint.js";
+import { f16ToF32, f32ToF16 } from "../io/dtype.js";
+import type { TensorToWrite } from "../io/types.js";
+import { ShardedWriter, atomicWriteFile, writeSafetensors } from "../io/writer.js";
+import { dequantize } from "../../formats/dequant.js";
+import type { FormatSpec, QuantSettings, QuantizedLinear } from "../../formats/types.js";
+import { quantizeRtn } from "../../algorithms/rtn.js";
+import { GptqHessian, gptqQuantize } from "../../algorithms/gptq.js";
+import type { ArchSpec, LinearSpec } from "../model/architectures.js";
+import { blockForward, createContext, type BlockWeights, type ForwardContext } from "../model/forward.js";
+import { embedTokens, loadBlockWeights, loadGlobalWeights, readFloat, type ModelSource } from "../model/model.js";
+import { ModelError, OutputError } from "../util/errors.js";
+import { ActivationStore, type ActDtype } from "./activations.js";
+import { Journal, type LayerStat } from "./journal.js";
+
+export interface QuantizePlan {
+  src: ModelSource;
+  format: FormatSpec;
+  settings: QuantSettings & { method: "rtn" | "gptq" };
+  /** Calibration token windows, nsamples × seqlen. */
+  windows: Int32Array;
+  nsamples: number;
+  seqlen: number;
+  actDtype: ActDtype;
+  blockSize: number;
+  maxShardBytes: number;
+  outDir: string;
+  /** Identifies the run for --resume (model files, options, calibration data). */
+  settingsKey: string;
+  resume: boolean;
+}
+
+export interface QuantizeEvents {
+  onBlockStart?(block: number, total: number): void;
+  onLayerDone?(block: number, stat: LayerStat, doneInBlock: number, totalInBlock: number): void;
+  onBlockDone?(block: number, total: number, seconds: number): void;
+  onWarning?(message: string): void;
+  /** Test hook: called after block i is durably journaled. */
+  afterBlockJournaled?(block: number): void;
+}
+
+export interface QuantizeReport {
+  outDir: string;
+  files: string[];
+  layers: LayerStat[];
+  skipped: string[];
+  blockSeconds: number[];
+  resumedFromBlock: number;
+  totalSeconds: number;
+  peakRssBytes: number;
+}
+
+/** Why a Linear is kept in fp16 under this format and settings (null ⇒ it is quantized). */
+export function skipReason(plan: Pick<QuantizePlan, "format" | "settings">, l: LinearSpec): string | null {
+  return plan.format.canHold({ out: l.out, in: l.in }, plan.settings);
+}
+
+/** x rounded through float16, exactly as a reader of the written file decodes it. */
+function roundF16(x: Float32Array): Float32Array {
+  return f16ToF32(f32ToF16(x));
+}
+
+/** fp16 copy of a stored float tensor (embeddings, norms, fp16-kept linears keep their stored layout). */
+function asF16Tensor(src: ModelSource, name: string, outName = name): TensorToWrite {
+  const info = src.ckpt.info(name);
+  const data = readFloat(src, name);
+  const h = f32ToF16(data);
+  for (let i = 0; i < h.length; i++)
+    if ((h[i]! & 0x7c00) === 0x7c00) throw new ModelError(`tensor "${name}" has value ${data[i]} that overflows float16 (max 65504)`);
+  return { name: outName, dtype: "F16", shape: info.shape, data: h };
+}
+
+/** relative output error ‖(W−Q)Xᵀ‖² / ‖WXᵀ‖² computed from H ∝ XᵀX: tr(ΔHΔᵀ) / tr(WHWᵀ). */
+function relativeError(backend: Backend, W: Float32Array, Q: Float32Array, H: Float32Array, out: number, inF: number): number {
+  const D = new Float32Array(W.length);
+  for (let i = 0; i < D.length; i++) D[i] = W[i]! - Q[i]!;
+  const tmp = new Float32Array(out * inF);
+  backend.gemm(false, false, out, inF, inF, 1, D, H, 0, tmp);
+  let num = 0;
+  for (let i = 0; i < D.length; i++) num += D[i]! * tmp[i]!;
+  backend.gemm(false, false, out, inF, inF, 1, W, H, 0, tmp);
+  let den = 0;
+  for (let i = 0; i < W.length; i++) den += W[i]! * tmp[i]!;
+  return den > 0 ? num / den : 0;
+}
+
+/** Windows per forward batch: enough rows for efficient GEMMs, bounded memory. */
+function batchWindows(seqlen: number, nsamples: number): number {
+  return Math.max(1, Math.min(nsamples, Math.floor(2048 / seqlen)));
+}
+
+function runBlockOverSamples(
+  ctx: ForwardContext,
+  w: BlockWeights,
+  acts: ActivationStore,
+  onLinearInput: ((name: string, x: Float32Array, rows: number) => void) | undefined,
+  write: ActivationStore | null,
+): void {
+  const B = batchWindows(acts.seqlen, acts.samples);
+  for (let s0 = 0; s0 < acts.samples; s0 += B) {
+    const s1 = Math.min(acts.samples, s0 + B);
+    const x = acts.get(s0, s1);
+    const y = blockForward(ctx, w, x, s1 - s0, acts.seqlen, { onLinearInput });
+    if (write) write.set(s0, y);
+  }
+}
+
+/** Weights of a finished block as the pipeline ran them, re-read from its journal file. */
+function blockWeightsFromJournal(plan: QuantizePlan, file: string, i: number): BlockWeights {
+  const a = plan.src.arch;
+  const w = loadBlockWeights(plan.src, i); // norms and fp16-kept linears from the source
+  const f = Checkpoint.open(file);
+  try {
+    for (const l of a.linears) {
+      const full = a.blockPrefix(i) + l.name;
+      if (!plan.format.isQuantized(full, (n) => f.has(n))) continue;
+      const q = plan.format.unpack(full, (n) => (f.has(n) ? { dtype: f.info(n).dtype, shape: f.info(n).shape, data: f.readRaw(n) } : undefined), plan.settings, {
+        out: l.out,
+        in: l.in,
+      });
+      w.set(`${l.name}.weight`, dequantize(q));
+      if (l.bias && q.bias) w.set(`${l.name}.bias`, q.bias);
+    }
+  } finally {
+    f.close();
+  }
+  return w;
+}
+
+/** Quantize one block in place (w's Linears become their dequantized INT4 values); returns tensors to store. */
+function quantizeBlock(
+  plan: QuantizePlan,
+  backend: Backend,
+  ctx: ForwardContext,
+  i: number,
+  w: BlockWeights,
+  acts: ActivationStore,
+  events: QuantizeEvents,
+): { tensors: TensorToWrite[]; stats: LayerStat[] } {
+  const a = plan.src.arch;
+  const prefix = a.blockPrefix(i);
+  const tensors: TensorToWrite[] = [];
+  const stats: LayerStat[] = [];
+  const byName = new Map(a.linears.map((l) => [l.name, l]));
+  let done = 0;
+  for (const group of a.sequentialGroups) {
+    // One Hessian per distinct input: q/k/v (and gate/up) see the same activations.
+    const hess = new Map<string, GptqHessian>();
+    const keyOf = new Map<string, string>();
+    let lastX: Float32Array | null = null;
+    let lastKey = "";
+    runBlockOverSamples(
+      ctx,
+      w,
+      acts,
+      (name, x, rows) => {
+        if (!group.includes(name)) return;
+        if (x === lastX) {
+          keyOf.set(name, lastKey);
+          return;
+        }
+        lastX = x;
+        lastKey = keyOf.get(name) ?? name;
+        keyOf.set(name, lastKey);
+        let h = hess.get(lastKey);
+        if (!h) hess.set(lastKey, (h = new GptqHessian(backend, byName.get(name)!.in)));
+        h.addBatch(x, rows);
+      },
+      null,
+    );
+    for (const name of group) {
+      const l = byName.get(name)!;
+      const full = prefix + name;
+      const t0 = performance.now();
+      const reason = skipReason(plan, l);
+      let stat: LayerStat;
+      if (reason) {
+        tensors.push(asF16Tensor(plan.src, `${full}.weight`));
+        if (l.bias) tensors.push(asF16Tensor(plan.src, `${full}.bias`));
+        stat = { name: full, status: "skipped", reason, relError: null, seconds: (performance.now() - t0) / 1000 };
+        events.onWarning?.(`${full} [${l.out}×${l.in}] stays fp16: ${reason}`);
+      } else {
+        const W = w.get(`${name}.weight`)!;
+        const H = hess.get(keyOf.get(name)!)!.H;
+        const opts = { bits: plan.settings.bits, groupSize: plan.settings.groupSize, sym: plan.settings.sym };
+        const r =
+          plan.settings.method === "gptq"
+            ? gptqQuantize(backend, W, H.slice(), l.out, l.in, {
+                ...opts,
+                damp: plan.settings.damp ?? 0.01,
+                blockSize: plan.blockSize,
+                actOrder: plan.settings.actOrder,
+                staticGroups: plan.settings.staticGroups ?? false,
+              })
+            : quantizeRtn(W, l.out, l.in, opts).layer;
+        const bias = l.bias ? roundF16(w.get(`${name}.bias`)!) : undefined;
+        const layer: QuantizedLinear = {
+          name: full,
+          outFeatures: l.out,
+          inFeatures: l.in,
+          bits: opts.bits,
+          groupSize: opts.groupSize,
+          sym: opts.sym,
+          codes: r.codes,
+          scales: r.scales,
+          zeros: r.zeros,
+          gIdx: r.gIdx,
+          bias,
+        };
+        // The forward uses exactly what a reader of the output gets, so a resumed run is bit-identical.
+        const Q = dequantize(layer);
+        const relError = relativeError(backend, W, Q, H, l.out, l.in);
+        w.set(`${name}.weight`, Q);
+        if (bias) w.set(`${name}.bias`, bias);
+        tensors.push(...plan.format.pack(layer));
+        stat = { name: full, status: "quantized", relError, seconds: (performance.now() - t0) / 1000 };
+      }
+      stats.push(stat);
+      events.onLayerDone?.(i, stat, ++done, a.linears.length);
+    }
+  }
+  for (const n of [a.attnNorm, a.mlpNorm]) {
+    tensors.push(asF16Tensor(plan.src, prefix + n.weight));
+    if (n.bias) tensors.push(asF16Tensor(plan.src, prefix + n.bias));
+  }
+  return { tensors, stats };
+}
+
+/** Tensors outside the blocks, written as fp16. */
+function globalTensors(src: ModelSource): TensorToWrite[] {
+  const a = src.arch;
+  const names = [a.embedTokens];
+  if (a.positional.kind === "learned") names.push(a.positional.tensor);
+  names.push(a.finalNorm.weight);
+  if (a.finalNorm.bias) names.push(a.finalNorm.bias);
+  if (!a.tiedLmHead) names.push(a.lmHead);
+  return names.map((n) => asF16Tensor(src, n));
+}
+
+/** Files that travel with the model unchanged (tokenizer, generation config, ...). */
+function companionFiles(dir: string): string[] {
+  return fs
+    .readdirSync(dir)
+    .filter((f) => !f.endsWith(".safetensors") && f !== "model.safetensors.index.json" && f !== "config.json" && !f.startsWith("."))
+    .filter((f) => fs.statSync(path.join(dir, f)).isFile());
+}
+
+export function outputConfig(plan: Pick<QuantizePlan, "src" | "format" | "settings">, skipped: string[]): Record<string, unknown> {
+  return { ...plan.src.config, torch_dtype: "float16", quantization_config: plan.format.quantizationConfig(plan.settings, skipped) };
+}
+
+export function runQuantize(plan: QuantizePlan, backend: Backend, events: QuantizeEvents = {}): QuantizeReport {
+  const t0 = performance.now();
+  const { src } = plan;
+  const a: ArchSpec = src.arch;
+  const journal = Journal.open(plan.outDir, plan.settingsKey, plan.resume);
+  const resumedFrom = journal.state.finishedBlocks;
+  const ctx = createContext(a, backend, Math.max(a.maxPositions, plan.seqlen));
+
+  // Block-0 inputs: the embeddings of the calibration windows.
+  const globals = loadGlobalWeights(src);
+  let acts = new ActivationStore(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype);
+  for (let s = 0; s < plan.nsamples; s++) {
+    const win = plan.windows.subarray(s * plan.seqlen, (s + 1) * plan.seqlen);
+    acts.set(s, embedTokens(a, globals, win, plan.seqlen));
+  }
+  let next = new ActivationStore(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype);
+
+  for (let i = 0; i < a.nLayers; i++) {
+    events.onBlockStart?.(i, a.nLayers);
+    const tb = performance.now();
+    let w: BlockWeights;
+    if (i < journal.state.finishedBlocks) {
+      w = blockWeightsFromJournal(plan, journal.blockFile(i), i);
+    } else {
+      w = loadBlockWeights(src, i);
+      const { tensors, stats } = quantizeBlock(plan, backend, ctx, i, w, acts, events);
+      writeSafetensors(journal.blockFile(i), tensors);
+      // Outputs for the next block come from the quantized block.
+      runBlockOverSamples(ctx, w, acts, undefined, next);
+      journal.finishBlock(i, stats, (performance.now() - tb) / 1000);
+      events.afterBlockJournaled?.(i);
+      events.onBlockDone?.(i, a.nLayers, (performance.now() - tb) / 1000);
+      [acts, next] = [next, acts];
+      continue;
+    }
+    runBlockOverSamples(ctx, w, acts, undefined, next);
+    [acts, next] = [next, acts];
+    events.onBlockDone?.(i, a.nLayers, (performance.now() - tb) / 1000);
+  }
+
+  const skipped = journal.state.layers.filter((l) => l.status === "skipped").map((l) => l.name);
+  const files = assembleOutput(plan, journal, skipped);
+  journal.remove();
+  return {
+    outDir: plan.outDir,
+    files,
+    layers: journal.state.layers,
+    skipped,
+    blockSeconds: journal.state.blockSeconds,
+    resumedFromBlock: resumedFrom,
+    totalSeconds: (performance.now() - t0) / 1000,
+    peakRssBytes: process.resourceUsage().maxRSS * 1024,
+  };
+}
+
+/** Stream globals and every block file into the final shards, add configs and companions, then rename into place. */
+function assembleOutput(plan: QuantizePlan, journal: Journal, skipped: string[]): string[] {
+  const { src } = plan;
+  const staging = path.join(journal.workDir, "final");
+  fs.rmSync(staging, { recursive: true, force: true });
+  const writer = new ShardedWriter(staging, { maxShardBytes: plan.maxShardBytes });
+  try {
+    for (const t of globalTensors(src)) writer.add(t);
+    for (let i = 0; i < src.arch.nLayers; i++) {
+      const f = Checkpoint.open(journal.blockFile(i));
+      try {
+        for (const n of f.names()) {
+          const info = f.info(n);
+          writer.add({ name: n, dtype: info.dtype, shape: info.shape, data: f.readRaw(n) });
+        }
+      } finally {
+        f.close();
+      }
+    }
+    writer.finish({ format: "pt", quantizer: "quant4" });
+  } catch (e) {
+    writer.abort();
+    throw e;
+  }
+  atomicWriteFile(path.join(staging, "config.json"), JSON.stringify(outputConfig(plan, skipped), null, 2) + "\n");
+  for (const [name, content] of Object.entries(plan.format.sidecarFiles(plan.settings, skipped)))
+    atomicWriteFile(path.join(staging, name), content);
+  for (const f of companionFiles(src.dir)) fs.copyFileSync(path.join(src.dir, f), path.join(staging, f));
+  try {
+    if (fs.existsSync(plan.outDir)) fs.rmSync(plan.outDir, { recursive: true, force: true });
+    fs.mkdirSync(path.dirname(path.resolve(plan.outDir)), { recursive: true });
+    fs.renameSync(staging, plan.outDir);
+  } catch (e) {
+    throw new OutputError(plan.outDir, `could not move the finished output into place: ${(e as Error).message}`);
+  }
+  return fs.readdirSync(plan.outDir).sort();
+}
