@@ -45,10 +45,8 @@ export function maxQ(bits: number): number {
   return 2 ** bits - 1;
 }
 
-/** Number of groups along an input dimension of `inF` (ragged last group counts). */
-export function numGroups(inF: number, groupSize: number): number {
-  return groupSize === -1 ? 1 : Math.ceil(inF / groupSize);
-}
+/** Number of groups along an input dimension (ragged last group counts); shared with the formats. */
+export { numGroups } from "../formats/common.js";
 
 /** Throws UsageError for unsupported bits / group size. */
 export function validateQuantOptions(opts: QuantOptions, inF: number): void {
@@ -155,33 +153,5 @@ export function dequantizeValue(code: number, scale: number, zero: number): numb
   return Math.fround(scale * (code - zero));
 }
 
-/**
- * The float32 weight [out, in] a quantized layer stands for: w[r, c] = scale[r, g] · (code[r, c] − zero[r, g]),
- * g = gIdx[c] when given, else floor(c / groupSize) (0 for per-row layers).
- */
-export function dequantize(layer: Pick<QuantizedLinear, "outFeatures" | "inFeatures" | "groupSize" | "codes" | "scales" | "zeros" | "gIdx">): Float32Array {
-  const { outFeatures: out, inFeatures: inF, groupSize, codes, scales, zeros, gIdx } = layer;
-  const nG = gIdx ? Math.max(numGroups(inF, groupSize), maxOf(gIdx) + 1) : numGroups(inF, groupSize);
-  if (codes.length !== out * inF) throw new RangeError(`dequantize: ${codes.length} codes for a ${out}×${inF} layer`);
-  if (scales.length !== out * nG || zeros.length !== out * nG) {
-    throw new RangeError(`dequantize: scales/zeros hold ${scales.length}/${zeros.length} values, need ${out}×${nG}`);
-  }
-  const group = new Int32Array(inF);
-  for (let c = 0; c < inF; c++) group[c] = gIdx ? gIdx[c]! : groupSize === -1 ? 0 : Math.floor(c / groupSize);
-  const W = new Float32Array(out * inF);
-  for (let r = 0; r < out; r++) {
-    const ro = r * inF;
-    const go = r * nG;
-    for (let c = 0; c < inF; c++) {
-      const g = go + group[c]!;
-      W[ro + c] = scales[g]! * (codes[ro + c]! - zeros[g]!);
-    }
-  }
-  return W;
-}
-
-function maxOf(a: Int32Array): number {
-  let m = -1;
-  for (let i = 0; i < a.length; i++) if (a[i]! > m) m = a[i]!;
-  return m;
-}
+/** The float32 weight [out, in] a quantized layer stands for; one implementation, shared with the formats. */
+export { dequantize } from "../formats/dequant.js";

@@ -4,17 +4,20 @@ import { defaultGroup, numGroups } from "./common.js";
 import type { QuantizedLinear } from "./types.js";
 import { ModelError } from "../src/util/errors.js";
 
-/** [out*in] fp32 row-major weight of a quantized layer. */
-export function dequantize(layer: QuantizedLinear): Float32Array {
+/** The fields dequantization needs (the algorithms call it before a layer has a module name). */
+export type DequantInput = Pick<QuantizedLinear, "outFeatures" | "inFeatures" | "groupSize" | "codes" | "scales" | "zeros" | "gIdx"> & { name?: string };
+
+/** [out*in] fp32 row-major weight of a quantized layer: the one dequantizer used by algorithms, loaders and the pipeline. */
+export function dequantize(layer: DequantInput): Float32Array {
   const { outFeatures: out, inFeatures: inF, groupSize } = layer;
   const g = numGroups(inF, groupSize);
   if (layer.codes.length !== out * inF || layer.scales.length !== out * g || layer.zeros.length !== out * g) {
-    throw new ModelError(`quantized layer ${layer.name}: codes/scales/zeros sizes do not match [${out}, ${inF}] with ${g} groups`);
+    throw new ModelError(`quantized layer ${layer.name ?? ""}: codes/scales/zeros sizes do not match [${out}, ${inF}] with ${g} groups`);
   }
   const group = new Int32Array(inF);
   for (let i = 0; i < inF; i++) {
     const v = layer.gIdx ? layer.gIdx[i]! : defaultGroup(i, groupSize);
-    if (!(v >= 0 && v < g)) throw new ModelError(`quantized layer ${layer.name}: gIdx[${i}] = ${v} is outside [0, ${g})`);
+    if (!(v >= 0 && v < g)) throw new ModelError(`quantized layer ${layer.name ?? ""}: gIdx[${i}] = ${v} is outside [0, ${g})`);
     group[i] = v;
   }
   const w = new Float32Array(out * inF);
