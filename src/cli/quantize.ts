@@ -11,7 +11,7 @@ import { formatNames, getFormat } from "../../formats/index.js";
 import { openModel } from "../model/model.js";
 import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
 import { loadTokenizer } from "../tokenizer/index.js";
-import { UsageError } from "../util/errors.js";
+import { OutputError, UsageError } from "../util/errors.js";
 import { progressEnabled, startDualProgress } from "../util/progress.js";
 import { action, deviceSchema, fmtBytes, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
 
@@ -57,14 +57,54 @@ function fileFingerprint(files: string[]): string[] {
   return files.map((f) => `${path.basename(f)}:${fs.statSync(f).size}:${fs.statSync(f).mtimeMs}`);
 }
 
+/** `a` is `b` or a directory above it. */
+function isSameOrAncestor(a: string, b: string): boolean {
+  const rel = path.relative(a, b);
+  return rel === "" || (!rel.startsWith("..") && !path.isAbsolute(rel));
+}
+
+/**
+ * Refuse output locations that cannot be written or whose replacement would destroy the input, before
+ * anything is written: the output (or the nearest existing folder above it) must be a directory, and it
+ * must not be, or contain, the model directory (--overwrite removes the old output).
+ */
+function checkOutputLocation(modelDir: string, outDir: string, overwrite: boolean): void {
+  const real = (p: string): string => {
+    try {
+      return fs.realpathSync(p);
+    } catch {
+      return p; // does not exist (yet)
+    }
+  };
+  const out = path.resolve(outDir);
+  const model = real(path.resolve(modelDir));
+  if (isSameOrAncestor(out, model) || isSameOrAncestor(real(out), model))
+    throw new UsageError(`the output directory ${outDir} must not be the model directory or contain it`);
+  if (fs.existsSync(out)) {
+    if (!fs.statSync(out).isDirectory()) throw new OutputError(outDir, "exists and is not a directory");
+    if (fs.readdirSync(out).length > 0 && !overwrite) throw new UsageError(`${outDir} exists and is not empty; pass --overwrite to replace it`);
+  }
+  // The output and its <out>.partial work dir are created next to it: the nearest existing folder above must take them.
+  let parent = path.dirname(out);
+  while (!fs.existsSync(parent) && path.dirname(parent) !== parent) parent = path.dirname(parent);
+  if (!fs.statSync(parent).isDirectory()) throw new OutputError(outDir, `cannot create it: ${parent} is not a directory`);
+  try {
+    fs.accessSync(parent, fs.constants.W_OK);
+  } catch {
+    throw new OutputError(outDir, `cannot create it: ${parent} is not writable (permission denied)`);
+  }
+}
+
 /** Build and validate everything the run needs; nothing is written. */
-export function buildPlan(modelDir: string, outDir: string, o: QuantizeCliOptions): QuantizePlan & { calibName: string; calibTokens: number } {
+export function buildPlan(
+  modelDir: string,
+  outDir: string,
+  o: QuantizeCliOptions,
+): QuantizePlan & { calibName: string; calibTokens: number; seed: number } {
   const format = getFormat(o.format);
   const src = openModel(modelDir);
   if (src.quant) throw new UsageError(`${modelDir} is already quantized (${src.quant.format.name}); quantize an fp16/bf16/fp32 checkpoint`);
-  if (path.resolve(outDir) === path.resolve(modelDir)) throw new UsageError("the output directory must differ from the model directory");
-  if (fs.existsSync(outDir) && fs.readdirSync(outDir).length > 0 && !o.overwrite)
-    throw new UsageError(`${outDir} exists and is not empty; pass --overwrite to replace it`);
+  checkOutputLocation(modelDir, outDir, o.overwrite);
   const seqlen = o.seqlen ?? Math.min(2048, src.arch.maxPositions);
   if (seqlen > src.arch.maxPositions) throw new UsageError(`--seqlen ${seqlen} exceeds the model's context of ${src.arch.maxPositions}`);
   if (o.staticGroups && o.groupSize === -1) throw new UsageError("--static-groups needs a --group-size (it has no effect per row)");
@@ -102,6 +142,7 @@ export function buildPlan(modelDir: string, outDir: string, o: QuantizeCliOption
     resume: o.resume,
     calibName: text.name,
     calibTokens: ids.length,
+    seed: o.seed,
   };
 }
 
@@ -118,7 +159,7 @@ export function describePlan(plan: ReturnType<typeof buildPlan>): Record<string,
     out: plan.outDir,
     format: plan.format.name,
     settings: plan.settings,
-    calibration: { text: plan.calibName, tokens: plan.calibTokens, nsamples: plan.nsamples, seqlen: plan.seqlen, seed: "see options" },
+    calibration: { text: plan.calibName, tokens: plan.calibTokens, nsamples: plan.nsamples, seqlen: plan.seqlen, seed: plan.seed },
     linearsPerBlock: layers,
     quantizedLinears: layers.filter((l) => l.quantized).length * a.nLayers,
     skippedLinears: layers.filter((l) => !l.quantized).length * a.nLayers,
