@@ -7,7 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { atomicWriteFile } from "../io/writer.js";
-import { FileFormatError, UsageError } from "../util/errors.js";
+import { FileFormatError, OutputError, UsageError } from "../util/errors.js";
 
 const layerStatSchema = z.object({
   name: z.string(),
@@ -61,7 +61,11 @@ export class Journal {
         return new Journal(workDir, r.data);
       }
     }
-    fs.mkdirSync(workDir, { recursive: true });
+    try {
+      fs.mkdirSync(workDir, { recursive: true });
+    } catch (e) {
+      throw new OutputError(workDir, `cannot create the work directory: ${(e as Error).message}`);
+    }
     const j = new Journal(workDir, { version: 1, settingsKey, finishedBlocks: 0, layers: [], blockSeconds: [] });
     j.save();
     return j;
