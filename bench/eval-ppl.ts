@@ -1,0 +1,262 @@
+// eval-ppl throughput and where its time goes, next to the Backend's GEMM peak measured in the same run.
+//
+//   node --import tsx bench/eval-ppl.ts [--model DIR ...] [--text wikitext2] [--seqlen 512] [--windows 16]
+//                                       [--reps 3] [--threads T] [--json]
+//
+// Default models: models/stories260K and ../shared/models/brown-llama (when present). Per model:
+//   1. plain runs of evaluatePerplexity (the CLI's code path, unwrapped backend): tokens/s, best of --reps;
+//   2. one instrumented run: the model's backend is swapped for a timing proxy that times every GEMM and
+//      classifies it (B is a block Linear weight → "linear", the LM head → "lm_head", anything else →
+//      "attention"), and the loop is split into forward and NLL (windowNll); nothing in src/ is changed;
+//   3. the GEMM rate at each exact Linear shape (M = seqlen rows, N = out, K = in, B transposed, as
+//      forward.ts's linear() calls it), best of several repetitions;
+//   4. gemmPeakGflops (n = 512 and 1024), best of several calls, before and after the model runs.
+// The machine is shared: every rate is the best of its repetitions, and "peak" is the best seen.
+
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { resolveText } from "../src/calibration/texts.js";
+import type { Backend } from "../src/compute/backend.js";
+import { gemmPeakGflops, getBackend, type CpuBackend } from "../src/compute/index.js";
+import { evaluatePerplexity, windowNll } from "../src/eval/perplexity.js";
+import { Model } from "../src/model/model.js";
+import { loadTokenizer } from "../src/tokenizer/index.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+
+interface Args {
+  models: string[];
+  text: string;
+  seqlen: number;
+  windows: number;
+  reps: number;
+  threads?: number;
+  json: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { models: [], text: "wikitext2", seqlen: 512, windows: 16, reps: 3, json: false };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i]!;
+    const v = (): string => {
+      const x = argv[++i];
+      if (x === undefined) throw new Error(`${k} needs a value`);
+      return x;
+    };
+    if (k === "--model") a.models.push(v());
+    else if (k === "--text") a.text = v();
+    else if (k === "--seqlen") a.seqlen = Number(v());
+    else if (k === "--windows") a.windows = Number(v());
+    else if (k === "--reps") a.reps = Number(v());
+    else if (k === "--threads") a.threads = Number(v());
+    else if (k === "--json") a.json = true;
+    else if (k === "-h" || k === "--help") {
+      console.log(fs.readFileSync(fileURLToPath(import.meta.url), "utf8").split("\n").slice(0, 16).join("\n"));
+      process.exit(0);
+    } else throw new Error(`unknown argument ${k}`);
+  }
+  if (a.models.length === 0) {
+    a.models.push(path.join(root, "models/stories260K"));
+    const brown = path.resolve(root, "../shared/models/brown-llama");
+    if (fs.existsSync(path.join(brown, "config.json"))) a.models.push(brown);
+  }
+  return a;
+}
+
+type GemmClass = "linear" | "lm_head" | "attention";
+
+interface ClassStats {
+  calls: number;
+  seconds: number;
+  flops: number;
+}
+
+/** A Backend that forwards everything and times gemm calls by class; per-shape stats for Linears. */
+class TimingBackend implements Backend {
+  readonly name: string;
+  readonly stats: Record<GemmClass, ClassStats> = {
+    linear: { calls: 0, seconds: 0, flops: 0 },
+    lm_head: { calls: 0, seconds: 0, flops: 0 },
+    attention: { calls: 0, seconds: 0, flops: 0 },
+  };
+  readonly shapes = new Map<string, ClassStats & { M: number; N: number; K: number; cls: GemmClass }>();
+  constructor(private readonly inner: Backend, private readonly linearWeights: Set<Float32Array>, private readonly lmHead: Float32Array) {
+    this.name = `timed(${inner.name})`;
+  }
+  setThreads(n: number): void {
+    this.inner.setThreads(n);
+  }
+  getThreads(): number {
+    return this.inner.getThreads();
+  }
+  gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, B: Float32Array, beta: number, C: Float32Array): void {
+    const t0 = process.hrtime.bigint();
+    this.inner.gemm(transA, transB, M, N, K, alpha, A, B, beta, C);
+    const dt = Number(process.hrtime.bigint() - t0) / 1e9;
+    const cls: GemmClass = B === this.lmHead ? "lm_head" : this.linearWeights.has(B) ? "linear" : "attention";
+    const s = this.stats[cls];
+    const flops = 2 * M * N * K;
+    s.calls++;
+    s.seconds += dt;
+    s.flops += flops;
+    if (cls !== "attention") {
+      const key = `${cls}:${M}x${N}x${K}`;
+      let sh = this.shapes.get(key);
+      if (!sh) this.shapes.set(key, (sh = { M, N, K, cls, calls: 0, seconds: 0, flops: 0 }));
+      sh.calls++;
+      sh.seconds += dt;
+      sh.flops += flops;
+    }
+  }
+  syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array): void {
+    this.inner.syrk(n, rows, alpha, X, beta, H);
+  }
+  cholesky(A: Float32Array, n: number, upper: boolean): boolean {
+    return this.inner.cholesky(A, n, upper);
+  }
+  choleskyInverse(A: Float32Array, n: number): boolean {
+    return this.inner.choleskyInverse(A, n);
+  }
+}
+
+/** Best GFLOP/s of C[M×N] = A[M×K]·B[N×K]ᵀ (linear()'s call), over `reps` timed calls after a warm-up. */
+function shapeGflops(be: Backend, M: number, N: number, K: number, reps: number): number {
+  const A = new Float32Array(M * K);
+  const B = new Float32Array(N * K);
+  const C = new Float32Array(M * N);
+  for (let i = 0; i < A.length; i++) A[i] = ((i * 2654435761) % 1000) / 1000 - 0.5;
+  for (let i = 0; i < B.length; i++) B[i] = ((i * 40503) % 1000) / 1000 - 0.5;
+  be.gemm(false, true, M, N, K, 1, A, B, 0, C);
+  let best = Infinity;
+  for (let r = 0; r < reps; r++) {
+    const t0 = process.hrtime.bigint();
+    be.gemm(false, true, M, N, K, 1, A, B, 0, C);
+    best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  return (2 * M * N * K) / best / 1e9;
+}
+
+function peak(be: Backend, tries = 3): { n512: number; n1024: number } {
+  let n512 = 0;
+  let n1024 = 0;
+  for (let t = 0; t < tries; t++) {
+    n512 = Math.max(n512, gemmPeakGflops(be, 512, 5));
+    n1024 = Math.max(n1024, gemmPeakGflops(be, 1024, 3));
+  }
+  return { n512, n1024 };
+}
+
+const args = parseArgs(process.argv.slice(2));
+const be = getBackend("cpu");
+if (args.threads !== undefined) be.setThreads(args.threads);
+const log = (s: string) => {
+  if (!args.json) console.log(s);
+};
+log(`# ${(be as CpuBackend).blasInfo}; threads=${be.getThreads()}; node ${process.version}`);
+const peakBefore = peak(be);
+log(`GEMM peak (gemmPeakGflops, best of 3 calls): n=512 ${peakBefore.n512.toFixed(1)} GFLOP/s, n=1024 ${peakBefore.n1024.toFixed(1)} GFLOP/s`);
+
+const results: Record<string, unknown>[] = [];
+for (const dir of args.models) {
+  const model = Model.load(dir, be);
+  const tok = loadTokenizer(dir);
+  const src = resolveText(args.text);
+  const bosId = tok.bosId ?? model.arch.bosId;
+  const addBos = model.arch.family !== "gpt2" && bosId !== null;
+  const ids = tok.encode(src.text);
+  const tokens = addBos ? [bosId!, ...ids] : ids;
+  const a = model.arch;
+  const seqlen = Math.min(args.seqlen, a.maxPositions);
+  const name = path.basename(dir);
+  log(`\n## ${name}: ${a.modelType} hidden ${a.hidden}, ${a.nLayers} blocks, ${a.nHeads}/${a.nKvHeads} heads × ${a.headDim}, vocab ${a.vocabSize}; ${args.text}, seqlen ${seqlen}, ${args.windows} windows`);
+
+  // 1. plain runs (CLI path)
+  evaluatePerplexity(model, tokens, { seqlen, maxWindows: 1 }, addBos); // warm-up (JIT, page faults)
+  let best = 0;
+  let ppl = NaN;
+  const all: number[] = [];
+  for (let r = 0; r < args.reps; r++) {
+    const res = evaluatePerplexity(model, tokens, { seqlen, maxWindows: args.windows }, addBos);
+    all.push(res.tokensPerSecond);
+    best = Math.max(best, res.tokensPerSecond);
+    ppl = res.ppl;
+  }
+  log(`tokens/s: ${best.toFixed(0)} (best of ${args.reps}: ${all.map((x) => x.toFixed(0)).join(", ")}); ppl ${ppl.toFixed(4)} over ${args.windows} windows`);
+
+  // 2. instrumented run
+  const weights = new Set<Float32Array>();
+  for (const bw of model.blocks) for (const l of a.linears) weights.add(bw.get(`${l.name}.weight`)!);
+  const timed = new TimingBackend(be, weights, model.globals.lmHead);
+  const ctx = model.ctx as { backend: Backend };
+  ctx.backend = timed;
+  const win = new Int32Array(seqlen);
+  const windows = Math.min(args.windows, Math.floor(tokens.length / seqlen));
+  let fwdS = 0;
+  let nllS = 0;
+  const t0 = process.hrtime.bigint();
+  for (let w = 0; w < windows; w++) {
+    for (let i = 0; i < seqlen; i++) win[i] = tokens[w * seqlen + i]!;
+    const t1 = process.hrtime.bigint();
+    const logits = model.forward(win, 1, seqlen);
+    const t2 = process.hrtime.bigint();
+    windowNll(logits, win, seqlen, a.vocabSize);
+    fwdS += Number(t2 - t1) / 1e9;
+    nllS += Number(process.hrtime.bigint() - t2) / 1e9;
+  }
+  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+  ctx.backend = be;
+  const st = timed.stats;
+  const pct = (s: number) => `${((100 * s) / wall).toFixed(1)}%`;
+  const rate = (c: ClassStats) => c.flops / c.seconds / 1e9;
+  const other = fwdS - st.linear.seconds - st.lm_head.seconds - st.attention.seconds;
+  log(`instrumented run: ${wall.toFixed(2)} s wall, ${((windows * seqlen) / wall).toFixed(0)} tokens/s`);
+  log(`  block Linears GEMM  ${st.linear.seconds.toFixed(3)} s  ${pct(st.linear.seconds)}  ${rate(st.linear).toFixed(1)} GFLOP/s  (${st.linear.calls} calls)`);
+  log(`  LM head GEMM        ${st.lm_head.seconds.toFixed(3)} s  ${pct(st.lm_head.seconds)}  ${rate(st.lm_head).toFixed(1)} GFLOP/s  (${st.lm_head.calls} calls)`);
+  log(`  attention GEMMs     ${st.attention.seconds.toFixed(3)} s  ${pct(st.attention.seconds)}  ${rate(st.attention).toFixed(1)} GFLOP/s  (${st.attention.calls} calls)`);
+  log(`  rest of forward     ${other.toFixed(3)} s  ${pct(other)}  (norms, RoPE, softmax, SiLU, copies, allocation)`);
+  log(`  windowNll           ${nllS.toFixed(3)} s  ${pct(nllS)}  (log-softmax over the vocabulary)`);
+
+  // 3. GEMM rate at the exact Linear shapes
+  const shapeRows: { cls: GemmClass; M: number; N: number; K: number; inRun: number; isolated: number; share: number }[] = [];
+  for (const sh of [...timed.shapes.values()].sort((x, y) => y.seconds - x.seconds)) {
+    shapeRows.push({ cls: sh.cls, M: sh.M, N: sh.N, K: sh.K, inRun: sh.flops / sh.seconds / 1e9, isolated: shapeGflops(be, sh.M, sh.N, sh.K, 10), share: sh.seconds / wall });
+  }
+
+  // 4. peak again (the machine is shared; keep the best seen)
+  const peakAfter = peak(be);
+  const pk = Math.max(peakBefore.n512, peakBefore.n1024, peakAfter.n512, peakAfter.n1024);
+  const linAll = { seconds: st.linear.seconds + st.lm_head.seconds, flops: st.linear.flops + st.lm_head.flops };
+  const linRate = linAll.flops / linAll.seconds / 1e9;
+  log(`GEMM peak (this model's run, best of before/after, n=512/1024): ${pk.toFixed(1)} GFLOP/s`);
+  log(`Linear layers (blocks + LM head): ${pct(linAll.seconds)} of wall time, ${linRate.toFixed(1)} GFLOP/s = ${((100 * linRate) / pk).toFixed(0)}% of peak` +
+    ` (blocks only: ${rate(st.linear).toFixed(1)} GFLOP/s = ${((100 * rate(st.linear)) / pk).toFixed(0)}%)  [target ≥ 60%: ${linRate >= 0.6 * pk ? "met" : "NOT met"}]`);
+  log(`  shape (M×N×K)       in run GFLOP/s   isolated best GFLOP/s   % of peak (isolated)   share of wall`);
+  for (const r of shapeRows) {
+    log(`  ${(r.cls === "lm_head" ? "lm_head " : "") + `${r.M}×${r.N}×${r.K}`}`.padEnd(24) + `${r.inRun.toFixed(1)}`.padStart(8) + `${r.isolated.toFixed(1)}`.padStart(22) + `${((100 * r.isolated) / pk).toFixed(0)}%`.padStart(20) + `${(100 * r.share).toFixed(1)}%`.padStart(18));
+  }
+  results.push({
+    model: dir,
+    text: args.text,
+    seqlen,
+    windows,
+    ppl,
+    tokensPerSecond: best,
+    tokensPerSecondAll: all,
+    instrumented: {
+      wallSeconds: wall,
+      forwardSeconds: fwdS,
+      nllSeconds: nllS,
+      gemm: st,
+      otherForwardSeconds: other,
+    },
+    linear: { shareOfWall: linAll.seconds / wall, gflops: linRate, blockGflops: rate(st.linear), ratioToPeak: linRate / pk, targetMet: linRate >= 0.6 * pk },
+    shapes: shapeRows,
+    gemmPeakGflops: pk,
+    peakBefore,
+    peakAfter,
+  });
+}
+if (args.json) {
+  console.log(JSON.stringify({ blas: (be as CpuBackend).blasInfo, threads: be.getThreads(), peakBefore, results }, null, 2));
+}
