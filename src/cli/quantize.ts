@@ -16,13 +16,13 @@ import { progressEnabled, startDualProgress } from "../util/progress.js";
 import { action, deviceSchema, fmtBytes, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
 
 /** "4GB", "500MB", "1.5GiB", "123" (bytes). */
-export function parseSize(s: string): number {
+export function parseSize(s: string, flag = "--max-shard-size"): number {
   const m = /^\s*([\d.]+)\s*(b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$/i.exec(s);
-  if (!m) throw new UsageError(`--max-shard-size "${s}" is not a size (examples: 4GB, 500MB, 2GiB)`);
+  if (!m) throw new UsageError(`${flag} "${s}" is not a size (examples: 4GB, 500MB, 2GiB)`);
   const unit = (m[2] ?? "b").toLowerCase();
   const mult: Record<string, number> = { b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
   const v = Number(m[1]) * mult[unit]!;
-  if (!(v >= 1024)) throw new UsageError(`--max-shard-size "${s}" is too small (minimum 1KiB)`);
+  if (!(v >= 1024)) throw new UsageError(`${flag} "${s}" is too small (minimum 1KiB)`);
   return Math.floor(v);
 }
 
@@ -43,6 +43,7 @@ const optionsSchema = z
     format: z.string().default("gptq"),
     actDtype: z.enum(["fp32", "fp16"]).default("fp32"),
     maxShardSize: z.string().default("4GB"),
+    maxMemory: z.string().optional(),
     resume: z.boolean().default(false),
     overwrite: z.boolean().default(false),
     json: z.boolean().default(false),
@@ -137,6 +138,7 @@ export function buildPlan(
     actDtype: o.actDtype,
     blockSize: o.blockSize,
     maxShardBytes: parseSize(o.maxShardSize),
+    maxMemoryBytes: o.maxMemory !== undefined ? parseSize(o.maxMemory, "--max-memory") : null,
     outDir,
     settingsKey: key,
     resume: o.resume,
@@ -188,6 +190,7 @@ export function registerQuantize(program: Command): void {
     .option("--seed <n>", "seed of the window sampler", "0")
     .option("--format <name>", `output format: ${formatNames().join(", ")}`, "gptq")
     .option("--act-dtype <fp32|fp16>", "storage of calibration activations between blocks (fp16 halves memory)", "fp32")
+    .option("--max-memory <size>", "budget for calibration activations; above it they are spilled to a temp file in <out-dir>.partial/ (default: keep in memory)")
     .option("--max-shard-size <size>", "split the output into shards of at most this size", "4GB")
     .option("--resume", "continue an interrupted run from its last finished block", false)
     .option("--overwrite", "replace a non-empty output directory", false)

@@ -1,21 +1,48 @@
 // Calibration activations between blocks: nsamples × seqlen rows of `hidden` values, kept as fp32 or
-// (halving memory) fp16. Batches are materialised as fp32 for the forward pass and written back.
+// (halving memory) fp16, in memory or — when over the --max-memory budget — in a temp file that is
+// read and written one batch at a time. Batches are materialised as fp32 for the forward pass.
 
+import fs from "node:fs";
 import { f16ToF32, f32ToF16 } from "../io/dtype.js";
+import { OutputError } from "../util/errors.js";
 
 export type ActDtype = "fp32" | "fp16";
 
 export class ActivationStore {
-  private readonly f32?: Float32Array;
-  private readonly f16?: Uint16Array;
-  constructor(readonly samples: number, readonly seqlen: number, readonly hidden: number, readonly dtype: ActDtype) {
+  private readonly mem: Float32Array | Uint16Array | null;
+  private readonly fd: number | null = null;
+  private readonly elemBytes: number;
+
+  /** `spillFile`: keep the values in this file instead of memory (created, removed by close()). */
+  constructor(
+    readonly samples: number,
+    readonly seqlen: number,
+    readonly hidden: number,
+    readonly dtype: ActDtype,
+    readonly spillFile: string | null = null,
+  ) {
     const n = samples * seqlen * hidden;
-    if (dtype === "fp32") this.f32 = new Float32Array(n);
-    else this.f16 = new Uint16Array(n);
+    this.elemBytes = dtype === "fp32" ? 4 : 2;
+    if (spillFile) {
+      try {
+        this.fd = fs.openSync(spillFile, "w+");
+        fs.ftruncateSync(this.fd, n * this.elemBytes);
+      } catch (e) {
+        throw new OutputError(spillFile, `cannot create the activation spill file: ${(e as Error).message}`);
+      }
+      this.mem = null;
+    } else {
+      this.mem = dtype === "fp32" ? new Float32Array(n) : new Uint16Array(n);
+    }
   }
 
+  /** Bytes the values take (in memory or on disk). */
   get bytes(): number {
-    return (this.f32 ?? this.f16!).byteLength;
+    return this.samples * this.seqlen * this.hidden * this.elemBytes;
+  }
+
+  static bytesFor(samples: number, seqlen: number, hidden: number, dtype: ActDtype): number {
+    return samples * seqlen * hidden * (dtype === "fp32" ? 4 : 2);
   }
 
   private range(s0: number, s1: number): [number, number] {
@@ -26,12 +53,34 @@ export class ActivationStore {
   /** Samples [s0, s1) as one fp32 array [(s1−s0)·seqlen, hidden]. */
   get(s0: number, s1: number): Float32Array {
     const [a, b] = this.range(s0, s1);
-    return this.f32 ? this.f32.slice(a, b) : f16ToF32(this.f16!.subarray(a, b));
+    if (this.mem) return this.mem instanceof Float32Array ? this.mem.slice(a, b) : f16ToF32(this.mem.subarray(a, b));
+    const buf = Buffer.alloc((b - a) * this.elemBytes);
+    fs.readSync(this.fd!, buf, 0, buf.length, a * this.elemBytes);
+    if (this.dtype === "fp32") return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length));
+    return f16ToF32(new Uint16Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length)));
   }
 
   set(s0: number, x: Float32Array): void {
     const [a] = this.range(s0, s0);
-    if (this.f32) this.f32.set(x, a);
-    else this.f16!.set(f32ToF16(x), a);
+    if (this.mem) {
+      if (this.mem instanceof Float32Array) this.mem.set(x, a);
+      else this.mem.set(f32ToF16(x), a);
+      return;
+    }
+    const data = this.dtype === "fp32" ? x : f32ToF16(x);
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    try {
+      fs.writeSync(this.fd!, bytes, 0, bytes.length, a * this.elemBytes);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw new OutputError(this.spillFile!, err.code === "ENOSPC" ? "out of disk space while spilling activations" : err.message);
+    }
+  }
+
+  close(): void {
+    if (this.fd !== null) {
+      fs.closeSync(this.fd);
+      fs.rmSync(this.spillFile!, { force: true });
+    }
   }
 }

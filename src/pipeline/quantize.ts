@@ -32,6 +32,8 @@ export interface QuantizePlan {
   nsamples: number;
   seqlen: number;
   actDtype: ActDtype;
+  /** Budget for the two activation stores; above it they live in temp files in the work dir. null = in memory. */
+  maxMemoryBytes: number | null;
   blockSize: number;
   maxShardBytes: number;
   outDir: string;
@@ -269,12 +271,15 @@ export function runQuantize(plan: QuantizePlan, backend: Backend, events: Quanti
 
   // Block-0 inputs: the embeddings of the calibration windows.
   const globals = loadGlobalWeights(src);
-  let acts = new ActivationStore(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype);
+  const spill = plan.maxMemoryBytes !== null && 2 * ActivationStore.bytesFor(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype) > plan.maxMemoryBytes;
+  const store = (tag: string) =>
+    new ActivationStore(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype, spill ? path.join(journal.workDir, `activations-${tag}.bin`) : null);
+  let acts = store("a");
   for (let s = 0; s < plan.nsamples; s++) {
     const win = plan.windows.subarray(s * plan.seqlen, (s + 1) * plan.seqlen);
     acts.set(s, embedTokens(a, globals, win, plan.seqlen));
   }
-  let next = new ActivationStore(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype);
+  let next = store("b");
 
   for (let i = 0; i < a.nLayers; i++) {
     events.onBlockStart?.(i, a.nLayers);
@@ -299,6 +304,8 @@ export function runQuantize(plan: QuantizePlan, backend: Backend, events: Quanti
     events.onBlockDone?.(i, a.nLayers, (performance.now() - tb) / 1000);
   }
 
+  acts.close();
+  next.close();
   const skipped = journal.state.layers.filter((l) => l.status === "skipped").map((l) => l.name);
   const files = assembleOutput(plan, journal, skipped);
   journal.remove();
