@@ -2,6 +2,7 @@
 
 import crypto from "node:crypto";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import type { Command } from "commander";
 import { z } from "zod";
@@ -123,9 +124,19 @@ export function buildPlan(
     damp: o.damp,
     trueSequential: true,
   };
+  const held = src.arch.linears.filter((l) => format.canHold({ out: l.out, in: l.in }, settings) === null);
+  if (held.length === 0) {
+    const reasons = [...new Set(src.arch.linears.map((l) => format.canHold({ out: l.out, in: l.in }, settings)))].join("; ");
+    throw new UsageError(
+      `format ${format.name} cannot hold any Linear of this model with bits ${o.bits}, group size ${o.groupSize} (${reasons}); ` +
+        `try another --group-size (e.g. -1 or a divisor of the layer widths) or --format ${formatNames().filter((f) => f !== format.name).join("/")}`,
+    );
+  }
+  // BLAS results depend on the thread count, so a bit-identical resume needs the same one: part of the key.
+  const threads = o.threads ?? os.availableParallelism();
   const key = crypto
     .createHash("sha256")
-    .update(JSON.stringify({ model: fileFingerprint(src.ckpt.files), settings, format: format.name, seqlen, nsamples: o.nsamples, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype }))
+    .update(JSON.stringify({ model: fileFingerprint(src.ckpt.files), settings, format: format.name, seqlen, nsamples: o.nsamples, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads }))
     .update(windows.buffer instanceof ArrayBuffer ? new Uint8Array(windows.buffer) : new Uint8Array(0))
     .digest("hex");
   return {

@@ -57,7 +57,7 @@ export class Journal {
         const r = journalSchema.safeParse(raw);
         if (!r.success) throw new FileFormatError(file, `not a quant4 journal: ${r.error.issues[0]?.message}`);
         if (r.data.settingsKey !== settingsKey)
-          throw new UsageError(`${file}: the interrupted run used different settings or a different model; delete ${workDir} to start over`);
+          throw new UsageError(`${file}: the interrupted run used different settings, calibration data, --threads or a different model; rerun with the same options, or delete ${workDir} to start over`);
         return new Journal(workDir, r.data);
       }
     }
