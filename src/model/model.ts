@@ -61,7 +61,7 @@ function expectShape(src: ModelSource, name: string, want: number[]): void {
   if (!src.ckpt.has(name)) throw new ModelError(`${src.dir}: tensor "${name}" is missing (needed by ${src.arch.modelType})`);
   const info = src.ckpt.info(name);
   if (info.shape.length !== want.length || info.shape.some((d, i) => d !== want[i]))
-    throw new ModelError(`${path.basename(info.file)}: tensor "${name}" has shape ${shapeStr(info.shape)}, expected ${shapeStr(want)} from config.json`);
+    throw new ModelError(`${info.file}: tensor "${name}" has shape ${shapeStr(info.shape)}, expected ${shapeStr(want)} from config.json`);
 }
 
 function checkGlobalShapes(src: ModelSource): void {
@@ -75,7 +75,7 @@ function checkGlobalShapes(src: ModelSource): void {
 /** Read a floating tensor as fp32 and refuse NaN/Inf. */
 export function readFloat(src: ModelSource, name: string): Float32Array {
   const data = src.ckpt.readF32(name);
-  assertFinite(name, data, path.basename(src.ckpt.info(name).file));
+  assertFinite(name, data, src.ckpt.info(name).file);
   return data;
 }
 
