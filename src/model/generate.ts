@@ -25,7 +25,8 @@ export function generateGreedy(model: Model, prompt: number[], maxTokens: number
     if (eosId !== null && next === eosId) break;
     out.push(next);
     onToken?.(next);
-    if (pos >= capacity) break;
+    // The last token needs no forward pass of its own (nor does one past the cache).
+    if (out.length >= maxTokens || pos >= capacity) break;
     logits = model.forward([next], 1, 1, { pos0: pos, cache });
     pos++;
     next = argmax(logits, 0, V);
