@@ -4,7 +4,7 @@
 
 import type { Backend } from "../compute/backend.js";
 import type { ArchSpec, NormSpec } from "./architectures.js";
-import { RopeTables, activate, activateMul, layerNorm, rmsNorm, softmaxCausal } from "./ops.js";
+import { RopeTables, activate, activateMul, layerNorm, rmsNorm, softmaxCausalUnscaled } from "./ops.js";
 
 /** A block's tensors keyed relative to its prefix ("self_attn.q_proj.weight"); Linear weights are fp32 [out, in]. */
 export type BlockWeights = Map<string, Float32Array>;
@@ -110,6 +110,7 @@ function attention(ctx: ForwardContext, q: Float32Array, k: Float32Array, v: Flo
   const Kh = sc.get("att.K", L * d);
   const Vh = sc.get("att.V", L * d);
   const scale = 1 / Math.sqrt(d);
+  const inv = new Float64Array(G * Tc);
   for (let b = 0; b < B; b++) {
     let kSrc = k, vSrc = v, kRow0 = b * T;
     if (cache) {
@@ -146,7 +147,8 @@ function attention(ctx: ForwardContext, q: Float32Array, k: Float32Array, v: Flo
         }
         const S = sc.get("att.S", M * Lc);
         backend.gemm(false, true, M, Lc, d, scale, Qg, Lc === L ? Kh : Kh.subarray(0, Lc * d), 0, S);
-        for (let g = 0; g < G; g++) softmaxCausal(S, g * tc * Lc, tc, Lc, pos0 + t0 + 1);
+        // Unnormalized probabilities; each row's 1/Σ is applied to its (d-wide) output row instead.
+        for (let g = 0; g < G; g++) softmaxCausalUnscaled(S, g * tc * Lc, tc, Lc, pos0 + t0 + 1, inv, g * tc);
         const Og = sc.get("att.O", M * d);
         backend.gemm(false, false, M, d, Lc, 1, S, Lc === L ? Vh : Vh.subarray(0, Lc * d), 0, Og);
         for (let g = 0; g < G; g++) {
@@ -154,7 +156,8 @@ function attention(ctx: ForwardContext, q: Float32Array, k: Float32Array, v: Flo
           for (let t = 0; t < tc; t++) {
             const dst = (b * T + t0 + t) * qDim + h * d;
             const src = (g * tc + t) * d;
-            for (let i = 0; i < d; i++) out[dst + i] = Og[src + i]!;
+            const f = inv[g * tc + t]!;
+            for (let i = 0; i < d; i++) out[dst + i] = Og[src + i]! * f;
           }
         }
       }

@@ -223,6 +223,28 @@ export function softmaxCausal(s: Float32Array, offset: number, rows: number, col
   for (let r = 0; r < rows; r++) softmaxRow(s, offset + r * cols, Math.min(cols, firstVisible + r), cols);
 }
 
+/**
+ * softmaxCausal without the final scaling: row r's visible entries become e^(s − max) and
+ * inv[invOffset + r] = 1 / Σ e, so the caller applies the scale later (to the much smaller S·V).
+ */
+export function softmaxCausalUnscaled(s: Float32Array, offset: number, rows: number, cols: number, firstVisible: number, inv: Float64Array, invOffset: number): void {
+  for (let r = 0; r < rows; r++) {
+    const o = offset + r * cols;
+    const n = Math.min(cols, firstVisible + r);
+    const end = o + n;
+    let m = -Infinity;
+    for (let j = o; j < end; j++) if (s[j]! > m) m = s[j]!;
+    let sum = 0;
+    for (let j = o; j < end; j++) {
+      const e = fastExp(s[j]! - m);
+      s[j] = e;
+      sum += e;
+    }
+    inv[invOffset + r] = 1 / sum;
+    if (n < cols) s.fill(0, end, o + cols);
+  }
+}
+
 function softmaxRow(s: Float32Array, o: number, n: number, cols: number): void {
   const end = o + n;
   let m = -Infinity;
