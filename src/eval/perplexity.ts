@@ -3,6 +3,7 @@
 // prediction inside each window scored, ppl = exp(mean NLL). The protocol is returned with the number.
 
 import type { Model } from "../model/model.js";
+import { fastExp } from "../model/ops.js";
 import { UsageError } from "../util/errors.js";
 
 export interface PplOptions {
@@ -31,7 +32,7 @@ export function windowNll(logits: Float32Array, tokens: ArrayLike<number>, T: nu
     let m = -Infinity;
     for (let j = 0; j < vocab; j++) if (logits[o + j]! > m) m = logits[o + j]!;
     let s = 0;
-    for (let j = 0; j < vocab; j++) s += Math.exp(logits[o + j]! - m);
+    for (let j = 0; j < vocab; j++) s += fastExp(logits[o + j]! - m); // Math.exp to ~1 ulp, 2× faster
     sum += m + Math.log(s) - logits[o + tokens[t + 1]!]!;
   }
   return sum / (T - 1);
