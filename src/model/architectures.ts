@@ -54,7 +54,7 @@ export interface ArchSpec {
   attn: { q: string; k: string; v: string; o: string } | { qkv: string; o: string };
   mlpLinears: { gate?: string; up: string; down: string };
   linears: LinearSpec[];
-  /** Linears grouped in true-sequential order: a group's inputs depend only on earlier groups. */
+  /** Linears grouped in true-sequential order: a group's input depends only on earlier groups, and all Linears of a group share that input. */
   sequentialGroups: string[][];
   attnNorm: NormSpec;
   mlpNorm: NormSpec;

@@ -156,30 +156,11 @@ function quantizeBlock(
   const byName = new Map(a.linears.map((l) => [l.name, l]));
   let done = 0;
   for (const group of a.sequentialGroups) {
-    // One Hessian per distinct input: q/k/v (and gate/up) see the same activations.
-    const hess = new Map<string, GptqHessian>();
-    const keyOf = new Map<string, string>();
-    let lastX: Float32Array | null = null;
-    let lastKey = "";
-    runBlockOverSamples(
-      ctx,
-      w,
-      acts,
-      (name, x, rows) => {
-        if (!group.includes(name)) return;
-        if (x === lastX) {
-          keyOf.set(name, lastKey);
-          return;
-        }
-        lastX = x;
-        lastKey = keyOf.get(name) ?? name;
-        keyOf.set(name, lastKey);
-        let h = hess.get(lastKey);
-        if (!h) hess.set(lastKey, (h = new GptqHessian(backend, byName.get(name)!.in)));
-        h.addBatch(x, rows);
-      },
-      null,
-    );
+    // The Linears of a group share one input (q/k/v, gate/up), hence one Hessian, fed by the group's first Linear.
+    const hessian = new GptqHessian(backend, byName.get(group[0]!)!.in);
+    runBlockOverSamples(ctx, w, acts, (name, x, rows) => {
+      if (name === group[0]) hessian.addBatch(x, rows);
+    }, null);
     for (const name of group) {
       const l = byName.get(name)!;
       const full = prefix + name;
@@ -193,7 +174,7 @@ function quantizeBlock(
         events.onWarning?.(`${full} [${l.out}×${l.in}] stays fp16: ${reason}`);
       } else {
         const W = w.get(`${name}.weight`)!;
-        const H = hess.get(keyOf.get(name)!)!.H;
+        const H = hessian.H;
         const opts = { bits: plan.settings.bits, groupSize: plan.settings.groupSize, sym: plan.settings.sym };
         const r =
           plan.settings.method === "gptq"
