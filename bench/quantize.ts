@@ -3,6 +3,7 @@
 //
 //   node --import tsx bench/quantize.ts [--case brown|7b|all] [--windows 32] [--7b-windows 8] [--blocks 1]
 //                                       [--full] [--seqlen 512] [--threads T] [--calib c4] [--json] [--keep]
+//   node --import tsx bench/quantize.ts --print saved.json       (re-render a --json result)
 //
 // Cases (default: both):
 //   brown  ../shared/models/brown-llama (the largest shared model; skipped when absent), --windows windows
@@ -84,7 +85,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--json") a.json = true;
     else if (k === "--keep") a.keep = true;
     else if (k === "-h" || k === "--help") {
-      console.log(fs.readFileSync(here, "utf8").split("\n").slice(0, 31).join("\n"));
+      console.log(fs.readFileSync(here, "utf8").split("\n").slice(0, 32).join("\n"));
       process.exit(0);
     } else throw new Error(`unknown argument ${k}`);
   }
@@ -424,6 +425,13 @@ async function main(): Promise<void> {
   if (argv[0] === "--child") {
     const r = runChild(JSON.parse(argv[1]!) as Parameters<typeof runChild>[0]);
     process.stdout.write(JSON.stringify(r) + "\n");
+    return;
+  }
+  if (argv[0] === "--print") {
+    // Re-render a saved --json result.
+    const saved = JSON.parse(fs.readFileSync(argv[1]!, "utf8")) as ChildResult[];
+    if (saved[0]) console.log(`# ${saved[0].blas}`);
+    for (const r of saved) printResult(r, console.log);
     return;
   }
   const args = parseArgs(argv);
