@@ -50,7 +50,8 @@ class Scratch {
   get(role: string, n: number): Float32Array {
     let b = this.bufs.get(role);
     if (!b || b.base.length < n) {
-      const base = new Float32Array(Math.max(n, b ? b.base.length : 0));
+      // Grow geometrically: with a KV cache the attention buffers grow by one row per token.
+      const base = new Float32Array(b ? Math.max(n, 2 * b.base.length) : n);
       b = { base, view: base.length === n ? base : base.subarray(0, n) };
       this.bufs.set(role, b);
     } else if (b.view.length !== n) {
