@@ -7,22 +7,13 @@ import {
 import type { Backend } from "../src/compute/backend.js";
 import { getBackend } from "../src/compute/index.js";
 import { ModelError, UsageError } from "../src/util/errors.js";
+import { mulberry32 as rng } from "../src/calibration/sampler.js";
 
 const backend: Backend = getBackend("cpu");
 
 // ---------------------------------------------------------------------------------------------
 // seeded data
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function gaussian(n: number, seed: number, std = 1): Float32Array {
   const u = rng(seed);

@@ -5,21 +5,11 @@ import { describe, it, expect } from "vitest";
 
 import { CpuBackend, gemmPeakGflops, getBackend } from "../src/compute/index.js";
 import { BackendError } from "../src/util/errors.js";
+import { mulberry32 as rng } from "../src/calibration/sampler.js";
 
 const be = getBackend("cpu");
 const U = 2 ** -24; // float32 unit roundoff
 
-/** mulberry32: small seeded PRNG, uniform in [0, 1). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randMat(len: number, rand: () => number): Float32Array {
   const m = new Float32Array(len);

@@ -5,6 +5,7 @@ import { ModelError, UsageError } from "../src/util/errors.js";
 import { dequantize } from "../formats/dequant.js";
 import { detectFormat, FORMATS, formatNames, getFormat } from "../formats/index.js";
 import type { FormatSpec, QuantizedLinear, QuantSettings, StoredTensor } from "../formats/types.js";
+import { mulberry32 as rng } from "../src/calibration/sampler.js";
 
 const gptq = getFormat("gptq");
 const ct = getFormat("compressed-tensors");
@@ -12,16 +13,6 @@ const ct = getFormat("compressed-tensors");
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function nGroups(inF: number, gs: number): number {
   return gs === -1 ? 1 : Math.ceil(inF / gs);

@@ -83,17 +83,9 @@ export function copyModel(src: string, name = path.basename(src)): string {
 // ---------------------------------------------------------------------------------------------
 // Synthetic checkpoints
 
-/** mulberry32: a small seeded PRNG returning floats in [0, 1). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The project's seeded PRNG (mulberry32), floats in [0, 1). */
+import { mulberry32 as rng } from "../src/calibration/sampler.js";
+export { rng };
 
 /** Standard normal samples (Box–Muller) from a uniform source. */
 export function gaussian(rand: () => number): () => number {

@@ -8,6 +8,7 @@ import { SafetensorsFile, assertFinite } from "../src/io/safetensors.js";
 import { Checkpoint } from "../src/io/checkpoint.js";
 import { ShardedWriter, atomicWriteFile, writeSafetensors } from "../src/io/writer.js";
 import { FileFormatError, ModelError, OutputError } from "../src/util/errors.js";
+import { mulberry32 } from "../src/calibration/sampler.js";
 
 const SHARED = path.resolve(import.meta.dirname, "../../shared");
 const STORIES = path.join(SHARED, "models/stories260K/model.safetensors");
@@ -27,16 +28,6 @@ function freshDir(): string {
   return d;
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomTensor(name: string, dtype: DType, shape: number[], rnd: () => number): TensorToWrite {
   const n = shape.reduce((a, b) => a * b, 1);

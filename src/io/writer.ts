@@ -139,16 +139,13 @@ function checkMetadata(dest: string, metadata?: Record<string, string>): void {
   }
 }
 
-/**
- * Write `data` to `path` atomically (temp file + fsync + rename). For JSON configs, READMEs, etc.
- * Throws OutputError naming `path`; the temp file is removed on failure.
- */
-export function atomicWriteFile(path: string, data: string | Uint8Array): void {
+/** Create `path` atomically: `write` fills a temp file, which is fsynced and renamed; on failure it is removed. */
+function writeAtomically(path: string, write: (fd: number) => void): void {
   const tmp = tmpName(path);
   let fd: number | null = null;
   try {
     fd = fs.openSync(tmp, "w");
-    writeFully(fd, typeof data === "string" ? new TextEncoder().encode(data) : data, null);
+    write(fd);
     fs.fsyncSync(fd);
     fs.closeSync(fd);
     fd = null;
@@ -159,6 +156,14 @@ export function atomicWriteFile(path: string, data: string | Uint8Array): void {
     throw toOutputError(e, path);
   }
   syncDir(nodePath.dirname(path));
+}
+
+/**
+ * Write `data` to `path` atomically (temp file + fsync + rename). For JSON configs, READMEs, etc.
+ * Throws OutputError naming `path`; the temp file is removed on failure.
+ */
+export function atomicWriteFile(path: string, data: string | Uint8Array): void {
+  writeAtomically(path, (fd) => writeFully(fd, typeof data === "string" ? new TextEncoder().encode(data) : data, null));
 }
 
 /**
@@ -175,22 +180,10 @@ export function writeSafetensors(path: string, tensors: TensorToWrite[], metadat
     return { name: t.name, dtype: t.dtype, shape: [...t.shape], size };
   });
   const header = encodeHeader(entries, metadata);
-  const tmp = tmpName(path);
-  let fd: number | null = null;
-  try {
-    fd = fs.openSync(tmp, "w");
+  writeAtomically(path, (fd) => {
     writeFully(fd, header, null);
     for (const t of tensors) writeFully(fd, bytesOf(t.data), null);
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fd = null;
-    fs.renameSync(tmp, path);
-  } catch (e) {
-    tryClose(fd);
-    tryUnlink(tmp);
-    throw toOutputError(e, path);
-  }
-  syncDir(nodePath.dirname(path));
+  });
 }
 
 export interface ShardedWriterOptions {
