@@ -101,19 +101,37 @@ function batchWindows(seqlen: number, nsamples: number): number {
   return Math.max(1, Math.min(nsamples, Math.floor(2048 / seqlen)));
 }
 
-function runBlockOverSamples(
-  ctx: ForwardContext,
-  w: BlockWeights,
-  acts: ActivationStore,
-  onLinearInput: ((name: string, x: Float32Array, rows: number) => void) | undefined,
-  write: ActivationStore | null,
-): void {
+/** Thrown by the hook to end a forward pass once the wanted input has been seen. */
+const STOP_FORWARD = Symbol("stop-forward");
+
+/** Run the block over every calibration sample, writing its outputs to `write`. */
+function runBlockOverSamples(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, write: ActivationStore): void {
   const B = batchWindows(acts.seqlen, acts.samples);
   for (let s0 = 0; s0 < acts.samples; s0 += B) {
     const s1 = Math.min(acts.samples, s0 + B);
-    const x = acts.get(s0, s1);
-    const y = blockForward(ctx, w, x, s1 - s0, acts.seqlen, { onLinearInput });
-    if (write) write.set(s0, y);
+    write.set(s0, blockForward(ctx, w, acts.get(s0, s1), s1 - s0, acts.seqlen));
+  }
+}
+
+/**
+ * Feed `onInput` the input of Linear `name` for every calibration sample. The forward pass stops right
+ * there: what comes after that Linear cannot change its input (≈40% of the block's work saved per group).
+ */
+function collectLinearInputs(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, name: string, onInput: (x: Float32Array, rows: number) => void): void {
+  const B = batchWindows(acts.seqlen, acts.samples);
+  for (let s0 = 0; s0 < acts.samples; s0 += B) {
+    const s1 = Math.min(acts.samples, s0 + B);
+    try {
+      blockForward(ctx, w, acts.get(s0, s1), s1 - s0, acts.seqlen, {
+        onLinearInput: (n, x, rows) => {
+          if (n !== name) return;
+          onInput(x, rows);
+          throw STOP_FORWARD;
+        },
+      });
+    } catch (e) {
+      if (e !== STOP_FORWARD) throw e;
+    }
   }
 }
 
@@ -158,9 +176,7 @@ function quantizeBlock(
   for (const group of a.sequentialGroups) {
     // The Linears of a group share one input (q/k/v, gate/up), hence one Hessian, fed by the group's first Linear.
     const hessian = new GptqHessian(backend, byName.get(group[0]!)!.in);
-    runBlockOverSamples(ctx, w, acts, (name, x, rows) => {
-      if (name === group[0]) hessian.addBatch(x, rows);
-    }, null);
+    collectLinearInputs(ctx, w, acts, group[0]!, (x, rows) => hessian.addBatch(x, rows));
     for (const name of group) {
       const l = byName.get(name)!;
       const full = prefix + name;
@@ -273,14 +289,14 @@ export function runQuantize(plan: QuantizePlan, backend: Backend, events: Quanti
       const { tensors, stats } = quantizeBlock(plan, backend, ctx, i, w, acts, events);
       writeSafetensors(journal.blockFile(i), tensors);
       // Outputs for the next block come from the quantized block.
-      runBlockOverSamples(ctx, w, acts, undefined, next);
+      runBlockOverSamples(ctx, w, acts, next);
       journal.finishBlock(i, stats, (performance.now() - tb) / 1000);
       events.afterBlockJournaled?.(i);
       events.onBlockDone?.(i, a.nLayers, (performance.now() - tb) / 1000);
       [acts, next] = [next, acts];
       continue;
     }
-    runBlockOverSamples(ctx, w, acts, undefined, next);
+    runBlockOverSamples(ctx, w, acts, next);
     [acts, next] = [next, acts];
     events.onBlockDone?.(i, a.nLayers, (performance.now() - tb) / 1000);
   }
