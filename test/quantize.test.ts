@@ -564,9 +564,17 @@ describe("errors: exit 2, one line, no stack, nothing written", () => {
     expect(listFiles(out)).toEqual(["keep.txt"]);
     expectNothingWritten("out");
     // With --overwrite the plan is accepted (checked with --dry-run: still nothing written).
-    const ok = await runCli(["quantize", MODEL, out, "--method", "rtn", ...CALIB, "--overwrite", "--dry-run"]);
+    const ok = await runCli(["quantize", MODEL, out, "--method", "rtn", ...CALIB, "--format", "compressed-tensors", "--group-size", "-1", "--overwrite", "--dry-run"]);
     expect(ok.code, ok.stderr).toBe(0);
     expect(listFiles(out)).toEqual(["keep.txt"]);
+  });
+
+  it("a format that can hold no Linear of the model is refused (not an fp16 copy reported as success)", async () => {
+    const out = fresh();
+    // stories260K: hidden 64 is not divisible by 128 and the 172-wide MLP breaks GPTQ's multiples of 32.
+    const r = await runCli(["quantize", MODEL, out, "--method", "rtn", ...CALIB, "--format", "gptq", "--group-size", "128"]);
+    expectOneLineError(r, /cannot hold any Linear/, /--group-size/);
+    expectNothingWritten();
   });
 
   it("an output location under a regular file (or that is one) is refused; nothing half-written is left", async () => {
