@@ -44,12 +44,15 @@ export function startDualProgress(enabled: boolean, outerLabel: string, outerTot
   const outerBar = multi.create(outerTotal, 0, { label: outerLabel.padEnd(8), info: "" });
   let innerBar: cliProgress.SingleBar | null = null;
   return {
-    outer: { update: (v, p) => outerBar.update(v, p), stop: () => outerBar.stop() },
+    // MultiBar redraws on a timer, which never fires while the synchronous pipeline holds the event
+    // loop: redraw explicitly on every update.
+    outer: { update: (v, p) => { outerBar.update(v, p); multi.update(); }, stop: () => outerBar.stop() },
     inner(label, total) {
       if (innerBar) multi.remove(innerBar);
       const bar = multi.create(total, 0, { label: label.padEnd(8), info: "" });
       innerBar = bar;
-      return { update: (v, p) => bar.update(v, p), stop: () => bar.stop() };
+      multi.update();
+      return { update: (v, p) => { bar.update(v, p); multi.update(); }, stop: () => bar.stop() };
     },
     stop: () => multi.stop(),
   };
