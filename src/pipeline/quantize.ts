@@ -82,17 +82,33 @@ function asF16Tensor(src: ModelSource, name: string, outName = name): TensorToWr
   return { name: outName, dtype: "F16", shape: info.shape, data: h };
 }
 
-/** relative output error ‖(W−Q)Xᵀ‖² / ‖WXᵀ‖² computed from H ∝ XᵀX: tr(ΔHΔᵀ) / tr(WHWᵀ). */
+/** Output rows the relative error is measured on: all of them up to this count, else an even stride. */
+const ERROR_ROWS = 512;
+
+/**
+ * Relative output error ‖(W−Q)Xᵀ‖² / ‖WXᵀ‖² from H ∝ XᵀX: tr(ΔHΔᵀ) / tr(WHWᵀ). Exact for layers with at
+ * most ERROR_ROWS outputs; wider layers use every k-th output row (the cost is rows·in² per GEMM, which
+ * for a 7B-sized layer would otherwise exceed GPTQ itself).
+ */
 function relativeError(backend: Backend, W: Float32Array, Q: Float32Array, H: Float32Array, out: number, inF: number): number {
-  const D = new Float32Array(W.length);
-  for (let i = 0; i < D.length; i++) D[i] = W[i]! - Q[i]!;
-  const tmp = new Float32Array(out * inF);
-  backend.gemm(false, false, out, inF, inF, 1, D, H, 0, tmp);
+  const stride = Math.ceil(out / ERROR_ROWS);
+  const rows = Math.ceil(out / stride);
+  const D = new Float32Array(rows * inF);
+  const Ws = new Float32Array(rows * inF);
+  for (let r = 0; r < rows; r++) {
+    const o = r * stride * inF;
+    for (let c = 0; c < inF; c++) {
+      Ws[r * inF + c] = W[o + c]!;
+      D[r * inF + c] = W[o + c]! - Q[o + c]!;
+    }
+  }
+  const tmp = new Float32Array(rows * inF);
+  backend.gemm(false, false, rows, inF, inF, 1, D, H, 0, tmp);
   let num = 0;
   for (let i = 0; i < D.length; i++) num += D[i]! * tmp[i]!;
-  backend.gemm(false, false, out, inF, inF, 1, W, H, 0, tmp);
+  backend.gemm(false, false, rows, inF, inF, 1, Ws, H, 0, tmp);
   let den = 0;
-  for (let i = 0; i < W.length; i++) den += W[i]! * tmp[i]!;
+  for (let i = 0; i < Ws.length; i++) den += Ws[i]! * tmp[i]!;
   return den > 0 ? num / den : 0;
 }
 
