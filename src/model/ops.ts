@@ -210,21 +210,9 @@ export class RopeTables {
   }
 }
 
-/** Numerically safe in-place softmax of each row's first `len[r]` entries; the rest become 0. */
-export function softmaxRowsCausal(s: Float32Array, rows: number, cols: number, visible: (r: number) => number): void {
-  for (let r = 0; r < rows; r++) softmaxRow(s, r * cols, visible(r), cols);
-}
-
 /**
- * softmaxRowsCausal with row r seeing its first `firstVisible + r` entries (capped at cols), rows
- * starting at element `offset` of s: the causal mask of a chunk of query rows.
- */
-export function softmaxCausal(s: Float32Array, offset: number, rows: number, cols: number, firstVisible: number): void {
-  for (let r = 0; r < rows; r++) softmaxRow(s, offset + r * cols, Math.min(cols, firstVisible + r), cols);
-}
-
-/**
- * softmaxCausal without the final scaling: row r's visible entries become e^(s − max) and
+ * Causal softmax of `rows` rows starting at element `offset`, row r seeing its first `firstVisible + r`
+ * entries (capped at cols), without the final scaling: the visible entries become e^(s − max) and
  * inv[invOffset + r] = 1 / Σ e, so the caller applies the scale later (to the much smaller S·V).
  */
 export function softmaxCausalUnscaled(s: Float32Array, offset: number, rows: number, cols: number, firstVisible: number, inv: Float64Array, invOffset: number): void {
@@ -245,17 +233,3 @@ export function softmaxCausalUnscaled(s: Float32Array, offset: number, rows: num
   }
 }
 
-function softmaxRow(s: Float32Array, o: number, n: number, cols: number): void {
-  const end = o + n;
-  let m = -Infinity;
-  for (let j = o; j < end; j++) if (s[j]! > m) m = s[j]!;
-  let sum = 0;
-  for (let j = o; j < end; j++) {
-    const e = fastExp(s[j]! - m);
-    s[j] = e;
-    sum += e;
-  }
-  const inv = 1 / sum;
-  for (let j = o; j < end; j++) s[j] = s[j]! * inv;
-  if (n < cols) s.fill(0, end, o + cols);
-}
