@@ -150,7 +150,7 @@ export function loadGlobalWeights(src: ModelSource): GlobalWeights {
 }
 
 /** Token (and learned position) embeddings for B sequences of T tokens starting at pos0. */
-export function embedTokens(arch: ArchSpec, g: GlobalWeights, tokens: ArrayLike<number>, T: number, pos0 = 0): Float32Array {
+export function embedTokens(arch: ArchSpec, g: Pick<GlobalWeights, "embed" | "positions">, tokens: ArrayLike<number>, T: number, pos0 = 0): Float32Array {
   const h = arch.hidden;
   const x = new Float32Array(tokens.length * h);
   for (let r = 0; r < tokens.length; r++) {

@@ -18,7 +18,7 @@ import { quantizeRtn } from "../../algorithms/rtn.js";
 import { GptqHessian, gptqQuantize } from "../../algorithms/gptq.js";
 import type { ArchSpec, LinearSpec } from "../model/architectures.js";
 import { blockForward, createContext, type BlockWeights, type ForwardContext } from "../model/forward.js";
-import { embedTokens, loadBlockWeights, loadGlobalWeights, readFloat, type ModelSource } from "../model/model.js";
+import { embedTokens, loadBlockWeights, readFloat, type ModelSource } from "../model/model.js";
 import { ModelError, OutputError } from "../util/errors.js";
 import { ActivationStore, type ActDtype } from "./activations.js";
 import { Journal, type LayerStat } from "./journal.js";
@@ -274,6 +274,21 @@ export function outputConfig(plan: Pick<QuantizePlan, "src" | "format" | "settin
   return { ...plan.src.config, torch_dtype: "float16", quantization_config: plan.format.quantizationConfig(plan.settings, skipped) };
 }
 
+/** Block-0 inputs: the embeddings of the calibration windows. Only the embedding tables are read (not
+ * the LM head, often the largest tensor), and they are released before the first block. */
+function embedCalibration(plan: QuantizePlan, acts: ActivationStore): void {
+  const { src } = plan;
+  const a = src.arch;
+  const tables = {
+    embed: readFloat(src, a.embedTokens),
+    positions: a.positional.kind === "learned" ? readFloat(src, a.positional.tensor) : null,
+  };
+  for (let s = 0; s < plan.nsamples; s++) {
+    const win = plan.windows.subarray(s * plan.seqlen, (s + 1) * plan.seqlen);
+    acts.set(s, embedTokens(a, tables, win, plan.seqlen));
+  }
+}
+
 export function runQuantize(plan: QuantizePlan, backend: Backend, events: QuantizeEvents = {}): QuantizeReport {
   const t0 = performance.now();
   const { src } = plan;
@@ -282,16 +297,11 @@ export function runQuantize(plan: QuantizePlan, backend: Backend, events: Quanti
   const resumedFrom = journal.state.finishedBlocks;
   const ctx = createContext(a, backend, Math.max(a.maxPositions, plan.seqlen));
 
-  // Block-0 inputs: the embeddings of the calibration windows.
-  const globals = loadGlobalWeights(src);
   const spill = plan.maxMemoryBytes !== null && 2 * ActivationStore.bytesFor(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype) > plan.maxMemoryBytes;
   const store = (tag: string) =>
     new ActivationStore(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype, spill ? path.join(journal.workDir, `activations-${tag}.bin`) : null);
   let acts = store("a");
-  for (let s = 0; s < plan.nsamples; s++) {
-    const win = plan.windows.subarray(s * plan.seqlen, (s + 1) * plan.seqlen);
-    acts.set(s, embedTokens(a, globals, win, plan.seqlen));
-  }
+  embedCalibration(plan, acts);
   let next = store("b");
 
   for (let i = 0; i < a.nLayers; i++) {
