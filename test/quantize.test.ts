@@ -450,6 +450,34 @@ describe("packed codes read back equal what the pipeline computed", () => {
   });
 });
 
+describe("sharded output and spilled activations", () => {
+  it("--max-shard-size shards the output with an index, --max-memory spills activations; same tensors, same perplexity", async () => {
+    const out = path.join(makeTmpDir("quant4-q-shards-"), "out");
+    const r = await runCli(quantizeArgs("rtn", "ct", out, ["--max-shard-size", "100KB", "--max-memory", "64KB"]));
+    expect(r.code, r.stderr).toBe(0);
+    const files = fs.readdirSync(out);
+    const shards = files.filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f));
+    expect(shards.length).toBeGreaterThanOrEqual(2);
+    expect(files).toContain("model.safetensors.index.json");
+    expect(files).not.toContain("model.safetensors");
+    for (const f of shards) expect(fs.statSync(path.join(out, f)).size).toBeLessThan(100_000 + 64 * 1024);
+    // The spill files lived in the work dir, which is gone.
+    expect(fs.existsSync(out + ".partial")).toBe(false);
+    // Same tensors as the unsharded, in-memory run.
+    const plain = await quantized("rtn", "ct");
+    const a = Checkpoint.open(out);
+    const b = Checkpoint.open(plain.out);
+    try {
+      expect(a.names().sort()).toEqual(b.names().sort());
+      for (const n of b.names()) expect(Buffer.from(a.readRaw(n)).equals(Buffer.from(b.readRaw(n))), n).toBe(true);
+    } finally {
+      a.close();
+      b.close();
+    }
+    expect((await evalPpl(out)).ppl).toBe((await evalPpl(plain.out)).ppl);
+  });
+});
+
 describe("kill -9 after block 2, then --resume", () => {
   // GPTQ into compressed-tensors: every Linear of the resumed blocks depends on the activations
   // replayed through the journaled (dequantized) blocks 0-2. --threads 1 on both sides (see top).
