@@ -10,15 +10,15 @@
 //   7b     a synthetic checkpoint with Llama-2-7B layer shapes (hidden 4096, intermediate 11008, 32 heads,
 //          --blocks blocks, vocab 512, random fp16 weights), written to a temp dir with src/io/writer.ts,
 //          with models/stories260K's tokenizer (vocab 512), --7b-windows windows. The default (8 windows,
-//          1 block) runs in about 4 minutes on 2 cores; --full = 32 windows × 2 blocks (about 20 minutes
-//          there: each block runs 5 forward passes of 32·512 rows × 405 MFLOP ≈ 33 TFLOP).
+//          1 block) runs in about 3.5 minutes on 2 cores; --full = 32 windows × 2 blocks (about 12 minutes
+//          there: the forward passes alone are ≈ 2.4 × 32·512 rows × 405 MFLOP ≈ 16 TFLOP per block).
 // All windows are --seqlen tokens sampled from the bundled --calib text.
 //
 // Each case runs in a child process (so its peak RSS, process.resourceUsage().maxRSS, is the pipeline's).
 // The child hands runQuantize a timing proxy of the CPU backend and follows the pipeline's events to split
 // every block's wall time into:
-//   forward   the block forward passes over the calibration set (one per true-sequential group, plus the
-//             pass that makes the next block's inputs), without the Hessian updates
+//   forward   the block forward passes over the calibration set (one per true-sequential group, up to its
+//             input, plus the pass that makes the next block's inputs), without the Hessian updates
 //   hessian   GptqHessian.addBatch = Backend.syrk (X^T X, both triangles written)
 //   cholesky  Backend.choleskyInverse + Backend.cholesky of the damped Hessian (potrf, potri, potrf)
 //   gptq      the rest of gptqQuantize: the column loop and its lazy-batch GEMMs (shown separately),
