@@ -192,7 +192,8 @@ function quantizeBlock(
   for (const group of a.sequentialGroups) {
     // The Linears of a group share one input (q/k/v, gate/up), hence one Hessian, fed by the group's first Linear.
     const hessian = new GptqHessian(backend, byName.get(group[0]!)!.in);
-    collectLinearInputs(ctx, w, acts, group[0]!, (x, rows) => hessian.addBatch(x, rows));
+    if (group.some((n) => skipReason(plan, byName.get(n)!) === null))
+      collectLinearInputs(ctx, w, acts, group[0]!, (x, rows) => hessian.addBatch(x, rows));
     for (const name of group) {
       const l = byName.get(name)!;
       const full = prefix + name;
@@ -216,6 +217,8 @@ function quantizeBlock(
                 blockSize: plan.blockSize,
                 actOrder: plan.settings.actOrder,
                 staticGroups: plan.settings.staticGroups ?? false,
+                name: full,
+                onWarning: (m) => events.onWarning?.(m),
               })
             : quantizeRtn(W, l.out, l.in, opts).layer;
         const bias = l.bias ? roundF16(w.get(`${name}.bias`)!) : undefined;
