@@ -12,8 +12,8 @@ echo "== 1. baseline perplexity (fp32 stories260K, in-domain text)"
 $Q eval-ppl models/stories260K --text tinystories --seqlen 256 --json > "$OUT/baseline.json"
 node -e "const r=require('./$OUT/baseline.json'); console.log('perplexity', r.ppl.toFixed(4), '-', r.protocol)"
 
-echo "== 2. GPTQ 4-bit, per-row asymmetric, compressed-tensors (holds every Linear of this model)"
-$Q quantize models/stories260K "$OUT/stories260K-gptq" --overwrite --method gptq --bits 4 --group-size -1 --asym \
+echo "== 2. GPTQ 4-bit act-order, per-row asymmetric, compressed-tensors (holds every Linear of this model)"
+$Q quantize models/stories260K "$OUT/stories260K-gptq" --overwrite --method gptq --act-order --bits 4 --group-size -1 --asym \
   --format compressed-tensors --calib tinystories --nsamples 128 --seqlen 256
 
 echo "== 3. perplexity of the INT4 model, CI gate: at most +10% over the baseline"
