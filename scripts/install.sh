@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 have_openblas() {
-  [ -n "$(find /usr/include /usr/local/include -name cblas.h -path '*openblas*' 2>/dev/null | head -n 1)" ] ||
-    [ -f /usr/include/x86_64-linux-gnu/cblas.h ] || [ -f /usr/include/aarch64-linux-gnu/cblas.h ] ||
-    { [ -f /usr/include/cblas.h ] && ls /usr/lib/*/libopenblas.so* /usr/lib/libopenblas.so* >/dev/null 2>&1; }
+  # Both the headers and the library: another BLAS's cblas.h alone would not link -lopenblas.
+  [ -n "$(find /usr/include /usr/local/include -name cblas.h 2>/dev/null | head -n 1)" ] &&
+    ls /usr/lib/*/libopenblas.so /usr/lib/libopenblas.so /usr/local/lib/libopenblas.so >/dev/null 2>&1
+}
 }
 
 if [ "$(uname -s)" = "Linux" ] && ! have_openblas; then
