@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 have_openblas() {
   # Both the headers and the library: another BLAS's cblas.h alone would not link -lopenblas.
   [ -n "$(find /usr/include /usr/local/include -name cblas.h 2>/dev/null | head -n 1)" ] &&
-    ls /usr/lib/*/libopenblas.so /usr/lib/libopenblas.so /usr/local/lib/libopenblas.so >/dev/null 2>&1
+    [ -n "$(find /usr/lib /usr/local/lib -maxdepth 3 -name 'libopenblas.so*' 2>/dev/null | head -n 1)" ]
 }
 }
 
