@@ -180,6 +180,29 @@ export function describePlan(plan: ReturnType<typeof buildPlan>): Record<string,
   };
 }
 
+/** The dry-run plan for a terminal: one line per fact, one per Linear of a block. */
+function formatPlan(plan: ReturnType<typeof buildPlan>, d: ReturnType<typeof describePlan>): string {
+  const a = plan.src.arch;
+  const s = plan.settings;
+  const mem = d["memoryEstimateBytes"] as Record<string, number>;
+  const lines = [
+    "plan (dry run, nothing written):",
+    `  model        ${plan.src.dir} (${a.modelType}, ${a.nLayers} blocks, hidden ${a.hidden})`,
+    `  output       ${plan.outDir} (${plan.format.name})`,
+    `  method       ${s.method} ${s.bits}-bit, group size ${s.groupSize}, ${s.sym ? "symmetric" : "asymmetric"}` +
+      `${s.actOrder ? ", act-order" : ""}${s.staticGroups ? ", static groups" : ""}${s.method === "gptq" ? `, damp ${s.damp}` : ""}`,
+    `  calibration  ${plan.nsamples} × ${plan.seqlen} tokens from "${plan.calibName}" (${plan.calibTokens} tokens), seed ${plan.seed}`,
+    `  linears      ${d["quantizedLinears"]} quantized, ${d["skippedLinears"]} kept fp16`,
+  ];
+  for (const l of d["linearsPerBlock"] as { name: string; shape: number[]; reason: string | null }[])
+    lines.push(`    ${l.name.padEnd(20)} [${l.shape.join("×")}]  ${l.reason === null ? "quantized" : `fp16: ${l.reason}`}`);
+  lines.push(
+    `  memory       activations ${fmtBytes(mem["activations"]!)}${plan.maxMemoryBytes !== null && mem["activations"]! > plan.maxMemoryBytes ? " (spilled to disk)" : ""}, ` +
+      `block weights ${fmtBytes(mem["blockWeights"]!)}, Hessians ${fmtBytes(mem["hessian"]!)}`,
+  );
+  return lines.join("\n") + "\n";
+}
+
 export function registerQuantize(program: Command): void {
   program
     .command("quantize")
@@ -227,7 +250,7 @@ fp16 and are listed in the config's skip list, with a warning.`)
           const d = describePlan(plan);
           if (o.json) printJson({ dryRun: true, ...d });
           else {
-            process.stdout.write(`plan (dry run, nothing written):\n${JSON.stringify(d, null, 2)}\n`);
+            process.stdout.write(formatPlan(plan, d));
           }
           return;
         }
