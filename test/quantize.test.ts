@@ -545,7 +545,9 @@ describe("--dry-run and --json", () => {
     const r = await runCli(quantizeArgs("rtn", "ct", out, ["--dry-run"]));
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/dry run, nothing written/);
-    expect(r.stdout).toMatch(/"quantizedLinears": 35/);
+    expect(r.stdout).toMatch(/linears +35 quantized, 0 kept fp16/);
+    expect(r.stdout).toMatch(/mlp\.down_proj +\[64×172\] +quantized/);
+    expect(r.stdout).toMatch(/calibration +8 × 256 tokens from "tinystories"/);
     expect(listFiles(dir)).toEqual([]);
   });
 });
