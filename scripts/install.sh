@@ -11,7 +11,6 @@ have_openblas() {
   [ -n "$(find /usr/include /usr/local/include -name cblas.h 2>/dev/null | head -n 1)" ] &&
     [ -n "$(find /usr/lib /usr/local/lib -maxdepth 3 -name 'libopenblas.so*' 2>/dev/null | head -n 1)" ]
 }
-}
 
 if [ "$(uname -s)" = "Linux" ] && ! have_openblas; then
   echo "quant4: installing libopenblas-dev (OpenBLAS + LAPACK) with apt-get" >&2
