@@ -1,6 +1,6 @@
 // Helpers shared by the format modules: group arithmetic, layer validation, reading declared tensors.
 
-import { f32ToF16, toFloat32, typedView } from "../src/io/dtype.js";
+import { toF16Checked, toFloat32, typedView } from "../src/io/dtype.js";
 import { DTYPE_SIZE, type DType, type TensorToWrite } from "../src/io/types.js";
 import { ModelError } from "../src/util/errors.js";
 import type { LinearShape, ParamInfo, QuantizedLinear, QuantSettings, TensorGetter } from "./types.js";
@@ -66,14 +66,7 @@ export function validateLayer(layer: QuantizedLinear): void {
   if (layer.bias && layer.bias.length !== out) bad(`bias has ${layer.bias.length} values, expected ${out}`);
 }
 
-/** float32 → float16 bits, refusing values float16 cannot hold (scales must stay finite). */
-export function toF16Checked(values: Float32Array, what: string): Uint16Array {
-  const h = f32ToF16(values);
-  for (let i = 0; i < h.length; i++) {
-    if ((h[i]! & 0x7c00) === 0x7c00) throw new ModelError(`${what}: value ${values[i]} at ${i} is not finite in float16`);
-  }
-  return h;
-}
+export { toF16Checked };
 
 /** Transpose a row-major [rows, cols] array into a new [cols, rows] one. */
 export function transpose<T extends Uint16Array | Float32Array | Int32Array | Uint8Array>(

@@ -1,6 +1,7 @@
 // Element-type conversions for safetensors data. All multi-byte data is little-endian (the safetensors
 // spec and every platform Node runs on); views are used where the bytes are aligned, copies otherwise.
 
+import { ModelError } from "../util/errors.js";
 import { DTYPE_SIZE, type DType } from "./types.js";
 
 export type TypedArray =
@@ -81,6 +82,15 @@ export function f32ToF16(src: Float32Array): Uint16Array {
   const out = new Uint16Array(src.length);
   for (let i = 0; i < bits.length; i++) out[i] = f32BitsToF16(bits[i]!);
   return out;
+}
+
+/** f32ToF16 that refuses values float16 cannot hold (|x| > 65504, Inf, NaN), naming `what`. */
+export function toF16Checked(values: Float32Array, what: string): Uint16Array {
+  const h = f32ToF16(values);
+  for (let i = 0; i < h.length; i++) {
+    if ((h[i]! & 0x7c00) === 0x7c00) throw new ModelError(`${what}: value ${values[i]} at index ${i} is not finite in float16 (largest 65504)`);
+  }
+  return h;
 }
 
 // ---------------------------------------------------------------------------------------------

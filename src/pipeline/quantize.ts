@@ -9,17 +9,18 @@ import fs from "node:fs";
 import path from "node:path";
 import type { Backend } from "../compute/backend.js";
 import { Checkpoint } from "../io/checkpoint.js";
-import { f16ToF32, f32ToF16 } from "../io/dtype.js";
+import { toF16Checked } from "../io/dtype.js";
 import type { TensorToWrite } from "../io/types.js";
 import { ShardedWriter, atomicWriteFile, writeSafetensors } from "../io/writer.js";
 import { dequantize } from "../../formats/dequant.js";
 import type { FormatSpec, QuantSettings, QuantizedLinear } from "../../formats/types.js";
 import { quantizeRtn } from "../../algorithms/rtn.js";
+import { roundToF16InPlace } from "../../algorithms/quantizer.js";
 import { GptqHessian, gptqQuantize } from "../../algorithms/gptq.js";
 import type { ArchSpec, LinearSpec } from "../model/architectures.js";
 import { blockForward, createContext, type BlockWeights, type ForwardContext } from "../model/forward.js";
 import { embedTokens, loadBlockWeights, readFloat, type ModelSource } from "../model/model.js";
-import { ModelError, OutputError } from "../util/errors.js";
+import { OutputError } from "../util/errors.js";
 import { ActivationStore, type ActDtype } from "./activations.js";
 import { Journal, type LayerStat } from "./journal.js";
 
@@ -67,18 +68,10 @@ export function skipReason(plan: Pick<QuantizePlan, "format" | "settings">, l: L
   return plan.format.canHold({ out: l.out, in: l.in }, plan.settings);
 }
 
-/** x rounded through float16, exactly as a reader of the written file decodes it. */
-function roundF16(x: Float32Array): Float32Array {
-  return f16ToF32(f32ToF16(x));
-}
-
 /** fp16 copy of a stored float tensor (embeddings, norms, fp16-kept linears keep their stored layout). */
 function asF16Tensor(src: ModelSource, name: string, outName = name): TensorToWrite {
   const info = src.ckpt.info(name);
-  const data = readFloat(src, name);
-  const h = f32ToF16(data);
-  for (let i = 0; i < h.length; i++)
-    if ((h[i]! & 0x7c00) === 0x7c00) throw new ModelError(`tensor "${name}" has value ${data[i]} that overflows float16 (max 65504)`);
+  const h = toF16Checked(readFloat(src, name), `tensor "${name}"`);
   return { name: outName, dtype: "F16", shape: info.shape, data: h };
 }
 
@@ -221,7 +214,7 @@ function quantizeBlock(
                 onWarning: (m) => events.onWarning?.(m),
               })
             : quantizeRtn(W, l.out, l.in, opts).layer;
-        const bias = l.bias ? roundF16(w.get(`${name}.bias`)!) : undefined;
+        const bias = l.bias ? roundToF16InPlace(w.get(`${name}.bias`)!.slice()) : undefined;
         const layer: QuantizedLinear = {
           name: full,
           outFeatures: l.out,
