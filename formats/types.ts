@@ -1,7 +1,7 @@
 // The one interface every on-disk quantized-weight format implements (ggml type-traits style):
 // nothing outside formats/ switches on a format name; it asks the FormatSpec found in the registry.
 
-import type { DType, TensorToWrite } from "../src/io/types.js";
+import type { DType, StoredTensor, TensorToWrite } from "../src/io/types.js";
 
 /** One quantized Linear layer in a format-neutral, unpacked form. */
 export interface QuantizedLinear {
@@ -50,12 +50,7 @@ export interface ParamInfo {
   shape: number[];
 }
 
-/** A tensor as read from a checkpoint: raw little-endian bytes. */
-export interface StoredTensor {
-  dtype: DType;
-  shape: number[];
-  data: Uint8Array;
-}
+export type { StoredTensor };
 
 export type TensorGetter = (name: string) => StoredTensor | undefined;
 

@@ -150,8 +150,7 @@ const FFN = 172;
 function unpackFrom(ck: Checkpoint, format: FormatSpec, qc: unknown, prefix: string): QuantizedLinear {
   const s = format.settingsFromConfig(qc, prefix);
   expect(s, `${prefix} should be quantized`).not.toBeNull();
-  const get = (n: string) => (ck.has(n) ? { dtype: ck.info(n).dtype, shape: ck.info(n).shape, data: ck.readRaw(n) } : undefined);
-  return format.unpack(prefix, get, s!);
+  return format.unpack(prefix, (n) => ck.stored(n), s!);
 }
 
 function readConfig(dir: string): Record<string, any> {

@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import * as nodePath from "node:path";
 import { z } from "zod";
-import type { TensorInfo } from "./types.js";
+import type { StoredTensor, TensorInfo } from "./types.js";
 import type { TypedArray } from "./dtype.js";
 import { SafetensorsFile } from "./safetensors.js";
 import { FileFormatError, ModelError } from "../util/errors.js";
@@ -179,6 +179,13 @@ export class Checkpoint {
   get metadata(): Record<string, string> {
     const first = this.shards.values().next();
     return first.done ? {} : first.value.metadata;
+  }
+
+  /** The tensor's dtype, shape and raw bytes, or undefined when absent (the getter packed formats read through). */
+  stored(name: string): StoredTensor | undefined {
+    if (!this.has(name)) return undefined;
+    const { dtype, shape } = this.info(name);
+    return { dtype, shape, data: this.readRaw(name) };
   }
 
   readRaw(name: string): Uint8Array {

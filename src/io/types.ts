@@ -25,3 +25,10 @@ export interface TensorToWrite {
   shape: number[];
   data: ArrayBufferView;
 }
+
+/** A tensor as read from a checkpoint: its raw little-endian bytes. */
+export interface StoredTensor {
+  dtype: DType;
+  shape: number[];
+  data: Uint8Array;
+}

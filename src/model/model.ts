@@ -106,12 +106,7 @@ export function loadBlockWeights(src: ModelSource, i: number): BlockWeights {
     const full = p + l.name;
     const settings = linearQuantSettings(src, full);
     if (settings) {
-      const q = src.quant!.format.unpack(
-        full,
-        (n) => (src.ckpt.has(n) ? { dtype: src.ckpt.info(n).dtype, shape: src.ckpt.info(n).shape, data: src.ckpt.readRaw(n) } : undefined),
-        settings,
-        { out: l.out, in: l.in },
-      );
+      const q = src.quant!.format.unpack(full, (n) => src.ckpt.stored(n), settings, { out: l.out, in: l.in });
       w.set(`${l.name}.weight`, dequantize(q));
       if (l.bias) w.set(`${l.name}.bias`, q.bias ?? readFloat(src, `${full}.bias`));
     } else {

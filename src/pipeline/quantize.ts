@@ -153,10 +153,7 @@ function blockWeightsFromJournal(plan: QuantizePlan, file: string, i: number): B
     for (const l of a.linears) {
       const full = a.blockPrefix(i) + l.name;
       if (!plan.format.isQuantized(full, (n) => f.has(n))) continue;
-      const q = plan.format.unpack(full, (n) => (f.has(n) ? { dtype: f.info(n).dtype, shape: f.info(n).shape, data: f.readRaw(n) } : undefined), plan.settings, {
-        out: l.out,
-        in: l.in,
-      });
+      const q = plan.format.unpack(full, (n) => f.stored(n), plan.settings, { out: l.out, in: l.in });
       w.set(`${l.name}.weight`, dequantize(q));
       if (l.bias && q.bias) w.set(`${l.name}.bias`, q.bias);
     }
