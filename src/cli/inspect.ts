@@ -36,16 +36,21 @@ Example:
           d.tensors++;
           d.bytes += t.bytes;
         }
-        // Parameters of the fp model this checkpoint represents (packed linears count as out×in).
-        let params = 0;
-        for (const t of tensors) if (!/\.(qweight|qzeros|scales|g_idx|weight_packed|weight_scale|weight_zero_point|weight_g_idx|weight_shape)$/.test(t.name)) params += t.elements;
+        // Parameters of the fp model this checkpoint represents: a packed Linear counts as out×in, and
+        // its packed tensors (as its format declares them) do not count.
+        const packed = new Set<string>();
         let quantizedLinears = 0;
+        let params = 0;
         for (let b = 0; b < a.nLayers; b++)
-          for (const l of a.linears)
-            if (linearQuantSettings(src, a.blockPrefix(b) + l.name)) {
-              params += l.out * l.in;
-              quantizedLinears++;
-            }
+          for (const l of a.linears) {
+            const full = a.blockPrefix(b) + l.name;
+            const settings = linearQuantSettings(src, full);
+            if (!settings) continue;
+            for (const p of src.quant!.format.paramInfo(full, { out: l.out, in: l.in }, settings)) packed.add(p.name);
+            params += l.out * l.in;
+            quantizedLinears++;
+          }
+        for (const t of tensors) if (!packed.has(t.name)) params += t.elements;
         const fileBytes = src.ckpt.files.reduce((s, f) => s + fs.statSync(f).size, 0);
         const summary = {
           dir,
