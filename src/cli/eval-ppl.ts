@@ -8,7 +8,7 @@ import { evaluatePerplexity, type PplResult } from "../eval/perplexity.js";
 import { Model } from "../model/model.js";
 import { loadTokenizer } from "../tokenizer/index.js";
 import { FileFormatError, UsageError } from "../util/errors.js";
-import { progressEnabled, startProgress } from "../util/progress.js";
+import { progressEnabled, startProgress, type Progress } from "../util/progress.js";
 import { action, deviceSchema, EXIT_GATE, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
 
 const optionsSchema = z.object({
@@ -88,8 +88,8 @@ Examples:
         const ids = tok.encode(src.text);
         const tokens = addBos ? [bosId!, ...ids] : ids;
         const seqlen = o.seqlen ?? Math.min(2048, model.arch.maxPositions);
-        const windows = Math.min(Math.floor(tokens.length / seqlen), o.maxWindows ?? Infinity);
-        const bar = startProgress(show, "eval-ppl", windows, "{bar} {value}/{total} windows | {tps} tok/s | ETA {eta_formatted}", { tps: 0 });
+        // The bar learns the window count from the evaluation itself (one place decides it).
+        let bar = null as Progress | null; // assigned in the callback
         const t0 = performance.now();
         let res: PplResult;
         try {
@@ -99,12 +99,15 @@ Examples:
             {
               seqlen,
               maxWindows: o.maxWindows,
-              onWindow: (done, _total, tokDone) => bar.update(done, { tps: Math.round(tokDone / ((performance.now() - t0) / 1000)) }),
+              onWindow: (done, total, tokDone) => {
+                bar ??= startProgress(show, "eval-ppl", total, "{bar} {value}/{total} windows | {tps} tok/s | ETA {eta_formatted}", { tps: 0 });
+                bar.update(done, { tps: Math.round(tokDone / ((performance.now() - t0) / 1000)) });
+              },
             },
             addBos,
           );
         } finally {
-          bar.stop();
+          bar?.stop();
         }
         const verdict = gateVerdict(res.ppl, { baseline, maxIncrease: o.maxIncrease, maxPpl: o.maxPpl });
         if (o.json) {
