@@ -161,7 +161,10 @@ export function buildPlan(
 
 export function describePlan(plan: ReturnType<typeof buildPlan>): Record<string, unknown> {
   const a = plan.src.arch;
-  const layers = a.linears.map((l) => ({ name: l.name, shape: [l.out, l.in], quantized: skipReason(plan, l) === null, reason: skipReason(plan, l) }));
+  const layers = a.linears.map((l) => {
+    const reason = skipReason(plan, l);
+    return { name: l.name, shape: [l.out, l.in], quantized: reason === null, reason };
+  });
   const actBytes = plan.nsamples * plan.seqlen * a.hidden * (plan.actDtype === "fp32" ? 4 : 2);
   const maxIn = Math.max(...a.linears.map((l) => l.in));
   const blockParams = a.linears.reduce((s, l) => s + l.out * l.in, 0);
