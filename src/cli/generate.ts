@@ -5,7 +5,7 @@ import { z } from "zod";
 import { generateGreedy } from "../model/generate.js";
 import { Model } from "../model/model.js";
 import { loadTokenizer } from "../tokenizer/index.js";
-import { action, deviceSchema, intOpt, parseOptions, printJson, setupBackend } from "./common.js";
+import { action, resolveModelArg, deviceSchema, intOpt, parseOptions, printJson, setupBackend } from "./common.js";
 
 const optionsSchema = z.object({
   prompt: z.string().optional(),
@@ -30,8 +30,9 @@ Examples:
   quant4 generate models/stories260K --max-tokens 256
   quant4 generate out/stories260K-gptq --prompt "Once upon a time" --max-tokens 64`)
     .action(
-      action(async (dir: string, raw: unknown) => {
+      action(async (spec: string, raw: unknown) => {
         const o = parseOptions(optionsSchema, raw);
+        const dir = await resolveModelArg(spec, { json: o.json });
         const backend = setupBackend(o.device, o.threads);
         const model = Model.load(dir, backend);
         const tok = await loadTokenizer(dir);

@@ -6,7 +6,7 @@ import type { Command } from "commander";
 import { z } from "zod";
 import { openModel, linearQuantSettings } from "../model/model.js";
 import { DTYPE_SIZE } from "../io/types.js";
-import { action, fmtBytes, parseOptions, printJson } from "./common.js";
+import { action, resolveModelArg, fmtBytes, parseOptions, printJson } from "./common.js";
 
 const optionsSchema = z.object({ json: z.boolean().default(false), tensors: z.boolean().default(false) });
 
@@ -21,8 +21,9 @@ export function registerInspect(program: Command): void {
 Example:
   quant4 inspect models/stories260K --tensors`)
     .action(
-      action(async (dir: string, raw: unknown) => {
+      action(async (spec: string, raw: unknown) => {
         const o = parseOptions(optionsSchema, raw);
+        const dir = await resolveModelArg(spec, { json: o.json });
         const src = openModel(dir);
         const a = src.arch;
         const tensors = src.ckpt.names().map((n) => {

@@ -14,7 +14,7 @@ import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from 
 import { loadTokenizer } from "../tokenizer/index.js";
 import { OutputError, UsageError } from "../util/errors.js";
 import { progressEnabled, startDualProgress } from "../util/progress.js";
-import { action, deviceSchema, fmtBytes, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
+import { action, resolveModelArg, deviceSchema, fmtBytes, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
 
 /** "4GB", "500MB", "1.5GiB", "123" (bytes). */
 export function parseSize(s: string, flag = "--max-shard-size"): number {
@@ -244,9 +244,10 @@ Examples:
 Layers the chosen format cannot hold (e.g. an input width not divisible by the group size) stay in
 fp16 and are listed in the config's skip list, with a warning.`)
     .action(
-      action(async (modelDir: string, outDir: string, raw: Record<string, unknown>) => {
+      action(async (spec: string, outDir: string, raw: Record<string, unknown>) => {
         const { asym, ...rest } = raw;
         const o = parseOptions(optionsSchema, { ...rest, sym: asym ? false : true });
+        const modelDir = await resolveModelArg(spec, { json: o.json });
         const backend = setupBackend(o.device, o.threads);
         const plan = buildPlan(modelDir, outDir, o);
         if (o.dryRun) {
