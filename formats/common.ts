@@ -3,7 +3,7 @@
 import { toF16Checked, toFloat32, typedView } from "../src/io/dtype.js";
 import { DTYPE_SIZE, type DType, type TensorToWrite } from "../src/io/types.js";
 import { ModelError } from "../src/util/errors.js";
-import type { LinearShape, ParamInfo, QuantizedLinear, QuantSettings, TensorGetter } from "./types.js";
+import type { ParamInfo, QuantizedLinear, QuantSettings, StoredTensor, TensorGetter } from "./types.js";
 
 /** Number of groups per row: ceil(in / gs), 1 for per-row (gs = −1). */
 export function numGroups(inFeatures: number, groupSize: number): number {
@@ -108,74 +108,147 @@ function accepted(d: DType): readonly DType[] {
   return [d];
 }
 
-function fmtShape(shape: number[]): string {
+export function fmtShape(shape: readonly number[]): string {
   return `[${shape.join(", ")}]`;
 }
 
-/** Wrap a getter so each tensor is fetched (read from disk) at most once during one unpack. */
-export function memoGetter(get: TensorGetter): TensorGetter {
-  const seen = new Map<string, ReturnType<TensorGetter>>();
-  return (name) => {
-    if (!seen.has(name)) seen.set(name, get(name));
-    return seen.get(name);
-  };
-}
-
-/** Fetch one declared tensor, validating presence, dtype, shape and byte length. */
-export function readDeclared(get: TensorGetter, info: ParamInfo): { dtype: DType; data: Uint8Array } {
-  const t = get(info.name);
-  if (!t) throw new ModelError(`tensor ${info.name} is missing (expected ${info.dtype} ${fmtShape(info.shape)})`);
-  if (!accepted(info.dtype).includes(t.dtype)) {
-    throw new ModelError(`tensor ${info.name}: dtype ${t.dtype}, expected ${info.dtype} (shape ${fmtShape(info.shape)})`);
+/** Row-major multi-index of flat index i in `shape`, e.g. "[1, 5]". */
+function multiIndex(i: number, shape: readonly number[]): string {
+  const idx: number[] = [];
+  for (let d = shape.length - 1; d >= 0; d--) {
+    const n = shape[d]!;
+    idx.unshift(n > 0 ? i % n : 0);
+    i = n > 0 ? Math.floor(i / n) : 0;
   }
-  if (t.shape.length !== info.shape.length || t.shape.some((d, i) => d !== info.shape[i])) {
-    throw new ModelError(`tensor ${info.name}: shape ${fmtShape(t.shape)}, expected ${fmtShape(info.shape)} (${info.dtype})`);
+  return fmtShape(idx);
+}
+
+/** The shortest decimal that reads back as float32 `x` (1e38, not 9.999999680285692e+37). */
+function fmtF32(x: number): string {
+  if (!Number.isFinite(x)) return String(x);
+  for (let p = 1; p < 9; p++) {
+    const s = Number(x.toPrecision(p));
+    if (Math.fround(s) === x) return String(s);
   }
-  const n = info.shape.reduce((a, b) => a * b, 1);
-  if (t.data.byteLength !== n * DTYPE_SIZE[t.dtype]) {
-    throw new ModelError(`tensor ${info.name}: ${t.data.byteLength} bytes, expected ${n * DTYPE_SIZE[t.dtype]} for ${t.dtype} ${fmtShape(info.shape)}`);
+  return String(Number(x.toPrecision(9)));
+}
+
+/** Largest finite float32. */
+const F32_MAX = 3.4028234663852886e38;
+
+/**
+ * Reads one packed Linear's tensors through a getter (each tensor fetched at most once) and is the one
+ * place unpack errors are worded: ModelError `<file>: tensor "<name>" <problem>`. The file is the tensor's
+ * own (StoredTensor.file), or for a missing tensor the file of another tensor of the same layer; a getter
+ * that knows no files (in-memory tensors) gives `tensor "<name>" <problem>`.
+ */
+export class PackedReader {
+  private readonly seen = new Map<string, StoredTensor | undefined>();
+  private layerFile: string | undefined;
+
+  /** `context` (e.g. "4-bit, group_size 32, [out, in] = [64, 64] from quantization_config") follows an "expected". */
+  constructor(
+    readonly prefix: string,
+    private readonly getter: TensorGetter,
+    public context = "",
+  ) {}
+
+  get(name: string): StoredTensor | undefined {
+    if (!this.seen.has(name)) {
+      const t = this.getter(name);
+      this.seen.set(name, t);
+      if (t?.file && this.layerFile === undefined) this.layerFile = t.file;
+    }
+    return this.seen.get(name);
   }
-  return { dtype: t.dtype, data: t.data };
-}
 
-export function readInt32(get: TensorGetter, info: ParamInfo): Int32Array {
-  const t = readDeclared(get, info);
-  return typedView(t.dtype, t.data) as Int32Array;
-}
+  has(name: string): boolean {
+    return this.get(name) !== undefined;
+  }
 
-/** An integer tensor (I32 or I64) as plain numbers. */
-export function readInts(get: TensorGetter, info: ParamInfo): number[] {
-  const t = readDeclared(get, info);
-  const v = typedView(t.dtype, t.data) as Int32Array | BigInt64Array;
-  return Array.from(v as ArrayLike<number | bigint>, (x) => Number(x));
-}
+  /** Throw `<file>: tensor "<name>" <problem>`. */
+  fail(name: string, problem: string): never {
+    const file = this.get(name)?.file ?? this.layerFile;
+    throw new ModelError(`${file ? `${file}: ` : ""}tensor "${name}" ${problem}`);
+  }
 
-export function readFloat32(get: TensorGetter, info: ParamInfo): Float32Array {
-  const t = readDeclared(get, info);
-  return toFloat32(t.dtype, t.data);
-}
+  private ctx(): string {
+    return this.context ? `; ${this.context}` : "";
+  }
 
-/** Read `<prefix>.bias` [out] if the checkpoint has it. */
-export function readBias(get: TensorGetter, prefix: string, out: number): Float32Array | undefined {
-  const info: ParamInfo = { name: `${prefix}.bias`, dtype: "F16", shape: [out] };
-  if (!get(info.name)) return undefined;
-  return Float32Array.from(readFloat32(get, info));
-}
+  /** Fetch one declared tensor, validating presence, dtype, shape and byte length. */
+  declared(info: ParamInfo, why = ""): { dtype: DType; shape: number[]; data: Uint8Array } {
+    const t = this.get(info.name);
+    const decl = `${info.dtype} ${fmtShape(info.shape)}`;
+    if (!t) this.fail(info.name, `is missing (expected ${decl}${why ? `: ${why}` : ""}${this.ctx()})`);
+    if (!accepted(info.dtype).includes(t.dtype)) {
+      this.fail(info.name, `has dtype ${t.dtype}, expected ${accepted(info.dtype).join("/")} (declared ${decl})`);
+    }
+    if (t.shape.length !== info.shape.length || t.shape.some((d, i) => d !== info.shape[i])) {
+      this.fail(info.name, `has shape ${fmtShape(t.shape)}, expected ${fmtShape(info.shape)} (${info.dtype}${this.ctx()})`);
+    }
+    const n = info.shape.reduce((a, b) => a * b, 1);
+    if (t.data.byteLength !== n * DTYPE_SIZE[t.dtype]) {
+      this.fail(info.name, `holds ${t.data.byteLength} bytes, expected ${n * DTYPE_SIZE[t.dtype]} for ${t.dtype} ${fmtShape(info.shape)}`);
+    }
+    return { dtype: t.dtype, shape: t.shape, data: t.data };
+  }
 
-/** Validate a g_idx read from disk. */
-export function checkGIdx(name: string, gIdx: Int32Array, nGroups: number): void {
-  for (let i = 0; i < gIdx.length; i++) {
-    const v = gIdx[i]!;
-    if (v < 0 || v >= nGroups) throw new ModelError(`tensor ${name}: value ${v} at ${i} is outside [0, ${nGroups})`);
+  int32(info: ParamInfo, why = ""): Int32Array {
+    const t = this.declared(info, why);
+    return typedView(t.dtype, t.data) as Int32Array;
+  }
+
+  /** An integer tensor (I32 or I64) as plain numbers; each must be a safe integer. */
+  ints(info: ParamInfo): number[] {
+    const t = this.declared(info);
+    const v = typedView(t.dtype, t.data) as Int32Array | BigInt64Array;
+    return Array.from(v as ArrayLike<number | bigint>, (x) => Number(x));
+  }
+
+  /**
+   * A float tensor as fp32 where every value v is finite and |v|·maxFactor stays finite in float32
+   * (scales are multiplied by code − zero, up to 2^bits − 1 in size), so what it scales is finite too.
+   */
+  finite(info: ParamInfo, what: string, maxFactor = 1): Float32Array {
+    const t = this.declared(info);
+    const v = Float32Array.from(toFloat32(t.dtype, t.data));
+    for (let i = 0; i < v.length; i++) {
+      const x = v[i]!;
+      if (!Number.isFinite(x)) this.fail(info.name, `holds ${x} at index ${i} (element ${multiIndex(i, t.shape)}); ${what} must be finite`);
+      if (Math.abs(x) * maxFactor > F32_MAX) {
+        this.fail(info.name, `holds ${fmtF32(x)} at index ${i} (element ${multiIndex(i, t.shape)}), which overflows float32 when multiplied by codes up to ${maxFactor}`);
+      }
+    }
+    return v;
+  }
+
+  /** A g_idx tensor: every value in [0, nGroups). */
+  gIdx(info: ParamInfo, nGroups: number, why = ""): Int32Array {
+    const g = Int32Array.from(this.int32(info, why));
+    for (let i = 0; i < g.length; i++) {
+      const v = g[i]!;
+      if (v < 0 || v >= nGroups) this.fail(info.name, `holds ${v} at index ${i}, outside [0, ${nGroups}) (${nGroups} groups${this.ctx()})`);
+    }
+    return g;
+  }
+
+  /** `<prefix>.bias` [out] if the checkpoint has it (any float dtype, finite). */
+  bias(out: number): Float32Array | undefined {
+    const info: ParamInfo = { name: `${this.prefix}.bias`, dtype: "F16", shape: [out] };
+    if (!this.has(info.name)) return undefined;
+    return this.finite(info, "biases");
   }
 }
 
-export function shapeMismatch(prefix: string, given: LinearShape | undefined, found: LinearShape): void {
-  if (given && (given.out !== found.out || given.in !== found.in)) {
-    throw new ModelError(
-      `quantized layer ${prefix}: tensors say [out, in] = [${found.out}, ${found.in}], expected [${given.out}, ${given.in}]`,
-    );
-  }
+/** Throw through `r` if a g_idx that the config does not call for is not the trivial i // group_size. */
+export function checkUnexpectedGIdx(r: PackedReader, name: string, gIdx: Int32Array, groupSize: number, configSays: string): void {
+  if (isTrivialGIdx(gIdx, groupSize)) return;
+  const i = gIdx.findIndex((v, k) => v !== defaultGroup(k, groupSize));
+  r.fail(
+    name,
+    `holds ${gIdx[i]} at index ${i} (act-order groups), but ${configSays}: the config and the tensors disagree (a loader following the config would ignore g_idx)`,
+  );
 }
 
 /** Escape a literal for use inside a regular expression (same set as Python's re.escape for names). */

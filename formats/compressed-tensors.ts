@@ -7,20 +7,14 @@ import { ModelError } from "../src/util/errors.js";
 import { packBits, packedWords, unpackBits, type PackLayout } from "./bitpack.js";
 import {
   biasTensor,
-  checkGIdx,
+  checkUnexpectedGIdx,
   declared,
   groupSizeProblem,
   isRecord,
-  isTrivialGIdx,
-  memoGetter,
   numGroups,
+  PackedReader,
   pyReMatch,
-  readBias,
-  readFloat32,
-  readInt32,
-  readInts,
   settingsOf,
-  shapeMismatch,
   toF16Checked,
   validateLayer,
 } from "./common.js";
@@ -118,33 +112,62 @@ function pack(layer: QuantizedLinear): TensorToWrite[] {
   return out;
 }
 
-function unpack(prefix: string, getRaw: TensorGetter, s: QuantSettings, shape?: LinearShape): QuantizedLinear {
-  const get = memoGetter(getRaw);
-  if (!READ_BITS.includes(s.bits)) throw new ModelError(`quantized layer ${prefix}: cannot read ${s.bits}-bit compressed-tensors weights`);
+function unpack(prefix: string, get: TensorGetter, s: QuantSettings, shape?: LinearShape): QuantizedLinear {
   const n = names(prefix);
-  const [out, inF] = readInts(get, { name: n.shape, dtype: "I64", shape: [2] }) as [number, number];
-  if (!(out > 0 && inF > 0)) throw new ModelError(`tensor ${n.shape}: [${out}, ${inF}] is not a valid [out, in]`);
-  const found = { out, in: inF };
-  shapeMismatch(prefix, shape, found);
+  const r: PackedReader = new PackedReader(prefix, get); // typed, so r.fail (never) narrows
+  r.get(n.packed); // the layer's file, for errors about its other tensors
+  if (!READ_BITS.includes(s.bits)) {
+    r.fail(n.packed, `cannot be read: quantization_config asks for ${s.bits}-bit weights (compressed-tensors reads ${READ_BITS.join("/")})`);
+  }
+  const [out, inF] = r.ints({ name: n.shape, dtype: "I64", shape: [2] }) as [number, number];
+  if (!(Number.isSafeInteger(out) && Number.isSafeInteger(inF) && out > 0 && inF > 0)) {
+    r.fail(n.shape, `holds [${out}, ${inF}], which is not a valid [out, in]`);
+  }
+  if (shape && (shape.out !== out || shape.in !== inF)) {
+    r.fail(n.shape, `holds [out, in] = [${out}, ${inF}], expected [${shape.out}, ${shape.in}] from config.json`);
+  }
+  r.context = `${s.bits}-bit, group_size ${s.groupSize}, [out, in] = [${out}, ${inF}]`;
   const why = groupSizeProblem(inF, s.groupSize);
-  if (why) throw new ModelError(`quantized layer ${prefix}: ${why}`);
-  const info = paramInfo(prefix, found, s);
+  if (why) r.fail(n.packed, `does not fit quantization_config: ${why}`);
   const g = numGroups(inF, s.groupSize);
+  const maxq = (1 << s.bits) - 1;
+  const mid = 1 << (s.bits - 1);
+  // Declared as for an asymmetric layer, so weight_zero_point is declared even when the config says symmetric.
+  const info = paramInfo(prefix, { out, in: inF }, { ...s, sym: false });
+  const zpInfo = byName(info, n.zeroPoint);
+  const giInfo: ParamInfo = { name: n.gIdx, dtype: "I32", shape: [inF] };
 
   const codes = new Uint8Array(out * inF);
-  unpackBits(readInt32(get, byName(info, n.packed)), codes, s.bits, SCHEME, packedLayout(out, inF, s.bits));
-  const scales = Float32Array.from(readFloat32(get, byName(info, n.scale)));
+  unpackBits(r.int32(byName(info, n.packed)), codes, s.bits, SCHEME, packedLayout(out, inF, s.bits));
+  const scales = r.finite(byName(info, n.scale), "scales", maxq);
 
   const zeros = new Uint8Array(out * g);
-  if (s.sym) zeros.fill(1 << (s.bits - 1)); // symmetric: signed zero point 0
-  else unpackBits(readInt32(get, byName(info, n.zeroPoint)), zeros, s.bits, SCHEME, zeroPointLayout(out, g));
+  if (!s.sym) {
+    unpackBits(r.int32(zpInfo, "quantization_config says symmetric: false, which needs zero points"), zeros, s.bits, SCHEME, zeroPointLayout(out, g));
+  } else {
+    zeros.fill(mid); // symmetric: signed zero point 0
+    if (r.has(n.zeroPoint)) {
+      // FORMATS.md §3: weight_zero_point is written only for asymmetric layers. One that holds only the
+      // symmetric zero agrees with the config; any other zero point would be silently ignored.
+      const zp = new Uint8Array(out * g);
+      unpackBits(r.int32(zpInfo), zp, s.bits, SCHEME, zeroPointLayout(out, g));
+      const i = zp.findIndex((z) => z !== mid);
+      if (i >= 0) {
+        r.fail(
+          n.zeroPoint,
+          `holds zero point ${zp[i]! - mid} for [out, group] = [${Math.floor(i / g)}, ${i % g}], but quantization_config says symmetric: true ` +
+            `(symmetric layers have zero point 0 and store no weight_zero_point): the config and the tensors disagree`,
+        );
+      }
+    }
+  }
 
   let gIdx: Int32Array | undefined;
-  const giInfo: ParamInfo = { name: n.gIdx, dtype: "I32", shape: [inF] };
-  if (storesGIdx(s) || get(n.gIdx)) {
-    gIdx = Int32Array.from(readInt32(get, giInfo));
-    checkGIdx(n.gIdx, gIdx, g);
-    if (!storesGIdx(s) && isTrivialGIdx(gIdx, s.groupSize)) gIdx = undefined;
+  if (storesGIdx(s)) {
+    gIdx = r.gIdx(giInfo, g, 'quantization_config says actorder "group", which needs weight_g_idx');
+  } else if (r.has(n.gIdx)) {
+    const gi = r.gIdx(giInfo, g);
+    checkUnexpectedGIdx(r, n.gIdx, gi, s.groupSize, `quantization_config has no group act-order (actorder is not "group" or the strategy is "channel")`);
   }
 
   const layer: QuantizedLinear = {
@@ -159,7 +182,7 @@ function unpack(prefix: string, getRaw: TensorGetter, s: QuantSettings, shape?: 
     zeros,
   };
   if (gIdx) layer.gIdx = gIdx;
-  const bias = readBias(get, prefix, out);
+  const bias = r.bias(out);
   if (bias) layer.bias = bias;
   return layer;
 }

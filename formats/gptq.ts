@@ -7,21 +7,17 @@ import { ModelError } from "../src/util/errors.js";
 import { packBits, packedWords, unpackBits, type PackLayout } from "./bitpack.js";
 import {
   biasTensor,
-  checkGIdx,
+  checkUnexpectedGIdx,
   declared,
   defaultGroup,
   escapeRegex,
+  fmtShape,
   groupSizeProblem,
   isRecord,
-  isTrivialGIdx,
-  memoGetter,
   numGroups,
+  PackedReader,
   pyReMatch,
-  readBias,
-  readFloat32,
-  readInt32,
   settingsOf,
-  shapeMismatch,
   toF16Checked,
   transpose,
   validateLayer,
@@ -109,42 +105,61 @@ function pack(layer: QuantizedLinear): TensorToWrite[] {
   ];
 }
 
-function unpack(prefix: string, getRaw: TensorGetter, s: QuantSettings, shape?: LinearShape): QuantizedLinear {
-  const get = memoGetter(getRaw);
-  if (!BITS.includes(s.bits)) throw new ModelError(`quantized layer ${prefix}: gptq cannot hold ${s.bits}-bit weights`);
+function unpack(prefix: string, get: TensorGetter, s: QuantSettings, shape?: LinearShape): QuantizedLinear {
   const n = names(prefix);
-  const qw = get(n.qweight);
-  if (!qw) throw new ModelError(`tensor ${n.qweight} is missing`);
-  if (qw.shape.length !== 2) throw new ModelError(`tensor ${n.qweight}: shape [${qw.shape.join(", ")}] is not 2-D`);
-  const rows = qw.shape[0]!;
-  const inF = (rows * 32) / s.bits;
-  if (!Number.isInteger(inF)) {
-    throw new ModelError(`tensor ${n.qweight}: ${rows} rows do not hold a whole number of ${s.bits}-bit input channels`);
+  const r: PackedReader = new PackedReader(prefix, get); // typed, so r.fail (never) narrows
+  const qw = r.get(n.qweight);
+  if (!BITS.includes(s.bits)) r.fail(n.qweight, `cannot be read: quantization_config asks for ${s.bits}-bit gptq weights (gptq holds ${BITS.join("/")})`);
+  let found: LinearShape;
+  if (shape) {
+    found = shape;
+  } else {
+    // No shape from the model config: the tensors say it (qweight is [in·bits/32, out]).
+    if (!qw) r.fail(n.qweight, "is missing");
+    if (qw.shape.length !== 2) r.fail(n.qweight, `has shape ${fmtShape(qw.shape)}, which is not 2-D`);
+    const inF = (qw.shape[0]! * 32) / s.bits;
+    if (!Number.isInteger(inF)) r.fail(n.qweight, `has ${qw.shape[0]} rows, which do not hold a whole number of ${s.bits}-bit input channels`);
+    found = { out: qw.shape[1]!, in: inF };
   }
-  const found = { out: qw.shape[1]!, in: inF };
-  shapeMismatch(prefix, shape, found);
+  r.context = `${s.bits}-bit, group_size ${s.groupSize}, [out, in] = [${found.out}, ${found.in}] from ${shape ? "config.json" : "qweight"}`;
   const why = groupSizeProblem(found.in, s.groupSize);
-  if (why) throw new ModelError(`quantized layer ${prefix}: ${why}`);
+  if (why) r.fail(n.qweight, `does not fit quantization_config: ${why}`);
   const [qwInfo, qzInfo, scInfo, giInfo] = paramInfo(prefix, found, s) as [ParamInfo, ParamInfo, ParamInfo, ParamInfo];
   const g = numGroups(found.in, s.groupSize);
   const mask = (1 << s.bits) - 1;
 
   const codes = new Uint8Array(found.out * found.in);
-  unpackBits(readInt32(get, qwInfo), codes, s.bits, SCHEME, qweightLayout(found.out, found.in));
+  unpackBits(r.int32(qwInfo), codes, s.bits, SCHEME, qweightLayout(found.out, found.in));
 
   const zeros = new Uint8Array(found.out * g);
-  unpackBits(readInt32(get, qzInfo), zeros, s.bits, SCHEME, zerosLayout(found.out, g, s.bits));
-  for (let i = 0; i < zeros.length; i++) zeros[i] = (zeros[i]! + 1) & mask; // v1: stored zero − 1
+  unpackBits(r.int32(qzInfo), zeros, s.bits, SCHEME, zerosLayout(found.out, g, s.bits));
+  const mid = 1 << (s.bits - 1);
+  for (let i = 0; i < zeros.length; i++) {
+    const stored = zeros[i]!;
+    zeros[i] = (stored + 1) & mask; // v1: stored zero − 1
+    // AutoGPTQ's symmetric zero is 2^(bits−1) (stored 2^(bits−1) − 1, 7 for 4 bits); another one
+    // would be silently replaced by loaders that trust sym (Marlin, ExLlama) → the config and tensors disagree.
+    if (s.sym && zeros[i] !== mid) {
+      const o = Math.floor(i / g);
+      r.fail(
+        n.qzeros,
+        `holds stored zero ${stored} (zero point ${zeros[i]}) for [group, out] = [${i % g}, ${o}], but quantization_config says sym: true, ` +
+          `which stores ${mid - 1} (zero point ${mid}) everywhere: the config and the tensors disagree`,
+      );
+    }
+  }
 
-  const scales = transpose(readFloat32(get, scInfo), g, found.out, (k) => new Float32Array(k));
+  const scales = transpose(r.finite(scInfo, "scales", mask), g, found.out, (k) => new Float32Array(k));
 
   let gIdx: Int32Array | undefined;
-  if (get(giInfo.name)) {
-    gIdx = Int32Array.from(readInt32(get, giInfo));
-    checkGIdx(giInfo.name, gIdx, g);
-    if (!s.actOrder && isTrivialGIdx(gIdx, s.groupSize)) gIdx = undefined;
+  if (r.has(giInfo.name)) {
+    gIdx = r.gIdx(giInfo, g);
+    if (!s.actOrder) {
+      checkUnexpectedGIdx(r, giInfo.name, gIdx, s.groupSize, "quantization_config says desc_act: false");
+      gIdx = undefined;
+    }
   } else if (s.actOrder) {
-    throw new ModelError(`tensor ${giInfo.name} is missing (desc_act checkpoints need it; expected I32 [${found.in}])`);
+    r.int32(giInfo, "quantization_config says desc_act: true, which needs g_idx"); // throws: missing
   }
 
   const layer: QuantizedLinear = {
@@ -159,7 +174,7 @@ function unpack(prefix: string, getRaw: TensorGetter, s: QuantSettings, shape?: 
     zeros,
   };
   if (gIdx) layer.gIdx = gIdx;
-  const bias = readBias(get, prefix, found.out);
+  const bias = r.bias(found.out);
   if (bias) layer.bias = bias;
   return layer;
 }

@@ -1,7 +1,7 @@
 // The one interface every on-disk quantized-weight format implements (ggml type-traits style):
 // nothing outside formats/ switches on a format name; it asks the FormatSpec found in the registry.
 
-import type { DType, StoredTensor, TensorToWrite } from "../src/io/types.js";
+import type { DType, StoredTensor as IoStoredTensor, TensorToWrite } from "../src/io/types.js";
 
 /** One quantized Linear layer in a format-neutral, unpacked form. */
 export interface QuantizedLinear {
@@ -50,7 +50,13 @@ export interface ParamInfo {
   shape: number[];
 }
 
-export type { StoredTensor };
+/**
+ * A stored tensor as a getter hands it to unpack. `file` (the safetensors file it lives in), when the
+ * getter knows it, is named in every error unpack raises about the tensor.
+ */
+export interface StoredTensor extends IoStoredTensor {
+  file?: string;
+}
 
 export type TensorGetter = (name: string) => StoredTensor | undefined;
 
@@ -66,7 +72,12 @@ export interface FormatSpec {
   paramInfo(prefix: string, shape: LinearShape, s: QuantSettings): ParamInfo[];
   /** Full tensor names "<prefix>.qweight" etc. (bias as "<prefix>.bias"). */
   pack(layer: QuantizedLinear): TensorToWrite[];
-  /** Reads and validates against paramInfo; `shape`, when given, must match what the tensors say. */
+  /**
+   * Reads a packed Linear and validates it against paramInfo and the settings: presence, dtypes, shapes,
+   * finite scales, g_idx range, zero points and g_idx agreeing with the config; `shape`, when given, must
+   * match what the tensors say. Errors are ModelErrors `<file>: tensor "<name>" <problem>` (the file
+   * when the getter says it). The layer returned dequantizes to finite weights.
+   */
   unpack(prefix: string, get: TensorGetter, s: QuantSettings, shape?: LinearShape): QuantizedLinear;
   /** Does the checkpoint hold this module packed in this format? */
   isQuantized(prefix: string, has: (name: string) => boolean): boolean;

@@ -540,19 +540,22 @@ describe("unpack validation", () => {
     const m = store(gptq.pack(layer));
     const qz = m.get(`${layer.name}.qzeros`)!;
     m.set(`${layer.name}.qzeros`, { ...qz, dtype: "F32" });
-    expect(() => gptq.unpack(layer.name, (n) => m.get(n), s)).toThrow(/qzeros: dtype F32, expected I32/);
+    expect(() => gptq.unpack(layer.name, (n) => m.get(n), s)).toThrow(/qzeros" has dtype F32, expected I32/);
     m.delete(`${layer.name}.qzeros`);
-    expect(() => gptq.unpack(layer.name, (n) => m.get(n), s)).toThrow(/qzeros is missing/);
+    expect(() => gptq.unpack(layer.name, (n) => m.get(n), s)).toThrow(/qzeros" is missing \(expected I32 \[2, 4\]/);
     const m2 = store(gptq.pack(layer));
-    expect(() => gptq.unpack(layer.name, (n) => m2.get(n), s, { out: 32, in: 128 })).toThrow(/expected \[32, 128\]/);
-    expect(() => gptq.unpack(layer.name, (n) => m2.get(n), { ...s, groupSize: 16 })).toThrow(/qzeros.*expected \[4, 4\]/);
+    expect(() => gptq.unpack(layer.name, (n) => m2.get(n), s, { out: 32, in: 128 })).toThrow(
+      /qweight" has shape \[8, 32\], expected \[16, 32\] \(I32; 4-bit, group_size 32, \[out, in\] = \[32, 128\] from config.json\)/,
+    );
+    expect(() => gptq.unpack(layer.name, (n) => m2.get(n), { ...s, groupSize: 16 })).toThrow(/qzeros" has shape \[2, 4\], expected \[4, 4\]/);
+    expect(() => gptq.unpack(layer.name, (n) => m2.get(n), { ...s, groupSize: 48 })).toThrow(/qweight" does not fit quantization_config: group size 48 does not divide in_features 64/);
   });
 
   it("compressed-tensors: wrong-shaped weight_packed names the tensor and the expected shape", () => {
     const l = randomLayer({ out: 12, in: 64, bits: 4, gs: 32, sym: false, seed: 12 });
     const m = store(ct.pack(l));
     m.set(`${l.name}.weight_packed`, { dtype: "I32", shape: [8, 12], data: new Uint8Array(8 * 12 * 4) });
-    expect(() => ct.unpack(l.name, (n) => m.get(n), settingsOf(l))).toThrow(/weight_packed: shape \[8, 12\], expected \[12, 8\]/);
+    expect(() => ct.unpack(l.name, (n) => m.get(n), settingsOf(l))).toThrow(/weight_packed" has shape \[8, 12\], expected \[12, 8\]/);
   });
 
   it("compressed-tensors: reads an int32 weight_shape and bf16 scales", () => {
@@ -564,5 +567,128 @@ describe("unpack validation", () => {
     const back = ct.unpack(l.name, (n) => m.get(n), settingsOf(l));
     expect(Buffer.from(back.codes).equals(Buffer.from(l.codes))).toBe(true);
     expect(back.scales[0]).toBeCloseTo(l.scales[0]!, 1);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// issue 10: what unpack refuses, and that its errors name the file when the getter knows it
+
+describe("unpack refuses damaged or disagreeing layers", () => {
+  const FILE = "/ckpt/model-00002-of-00002.safetensors";
+  /** Stored tensors as a checkpoint getter hands them: each with its file. */
+  const withFile = (m: Map<string, StoredTensor>) => (n: string) => {
+    const t = m.get(n);
+    return t && { ...t, file: FILE };
+  };
+  const f16At = (m: Map<string, StoredTensor>, name: string, i: number, bits: number) => {
+    const t = m.get(name)!;
+    const u = new Uint16Array(t.data.slice().buffer);
+    u[i] = bits;
+    m.set(name, { ...t, data: new Uint8Array(u.buffer) });
+  };
+  const i32At = (m: Map<string, StoredTensor>, name: string, i: number, v: number) => {
+    const t = m.get(name)!;
+    const a = new Int32Array(t.data.slice().buffer);
+    a[i] = v;
+    m.set(name, { ...t, data: new Uint8Array(a.buffer) });
+  };
+  const gl = randomLayer({ out: 32, in: 64, bits: 4, gs: 32, sym: true, bias: true, seed: 21 });
+  const cl = randomLayer({ out: 12, in: 64, bits: 4, gs: 32, sym: false, seed: 22 });
+
+  it("names the file of the tensor, and for a missing tensor the file of the layer's other tensors", () => {
+    const m = store(gptq.pack(gl));
+    f16At(m, `${gl.name}.scales`, 33, 0x7e00);
+    expect(() => gptq.unpack(gl.name, withFile(m), settingsOf(gl))).toThrow(
+      `${FILE}: tensor "${gl.name}.scales" holds NaN at index 33 (element [1, 1]); scales must be finite`,
+    );
+    m.delete(`${gl.name}.scales`);
+    expect(() => gptq.unpack(gl.name, withFile(m), settingsOf(gl))).toThrow(`${FILE}: tensor "${gl.name}.scales" is missing (expected F16 [2, 32]`);
+  });
+
+  it("NaN, ±Inf and float32-overflowing scales, in both formats; a NaN bias", () => {
+    for (const [bits, what] of [[0x7c00, "Infinity"], [0xfc00, "-Infinity"], [0x7e01, "NaN"]] as const) {
+      const m = store(gptq.pack(gl));
+      f16At(m, `${gl.name}.scales`, 3, bits);
+      expect(() => gptq.unpack(gl.name, (n) => m.get(n), settingsOf(gl))).toThrow(new RegExp(`scales" holds ${what} at index 3 `));
+      const c = store(ct.pack(cl));
+      f16At(c, `${cl.name}.weight_scale`, 5, bits);
+      expect(() => ct.unpack(cl.name, (n) => c.get(n), settingsOf(cl))).toThrow(new RegExp(`weight_scale" holds ${what} at index 5 \\(element \\[2, 1\\]\\)`));
+    }
+    // F32 scales are accepted, but 1e38 · 15 overflows float32: the dequantized weight would be Inf.
+    const c = store(ct.pack(cl));
+    const sc = Float32Array.from(cl.scales);
+    sc[7] = 1e38;
+    c.set(`${cl.name}.weight_scale`, { dtype: "F32", shape: [12, 2], data: bytesOf(sc) });
+    expect(() => ct.unpack(cl.name, (n) => c.get(n), settingsOf(cl))).toThrow(/weight_scale" holds 1e\+38 at index 7 .*overflows float32 when multiplied by codes up to 15/);
+    sc[7] = 1e37; // 1.5e38 still fits
+    c.set(`${cl.name}.weight_scale`, { dtype: "F32", shape: [12, 2], data: bytesOf(sc) });
+    expect(Array.from(dequantize(ct.unpack(cl.name, (n) => c.get(n), settingsOf(cl)))).every(Number.isFinite)).toBe(true);
+
+    const m = store(gptq.pack(gl));
+    f16At(m, `${gl.name}.bias`, 0, 0x7e00);
+    expect(() => gptq.unpack(gl.name, (n) => m.get(n), settingsOf(gl))).toThrow(/bias" holds NaN at index 0 \(element \[0\]\); biases must be finite/);
+  });
+
+  it("gptq sym: true needs stored zero 2^(bits−1) − 1 everywhere (7 for 4 bits)", () => {
+    const m = store(gptq.pack(gl));
+    expect(new Set(new Int32Array(m.get(`${gl.name}.qzeros`)!.data.slice().buffer))).toEqual(new Set([0x77777777]));
+    i32At(m, `${gl.name}.qzeros`, 5, 0x77777787); // qzeros [G, out/8]: word 5 = group 1, outs 8..15; nibble 1 → out 9 stores 8
+    expect(() => gptq.unpack(gl.name, (n) => m.get(n), settingsOf(gl))).toThrow(
+      /qzeros" holds stored zero 8 \(zero point 9\) for \[group, out\] = \[1, 9\], but quantization_config says sym: true, which stores 7/,
+    );
+    // The same tensors read as asymmetric are fine data.
+    const asym = gptq.unpack(gl.name, (n) => m.get(n), { ...settingsOf(gl), sym: false });
+    expect(asym.zeros[9 * 2 + 1]).toBe(9);
+    // 8-bit symmetric stores 127.
+    const l8 = randomLayer({ out: 32, in: 64, bits: 8, gs: -1, sym: true, seed: 23 });
+    const m8 = store(gptq.pack(l8));
+    expect(new Set(new Int32Array(m8.get(`${l8.name}.qzeros`)!.data.slice().buffer))).toEqual(new Set([0x7f7f7f7f]));
+    i32At(m8, `${l8.name}.qzeros`, 0, 0x7f7f7f7e);
+    expect(() => gptq.unpack(l8.name, (n) => m8.get(n), settingsOf(l8))).toThrow(/stored zero 126 .*stores 127/);
+  });
+
+  it("compressed-tensors: symmetric with a non-zero weight_zero_point present, asymmetric without one", () => {
+    const c = store(ct.pack(cl));
+    expect(() => ct.unpack(cl.name, withFile(c), { ...settingsOf(cl), sym: true })).toThrow(
+      new RegExp(`^${FILE}: tensor "${cl.name}\\.weight_zero_point" holds zero point -?\\d+ for \\[out, group\\] = \\[\\d+, \\d\\], but quantization_config says symmetric: true`),
+    );
+    // A zero point tensor holding only the symmetric zero agrees with symmetric: true.
+    const sym = randomLayer({ ...{ out: 12, in: 64, bits: 4, gs: 32, seed: 24 }, sym: true });
+    const withZp = store(ct.pack({ ...sym, sym: false }));
+    const back = ct.unpack(sym.name, (n) => withZp.get(n), settingsOf(sym));
+    expect(Array.from(dequantize(back))).toEqual(Array.from(dequantize({ ...sym, scales: fp16Round(sym.scales) })));
+    c.delete(`${cl.name}.weight_zero_point`);
+    expect(() => ct.unpack(cl.name, withFile(c), settingsOf(cl))).toThrow(
+      `${FILE}: tensor "${cl.name}.weight_zero_point" is missing (expected I32 [2, 2]: quantization_config says symmetric: false, which needs zero points`,
+    );
+  });
+
+  it("g_idx: out of range; non-trivial without act-order in the config; missing with act-order", () => {
+    const m = store(gptq.pack(gl));
+    i32At(m, `${gl.name}.g_idx`, 10, 2);
+    expect(() => gptq.unpack(gl.name, (n) => m.get(n), settingsOf(gl))).toThrow(/g_idx" holds 2 at index 10, outside \[0, 2\)/);
+    i32At(m, `${gl.name}.g_idx`, 10, 1); // channel 10 in group 1: act-order data, config says desc_act false
+    expect(() => gptq.unpack(gl.name, (n) => m.get(n), settingsOf(gl))).toThrow(/g_idx" holds 1 at index 10 .*desc_act: false.*disagree/);
+    const ao = gptq.unpack(gl.name, (n) => m.get(n), { ...settingsOf(gl), actOrder: true });
+    expect(ao.gIdx![10]).toBe(1);
+    m.delete(`${gl.name}.g_idx`);
+    expect(gptq.unpack(gl.name, (n) => m.get(n), settingsOf(gl)).gIdx).toBeUndefined();
+    expect(() => gptq.unpack(gl.name, (n) => m.get(n), { ...settingsOf(gl), actOrder: true })).toThrow(/g_idx" is missing .*desc_act: true/);
+
+    const al = randomLayer({ out: 12, in: 64, bits: 4, gs: 32, sym: true, actOrder: true, seed: 25 });
+    const c = store(ct.pack(al));
+    expect(() => ct.unpack(al.name, (n) => c.get(n), { ...settingsOf(al), actOrder: false })).toThrow(/weight_g_idx" holds \d at index \d+ .*no group act-order.*disagree/);
+    c.delete(`${al.name}.weight_g_idx`);
+    expect(() => ct.unpack(al.name, (n) => c.get(n), settingsOf(al))).toThrow(/weight_g_idx" is missing .*actorder "group"/);
+  });
+
+  it("compressed-tensors weight_shape must be a valid [out, in] agreeing with config.json", () => {
+    const c = store(ct.pack(cl));
+    c.set(`${cl.name}.weight_shape`, { dtype: "I64", shape: [2], data: bytesOf(BigInt64Array.from([-12n, 64n])) });
+    expect(() => ct.unpack(cl.name, (n) => c.get(n), settingsOf(cl))).toThrow(/weight_shape" holds \[-12, 64\], which is not a valid \[out, in\]/);
+    const c2 = store(ct.pack(cl));
+    expect(() => ct.unpack(cl.name, (n) => c2.get(n), settingsOf(cl), { out: 12, in: 128 })).toThrow(
+      /weight_shape" holds \[out, in\] = \[12, 64\], expected \[12, 128\] from config.json/,
+    );
   });
 });

@@ -4,7 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import type { Command } from "commander";
 import { z } from "zod";
-import { openModel, linearQuantSettings } from "../model/model.js";
+import { openModel, linearQuantSettings, validateModel } from "../model/model.js";
 import { DTYPE_SIZE } from "../io/types.js";
 import { action, resolveModelArg, fmtBytes, parseOptions, printJson } from "./common.js";
 
@@ -25,6 +25,7 @@ Example:
         const o = parseOptions(optionsSchema, raw);
         const dir = await resolveModelArg(spec, { json: o.json });
         const src = openModel(dir);
+        validateModel(src); // packed Linears through the same unpack validation inference uses; float dtypes
         const a = src.arch;
         const tensors = src.ckpt.names().map((n) => {
           const i = src.ckpt.info(n);

@@ -4,7 +4,7 @@
 
 import type { Model } from "../model/model.js";
 import { fastExp } from "../model/ops.js";
-import { UsageError } from "../util/errors.js";
+import { ModelError, UsageError } from "../util/errors.js";
 
 export interface PplOptions {
   seqlen: number;
@@ -38,6 +38,19 @@ export function windowNll(logits: Float32Array, tokens: ArrayLike<number>, T: nu
   return sum / (T - 1);
 }
 
+/** Index of the first NaN/±Inf in `x`, or −1. */
+export function firstNonFinite(x: Float32Array): number {
+  for (let i = 0; i < x.length; i++) if (x[i]! - x[i]! !== 0) return i;
+  return -1;
+}
+
+/** The error for a model whose forward pass produced NaN/Inf (no perplexity is reported for it). */
+export function nonFinite(model: Model, where: string): ModelError {
+  return new ModelError(
+    `${model.src.dir}: the model produced non-finite logits in ${where}; its weights or activations overflow or hold NaN, so no perplexity is reported`,
+  );
+}
+
 export function protocolLine(r: Pick<PplResult, "windows" | "seqlen" | "predictionsPerWindow" | "totalTokens">, bos: boolean): string {
   return `${r.windows} non-overlapping windows × ${r.predictionsPerWindow} predictions (seqlen ${r.seqlen}, ${r.totalTokens} tokens${bos ? ", BOS prepended once" : ""}, tail dropped; GPTQ-paper protocol)`;
 }
@@ -56,11 +69,18 @@ export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts
   for (let w = 0; w < windows; w++) {
     for (let i = 0; i < seqlen; i++) win[i] = tokens[w * seqlen + i]!;
     const logits = model.forward(win, 1, seqlen);
-    total += windowNll(logits, win, seqlen, model.arch.vocabSize);
+    const nll = windowNll(logits, win, seqlen, model.arch.vocabSize);
+    const bad = firstNonFinite(logits);
+    if (bad >= 0 || !Number.isFinite(nll)) {
+      const where = bad >= 0 ? `: logit ${logits[bad]} at position ${Math.floor(bad / model.arch.vocabSize)}, token id ${bad % model.arch.vocabSize}` : `: mean NLL ${nll}`;
+      throw nonFinite(model, `window ${w + 1} of ${windows} (tokens ${w * seqlen}..${(w + 1) * seqlen - 1})${where}`);
+    }
+    total += nll;
     opts.onWindow?.(w + 1, windows, (w + 1) * seqlen);
   }
   const seconds = (performance.now() - t0) / 1000;
   const meanNll = total / windows;
+  if (!Number.isFinite(meanNll)) throw nonFinite(model, `the mean NLL over ${windows} windows (${meanNll})`);
   const r = {
     ppl: Math.exp(meanNll),
     meanNll,

@@ -3,6 +3,18 @@
 import type { Model } from "./model.js";
 import { ModelError } from "../util/errors.js";
 
+/** Refuse a logits row holding NaN/±Inf (argmax over it would pick an arbitrary token). */
+function checkRow(model: Model, x: Float32Array, offset: number, n: number, what: string): void {
+  for (let j = 0; j < n; j++) {
+    const v = x[offset + j]!;
+    if (v - v !== 0) {
+      throw new ModelError(
+        `${model.src.dir}: the model produced non-finite logits (${v} for token id ${j}) ${what}; its weights or activations overflow or hold NaN`,
+      );
+    }
+  }
+}
+
 export function argmax(x: Float32Array, offset: number, n: number): number {
   let best = 0;
   let bv = -Infinity;
@@ -18,6 +30,7 @@ export function generateGreedy(model: Model, prompt: number[], maxTokens: number
   if (prompt.length >= model.arch.maxPositions) throw new ModelError(`the prompt has ${prompt.length} tokens; the model's context is ${model.arch.maxPositions}`);
   const cache = model.newCache(capacity);
   let logits = model.forward(prompt, 1, prompt.length, { pos0: 0, cache });
+  checkRow(model, logits, (prompt.length - 1) * V, V, `predicting generated token 1 (after the ${prompt.length}-token prompt)`);
   let next = argmax(logits, (prompt.length - 1) * V, V);
   const out: number[] = [];
   let pos = prompt.length;
@@ -29,6 +42,7 @@ export function generateGreedy(model: Model, prompt: number[], maxTokens: number
     if (out.length >= maxTokens || pos >= capacity) break;
     logits = model.forward([next], 1, 1, { pos0: pos, cache });
     pos++;
+    checkRow(model, logits, 0, V, `predicting generated token ${out.length + 1}`);
     next = argmax(logits, 0, V);
   }
   return out;

@@ -9,7 +9,8 @@ import { Checkpoint } from "../io/checkpoint.js";
 import { assertFinite } from "../io/safetensors.js";
 import { detectFormat } from "../../formats/index.js";
 import { dequantize } from "../../formats/dequant.js";
-import type { FormatSpec, QuantSettings } from "../../formats/types.js";
+import type { FormatSpec, LinearShape, QuantizedLinear, QuantSettings, TensorGetter } from "../../formats/types.js";
+import type { DType, TensorInfo } from "../io/types.js";
 import { FileFormatError, ModelError } from "../util/errors.js";
 import { resolveArchitecture, type ArchSpec } from "./architectures.js";
 import { applyNorm, blockForward, createContext, linear, type BlockWeights, type ForwardContext, type LayerCache } from "./forward.js";
@@ -72,11 +73,41 @@ function checkGlobalShapes(src: ModelSource): void {
   expectShape(src, a.finalNorm.weight, [a.hidden]);
 }
 
-/** Read a floating tensor as fp32 and refuse NaN/Inf. */
+/** Dtypes a float tensor (weights, norms, embeddings, biases) may be stored in. */
+const FLOAT_DTYPES: readonly DType[] = ["F32", "F16", "BF16", "F64"];
+
+/** Header check of a float tensor: present, with a float dtype (an I32 relabelled weight is refused). */
+function floatInfo(src: ModelSource, name: string): TensorInfo {
+  const info = src.ckpt.info(name);
+  if (!FLOAT_DTYPES.includes(info.dtype)) {
+    throw new ModelError(`${info.file}: tensor "${name}" has dtype ${info.dtype}, expected a float dtype (F32/F16/BF16)`);
+  }
+  return info;
+}
+
+/** Read a floating tensor as fp32; refuse integer dtypes and NaN/Inf. */
 export function readFloat(src: ModelSource, name: string): Float32Array {
+  const info = floatInfo(src, name);
   const data = src.ckpt.readF32(name);
-  assertFinite(name, data, src.ckpt.info(name).file);
+  assertFinite(name, data, info.file);
   return data;
+}
+
+/** The getter packed formats read a checkpoint through: each tensor with the file it lives in (named in errors). */
+export function packedGetter(ckpt: Checkpoint): TensorGetter {
+  return (name) => {
+    const t = ckpt.stored(name);
+    return t && { ...t, file: ckpt.info(name).file };
+  };
+}
+
+/**
+ * The one path a packed Linear is read by (eval-ppl, generate, inspect; quantize's journal re-read can
+ * use it too): the format's unpack, which validates presence, dtypes, shapes, finite scales, g_idx and
+ * zero points against the config, with errors naming the file and the tensor. Not dequantized.
+ */
+export function unpackLinear(ckpt: Checkpoint, format: FormatSpec, prefix: string, settings: QuantSettings, shape: LinearShape): QuantizedLinear {
+  return format.unpack(prefix, packedGetter(ckpt), settings, shape);
 }
 
 function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
@@ -106,7 +137,7 @@ export function loadBlockWeights(src: ModelSource, i: number): BlockWeights {
     const full = p + l.name;
     const settings = linearQuantSettings(src, full);
     if (settings) {
-      const q = src.quant!.format.unpack(full, (n) => src.ckpt.stored(n), settings, { out: l.out, in: l.in });
+      const q = unpackLinear(src.ckpt, src.quant!.format, full, settings, { out: l.out, in: l.in });
       w.set(`${l.name}.weight`, dequantize(q));
       if (l.bias) w.set(`${l.name}.bias`, q.bias ?? readFloat(src, `${full}.bias`));
     } else {
@@ -121,6 +152,40 @@ export function loadBlockWeights(src: ModelSource, i: number): BlockWeights {
     }
   }
   return w;
+}
+
+/**
+ * Check a checkpoint without running it (inspect): every packed Linear through unpackLinear (the same
+ * validation inference uses, without dequantizing), every float tensor the model reads for its dtype and shape.
+ */
+export function validateModel(src: ModelSource): void {
+  const a = src.arch;
+  const floats = [a.embedTokens, a.finalNorm.weight, ...(a.finalNorm.bias ? [a.finalNorm.bias] : [])];
+  if (!a.tiedLmHead) floats.push(a.lmHead);
+  if (a.positional.kind === "learned") floats.push(a.positional.tensor);
+  for (let i = 0; i < a.nLayers; i++) {
+    const p = a.blockPrefix(i);
+    for (const n of [a.attnNorm, a.mlpNorm]) {
+      expectShape(src, p + n.weight, [a.hidden]);
+      floats.push(p + n.weight, ...(n.bias ? [p + n.bias] : []));
+    }
+    for (const l of a.linears) {
+      const full = p + l.name;
+      const settings = linearQuantSettings(src, full);
+      if (settings) {
+        const q = unpackLinear(src.ckpt, src.quant!.format, full, settings, { out: l.out, in: l.in });
+        if (l.bias && !q.bias) floats.push(`${full}.bias`);
+        continue;
+      }
+      expectShape(src, `${full}.weight`, a.transposedLinears ? [l.in, l.out] : [l.out, l.in]);
+      floats.push(`${full}.weight`);
+      if (l.bias) {
+        expectShape(src, `${full}.bias`, [l.out]);
+        floats.push(`${full}.bias`);
+      }
+    }
+  }
+  for (const n of floats) floatInfo(src, n);
 }
 
 /** Everything outside the blocks: embeddings, positional table, final norm, LM head. */
