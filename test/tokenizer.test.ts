@@ -1,7 +1,7 @@
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   byteLevelBpeTokenizerJson,
   loadTokenizer,
@@ -13,14 +13,16 @@ import {
   withWordSplit,
 } from "../src/tokenizer/index.js";
 import { FileFormatError } from "../src/util/errors.js";
+import { BROWN, hasShared, ROOT, SHARED, STORIES_VENDORED, withShared } from "./helpers.js";
 
-const SHARED = path.resolve(import.meta.dirname, "../../shared");
+// Only paths here: nothing under ../shared is read at module scope or in a describe body. The Llama-2
+// and GPT-2 tokenizers and brown-llama live only in ../shared, so their tests skip on a bare clone;
+// stories260K and the texts come from the repo (byte-identical copies of the shared files).
 const LLAMA2 = path.join(SHARED, "tokenizers/llama2");
 const GPT2 = path.join(SHARED, "tokenizers/gpt2");
-const STORIES = path.join(SHARED, "models/stories260K");
-const BROWN = path.join(SHARED, "models/brown-llama");
-const WIKI_TEST = path.join(SHARED, "text/wikitext-2-raw/wiki.test.gptq_joined.txt");
-const STORIES_TXT = path.join(SHARED, "text/tinystories/stories-sample.txt");
+const STORIES = STORIES_VENDORED;
+const WIKI_TEST = path.join(ROOT, "calibration-data/wikitext2-test.txt"); // = shared text/wikitext-2-raw/wiki.test.gptq_joined.txt
+const STORIES_TXT = path.join(ROOT, "calibration-data/tinystories-sample.txt"); // = shared text/tinystories/stories-sample.txt
 
 const tmpDirs: string[] = [];
 function tmpDir(): string {
@@ -45,8 +47,11 @@ function roundTrips(tok: Tokenizer, text: string): void {
   expect(tok.decode(withSpecials)).toBe(text);
 }
 
-describe("Llama-2 SentencePiece tokenizer.model", () => {
-  const tok = loadTokenizer(LLAMA2);
+describe.skipIf(!hasShared)(withShared("Llama-2 SentencePiece tokenizer.model"), () => {
+  let tok: Tokenizer;
+  beforeAll(() => {
+    tok = loadTokenizer(LLAMA2);
+  });
 
   it("has the Llama-2 vocabulary and specials", () => {
     expect(tok.vocabSize).toBe(32000);
@@ -98,8 +103,11 @@ describe("Llama-2 SentencePiece tokenizer.model", () => {
   });
 });
 
-describe("GPT-2 byte-level BPE (encoder.json + vocab.bpe)", () => {
-  const tok = loadTokenizer(GPT2);
+describe.skipIf(!hasShared)(withShared("GPT-2 byte-level BPE (encoder.json + vocab.bpe)"), () => {
+  let tok: Tokenizer;
+  beforeAll(() => {
+    tok = loadTokenizer(GPT2);
+  });
 
   it("has the GPT-2 vocabulary; <|endoftext|> is BOS and EOS", () => {
     expect(tok.vocabSize).toBe(50257);
@@ -158,7 +166,10 @@ describe("GPT-2 byte-level BPE (encoder.json + vocab.bpe)", () => {
 });
 
 describe("stories260K SentencePiece (remove_extra_whitespaces = true)", () => {
-  const tok = loadTokenizer(STORIES);
+  let tok: Tokenizer;
+  beforeAll(() => {
+    tok = loadTokenizer(STORIES);
+  });
 
   it("has 512 pieces, BOS 1, EOS 2", () => {
     expect(tok.vocabSize).toBe(512);
@@ -186,6 +197,14 @@ describe("stories260K SentencePiece (remove_extra_whitespaces = true)", () => {
     expect(tok.encode("   ")).toEqual([]);
   });
 
+  it.skipIf(!hasShared)(withShared("the repo's tokenizer.model, greedy reference and texts are the shared files the counts were measured on"), () => {
+    for (const f of ["tokenizer.model", "greedy-reference.txt"]) {
+      expect(readFileSync(path.join(STORIES, f)).equals(readFileSync(path.join(SHARED, "models/stories260K", f))), f).toBe(true);
+    }
+    expect(readFileSync(STORIES_TXT).equals(readFileSync(path.join(SHARED, "text/tinystories/stories-sample.txt")))).toBe(true);
+    expect(readFileSync(WIKI_TEST).equals(readFileSync(path.join(SHARED, "text/wikitext-2-raw/wiki.test.gptq_joined.txt")))).toBe(true);
+  });
+
   it("round-trips the published greedy continuation", () => {
     const text = readFileSync(path.join(STORIES, "greedy-reference.txt"), "utf8");
     const ids = tok.encode(text);
@@ -194,8 +213,11 @@ describe("stories260K SentencePiece (remove_extra_whitespaces = true)", () => {
   });
 });
 
-describe("brown-llama SentencePiece", () => {
-  const tok = loadTokenizer(BROWN);
+describe.skipIf(!hasShared)(withShared("brown-llama SentencePiece"), () => {
+  let tok: Tokenizer;
+  beforeAll(() => {
+    tok = loadTokenizer(BROWN);
+  });
 
   it("loads with BOS/EOS from tokenizer_config.json and round-trips text", () => {
     expect(tok.vocabSize).toBe(4096);
@@ -327,7 +349,7 @@ describe("loadTokenizer lookup", () => {
     for (const f of ["tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "encoder.json", "vocab.bpe"]) expect(msg).toContain(f);
   });
 
-  it("prefers tokenizer.json; an HF-style Llama tokenizer.json reproduces the ids, fast", () => {
+  it.skipIf(!hasShared)(withShared("prefers tokenizer.json; an HF-style Llama tokenizer.json reproduces the ids, fast"), () => {
     const file = path.join(LLAMA2, "tokenizer.model");
     const conv = sentencePieceToTokenizerJson(parseSentencePieceModel(readFileSync(file), file), file);
     // As HF's (legacy) LlamaConverter writes it: no pre-tokenizer, merges as "left right" strings.
