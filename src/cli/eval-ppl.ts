@@ -3,7 +3,7 @@
 import fs from "node:fs";
 import type { Command } from "commander";
 import { z } from "zod";
-import { resolveText } from "../calibration/texts.js";
+import { resolveText, textEncodingSchema } from "../calibration/texts.js";
 import { evaluatePerplexity, type PplResult } from "../eval/perplexity.js";
 import { Model } from "../model/model.js";
 import { loadTokenizer } from "../tokenizer/index.js";
@@ -13,6 +13,7 @@ import { action, resolveModelArg, deviceSchema, EXIT_GATE, intOpt, numOpt, parse
 
 const optionsSchema = z.object({
   text: z.string().default("wikitext2"),
+  textEncoding: textEncodingSchema,
   seqlen: intOpt(2).optional(),
   maxWindows: intOpt(1).optional(),
   json: z.boolean().default(false),
@@ -56,6 +57,7 @@ export function registerEvalPpl(program: Command): void {
     .description("Perplexity of a model (fp16/bf16/fp32 or packed INT4) on a text, GPTQ-paper protocol; optional CI gate")
     .argument("<model-dir>", "Hugging Face model directory (config.json + *.safetensors + tokenizer)")
     .option("--text <name|file>", "bundled text (wikitext2, wikitext2-valid, c4, tinystories) or a .txt/.jsonl file", "wikitext2")
+    .option("--text-encoding <utf8|latin1|utf16le>", "encoding of a --text file (invalid UTF-8 or NUL bytes are refused; latin1 reads any bytes)", "utf8")
     .option("--seqlen <n>", "window length in tokens (default: min(2048, model context))")
     .option("--max-windows <k>", "score only the first k windows (quick checks)")
     .option("--json", "print the result as JSON on stdout (no progress bar)", false)
@@ -83,7 +85,7 @@ Examples:
         const show = progressEnabled(o.json);
         const model = Model.load(dir, backend);
         const tok = await loadTokenizer(dir);
-        const src = resolveText(o.text);
+        const src = resolveText(o.text, o.textEncoding);
         const bosId = tok.bosId ?? model.arch.bosId;
         const addBos = model.arch.family !== "gpt2" && bosId !== null;
         const ids = tok.encode(src.text);

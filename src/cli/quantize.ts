@@ -6,11 +6,12 @@ import os from "node:os";
 import path from "node:path";
 import type { Command } from "commander";
 import { z } from "zod";
-import { resolveText } from "../calibration/texts.js";
+import { resolveText, textEncodingSchema } from "../calibration/texts.js";
 import { sampleWindows } from "../calibration/sampler.js";
 import { formatNames, getFormat } from "../../formats/index.js";
 import { openModel } from "../model/model.js";
 import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
+import { settingsKeyOf } from "../pipeline/journal.js";
 import { loadTokenizer } from "../tokenizer/index.js";
 import { OutputError, UsageError } from "../util/errors.js";
 import { progressEnabled, startDualProgress } from "../util/progress.js";
@@ -38,6 +39,7 @@ const optionsSchema = z
     damp: numOpt().positive().max(1).default(0.01),
     blockSize: intOpt(1).default(128),
     calib: z.string().default("c4"),
+    textEncoding: textEncodingSchema,
     nsamples: intOpt(1).default(128),
     seqlen: intOpt(2).optional(),
     seed: intOpt(0).default(0),
@@ -111,7 +113,7 @@ export function buildPlan(
   if (seqlen > src.arch.maxPositions) throw new UsageError(`--seqlen ${seqlen} exceeds the model's context of ${src.arch.maxPositions}`);
   if (o.staticGroups && o.groupSize === -1) throw new UsageError("--static-groups needs a --group-size (it has no effect per row)");
   const tok = loadTokenizer(modelDir);
-  const text = resolveText(o.calib);
+  const text = resolveText(o.calib, o.textEncoding);
   const ids = tok.encode(text.text);
   const windows = sampleWindows(ids, o.nsamples, seqlen, o.seed, text.name);
   const settings = {
@@ -132,13 +134,18 @@ export function buildPlan(
         `try another --group-size (e.g. -1 or a divisor of the layer widths) or --format ${formatNames().filter((f) => f !== format.name).join("/")}`,
     );
   }
-  // BLAS results depend on the thread count, so a bit-identical resume needs the same one: part of the key.
+  // What defines the run for --resume, stored flat in the journal so a refusal names what differs.
+  // BLAS results depend on the thread count, so a bit-identical resume needs the same one: part of it.
   const threads = o.threads ?? os.availableParallelism();
-  const key = crypto
-    .createHash("sha256")
-    .update(JSON.stringify({ model: fileFingerprint(src.ckpt.files), settings, format: format.name, seqlen, nsamples: o.nsamples, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads }))
-    .update(windows.buffer instanceof ArrayBuffer ? new Uint8Array(windows.buffer) : new Uint8Array(0))
-    .digest("hex");
+  const sha = (b: string | Uint8Array) => crypto.createHash("sha256").update(b).digest("hex").slice(0, 16);
+  const runSettings = {
+    model: fileFingerprint(src.ckpt.files).join(", "),
+    method: o.method, bits: o.bits, groupSize: o.groupSize, sym: o.sym, actOrder: o.actOrder, staticGroups: o.staticGroups, damp: o.damp,
+    format: format.name, seqlen, nsamples: o.nsamples, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads,
+    calib: `sha256 ${sha(text.text)}`,
+    calibWindows: sha(new Uint8Array(windows.buffer, windows.byteOffset, windows.byteLength)),
+  };
+  const key = settingsKeyOf(runSettings);
   return {
     src,
     format,
@@ -152,7 +159,9 @@ export function buildPlan(
     maxMemoryBytes: o.maxMemory !== undefined ? parseSize(o.maxMemory, "--max-memory") : null,
     outDir,
     settingsKey: key,
+    runSettings,
     resume: o.resume,
+    overwrite: o.overwrite,
     calibName: text.name,
     calibTokens: ids.length,
     seed: o.seed,
@@ -222,6 +231,7 @@ export function registerQuantize(program: Command): void {
     .option("--damp <fraction>", "GPTQ: dampening added to the Hessian diagonal, as a fraction of its mean", "0.01")
     .option("--block-size <n>", "GPTQ: lazy-batch block of columns", "128")
     .option("--calib <name|file>", "calibration text: c4, wikitext2-valid, tinystories (bundled) or a .txt/.jsonl file", "c4")
+    .option("--text-encoding <utf8|latin1|utf16le>", "encoding of a --calib file (invalid UTF-8 or NUL bytes are refused; latin1 reads any bytes)", "utf8")
     .option("--nsamples <n>", "number of calibration windows", "128")
     .option("--seqlen <n>", "tokens per calibration window (default: min(2048, model context))")
     .option("--seed <n>", "seed of the window sampler", "0")
@@ -272,6 +282,9 @@ fp16 and are listed in the config's skip list, with a warning.`)
             onLayerDone: (_i, stat, done) => inner.update(done, { info: stat.name }),
             onBlockDone: (i) => bars.outer.update(i + 1),
             onWarning: (m) => warnings.push(m),
+            onResume: (k, n) => {
+              if (!o.json) process.stderr.write(`quant4: resuming at block ${k}/${n} (blocks before it are reused from the interrupted run)\n`);
+            },
             afterBlockJournaled: (i) => {
               // Test hook: simulate a crash (kill -9) right after block i is journaled.
               if (process.env["QUANT4_KILL_AFTER_BLOCK"] === String(i)) process.kill(process.pid, "SIGKILL");

@@ -22,7 +22,7 @@ import { blockForward, createContext, type BlockWeights, type ForwardContext } f
 import { embedTokens, loadBlockWeights, readFloat, type ModelSource } from "../model/model.js";
 import { OutputError } from "../util/errors.js";
 import { ActivationStore, type ActDtype } from "./activations.js";
-import { Journal, type LayerStat } from "./journal.js";
+import { Journal, type LayerStat, type RunSettings } from "./journal.js";
 
 export interface QuantizePlan {
   src: ModelSource;
@@ -40,7 +40,11 @@ export interface QuantizePlan {
   outDir: string;
   /** Identifies the run for --resume (model files, options, calibration data). */
   settingsKey: string;
+  /** The settings behind settingsKey, stored in the journal so a refused --resume names what differs. */
+  runSettings?: RunSettings;
   resume: boolean;
+  /** Replace an existing non-empty output directory (unset: never replace one). */
+  overwrite?: boolean;
 }
 
 export interface QuantizeEvents {
@@ -48,6 +52,8 @@ export interface QuantizeEvents {
   onLayerDone?(block: number, stat: LayerStat, doneInBlock: number, totalInBlock: number): void;
   onBlockDone?(block: number, total: number, seconds: number): void;
   onWarning?(message: string): void;
+  /** An interrupted run is continued: blocks before `block` are reused from its journal. */
+  onResume?(block: number, total: number): void;
   /** Test hook: called after block i is durably journaled. */
   afterBlockJournaled?(block: number): void;
 }
@@ -284,10 +290,22 @@ function embedCalibration(plan: QuantizePlan, acts: ActivationStore): void {
 
 export function runQuantize(plan: QuantizePlan, backend: Backend, events: QuantizeEvents = {}): QuantizeReport {
   const t0 = performance.now();
+  // One writer per output: the journal holds the lock of <out>.partial/ until the output is in place;
+  // on an error the lock is released and the finished blocks are kept for --resume.
+  const journal = Journal.open(plan.outDir, plan.settingsKey, plan.resume, plan.runSettings);
+  try {
+    return quantizeLocked(plan, backend, events, journal, t0);
+  } catch (e) {
+    journal.release();
+    throw e;
+  }
+}
+
+function quantizeLocked(plan: QuantizePlan, backend: Backend, events: QuantizeEvents, journal: Journal, t0: number): QuantizeReport {
   const { src } = plan;
   const a: ArchSpec = src.arch;
-  const journal = Journal.open(plan.outDir, plan.settingsKey, plan.resume);
   const resumedFrom = journal.state.finishedBlocks;
+  if (journal.resumed) events.onResume?.(resumedFrom, a.nLayers);
   const ctx = createContext(a, backend, Math.max(a.maxPositions, plan.seqlen));
 
   const spill = plan.maxMemoryBytes !== null && 2 * ActivationStore.bytesFor(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype) > plan.maxMemoryBytes;
@@ -365,11 +383,17 @@ function assembleOutput(plan: QuantizePlan, journal: Journal, skipped: string[])
   for (const [name, content] of Object.entries(plan.format.sidecarFiles(plan.settings, skipped)))
     atomicWriteFile(path.join(staging, name), content);
   for (const f of companionFiles(src.dir)) fs.copyFileSync(path.join(src.dir, f), path.join(staging, f));
+  journal.assertLocked(); // only the lock holder moves its output into place
   try {
-    if (fs.existsSync(plan.outDir)) fs.rmSync(plan.outDir, { recursive: true, force: true });
+    // Without --overwrite the rename itself refuses a non-empty directory, so an output that appeared
+    // after the CLI's checks is never replaced.
+    if (plan.overwrite && fs.existsSync(plan.outDir)) fs.rmSync(plan.outDir, { recursive: true, force: true });
     fs.mkdirSync(path.dirname(path.resolve(plan.outDir)), { recursive: true });
     fs.renameSync(staging, plan.outDir);
   } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ENOTEMPTY" || code === "EEXIST")
+      throw new OutputError(plan.outDir, `appeared while this run was writing it and is not empty; the finished blocks are kept: rerun with --resume --overwrite to replace it`);
     throw new OutputError(plan.outDir, `could not move the finished output into place: ${(e as Error).message}`);
   }
   return fs.readdirSync(plan.outDir).sort();
