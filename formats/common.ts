@@ -228,7 +228,7 @@ export class PackedReader {
     const g = Int32Array.from(this.int32(info, why));
     for (let i = 0; i < g.length; i++) {
       const v = g[i]!;
-      if (v < 0 || v >= nGroups) this.fail(info.name, `holds ${v} at index ${i}, outside [0, ${nGroups}) (${nGroups} groups${this.ctx()})`);
+      if (v < 0 || v >= nGroups) this.fail(info.name, `holds ${v} at index ${i}, outside [0, ${nGroups}) (${nGroups} group${nGroups === 1 ? "" : "s"}${this.ctx()})`);
     }
     return g;
   }
@@ -265,6 +265,11 @@ export function pyReMatch(pattern: string, s: string): boolean {
     throw new ModelError(`quantization_config: invalid module regex ${JSON.stringify(pattern)}: ${(e as Error).message}`);
   }
   return re.test(s);
+}
+
+/** A zod error as one line: `path: message; ...` (error messages must fit on one line). */
+export function zodOneLine(error: { issues: readonly { path: readonly PropertyKey[]; message: string }[] }): string {
+  return error.issues.map((i) => (i.path.length ? `${i.path.map(String).join(".")}: ${i.message}` : i.message)).join("; ");
 }
 
 export function isRecord(x: unknown): x is Record<string, unknown> {

@@ -11,6 +11,7 @@ import {
   declared,
   groupSizeProblem,
   isRecord,
+  zodOneLine,
   numGroups,
   PackedReader,
   pyReMatch,
@@ -248,7 +249,7 @@ function matches(target: string, name: string): boolean {
 
 function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null {
   const r = CtConfig.safeParse(qc);
-  if (!r.success) throw new ModelError(`quantization_config (compressed-tensors): ${z.prettifyError(r.error)}`);
+  if (!r.success) throw new ModelError(`quantization_config (compressed-tensors): ${zodOneLine(r.error)}`);
   const c = r.data;
   if (prefix !== undefined && (c.ignore ?? []).some((t) => matches(t, prefix))) return null;
   const entry = Object.entries(c.config_groups).find(

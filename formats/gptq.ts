@@ -14,6 +14,7 @@ import {
   fmtShape,
   groupSizeProblem,
   isRecord,
+  zodOneLine,
   numGroups,
   PackedReader,
   pyReMatch,
@@ -236,7 +237,7 @@ function checkSettings(where: string, s: QuantSettings): QuantSettings {
 
 function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null {
   const r = GptqConfig.safeParse(qc);
-  if (!r.success) throw new ModelError(`quantization_config (gptq): ${z.prettifyError(r.error)}`);
+  if (!r.success) throw new ModelError(`quantization_config (gptq): ${zodOneLine(r.error)}`);
   const c = r.data;
   const fmt = c.checkpoint_format ?? c.format ?? "gptq";
   if (fmt !== "gptq") {
@@ -267,7 +268,7 @@ function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null 
     const pattern = key.startsWith("+:") ? key.slice(2) : key;
     if (!pyReMatch(pattern, prefix)) continue;
     const o = Override.safeParse(value ?? {});
-    if (!o.success) throw new ModelError(`quantization_config (gptq) dynamic["${key}"]: ${z.prettifyError(o.error)}`);
+    if (!o.success) throw new ModelError(`quantization_config (gptq) dynamic["${key}"]: ${zodOneLine(o.error)}`);
     const s: QuantSettings = {
       ...base,
       bits: o.data.bits ?? base.bits,

@@ -12,7 +12,7 @@ import { dequantize } from "../../formats/dequant.js";
 import type { FormatSpec, LinearShape, QuantizedLinear, QuantSettings, TensorGetter } from "../../formats/types.js";
 import type { DType, TensorInfo } from "../io/types.js";
 import { FileFormatError, ModelError } from "../util/errors.js";
-import { resolveArchitecture, type ArchSpec } from "./architectures.js";
+import { resolveArchitecture, type ArchSpec, type LinearSpec } from "./architectures.js";
 import { applyNorm, blockForward, createContext, linear, type BlockWeights, type ForwardContext, type LayerCache } from "./forward.js";
 
 export interface QuantInfo {
@@ -43,12 +43,23 @@ export function readConfig(dir: string): Record<string, unknown> {
   return raw as Record<string, unknown>;
 }
 
+/** Run `f` (reading config.json's quantization_config); a ModelError it throws is reworded to name config.json. */
+function inConfig<T>(dir: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    const file = path.join(dir, "config.json");
+    if (e instanceof ModelError && !e.message.startsWith(file)) throw new ModelError(`${file}: ${e.message}`);
+    throw e;
+  }
+}
+
 export function openModel(dir: string): ModelSource {
   const config = readConfig(dir);
   const ckpt = Checkpoint.open(dir);
   const arch = resolveArchitecture(config, path.join(dir, "config.json"), ckpt.names());
   const qc = config["quantization_config"];
-  const quant = qc ? { format: detectFormat(qc), config: qc as Record<string, unknown> } : null;
+  const quant = qc ? { format: inConfig(dir, () => detectFormat(qc)), config: qc as Record<string, unknown> } : null;
   const src: ModelSource = { dir, config, arch, ckpt, quant };
   checkGlobalShapes(src);
   return src;
@@ -120,7 +131,27 @@ function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
 export function linearQuantSettings(src: ModelSource, fullPrefix: string): QuantSettings | null {
   if (!src.quant) return null;
   if (!src.quant.format.isQuantized(fullPrefix, (n) => src.ckpt.has(n))) return null;
-  return src.quant.format.settingsFromConfig(src.quant.config, fullPrefix);
+  return inConfig(src.dir, () => src.quant!.format.settingsFromConfig(src.quant!.config, fullPrefix));
+}
+
+/**
+ * Check the fp weight of a Linear stored unpacked. When it is absent but quantization_config packs this
+ * module, the missing tensor named is the format's packed one (e.g. "<prefix>.qweight").
+ */
+function expectFpLinear(src: ModelSource, full: string, l: LinearSpec): void {
+  const a = src.arch;
+  const wn = `${full}.weight`;
+  if (!src.ckpt.has(wn) && src.quant) {
+    const settings = inConfig(src.dir, () => src.quant!.format.settingsFromConfig(src.quant!.config, full));
+    if (settings) {
+      const primary = src.quant.format.paramInfo(full, { out: l.out, in: l.in }, settings)[0]!;
+      throw new ModelError(
+        `${src.dir}: tensor "${primary.name}" is missing (expected ${primary.dtype} [${primary.shape.join(", ")}]): ` +
+          `quantization_config packs ${full} as ${src.quant.format.name}, and the checkpoint holds neither it nor "${wn}"`,
+      );
+    }
+  }
+  expectShape(src, wn, a.transposedLinears ? [l.in, l.out] : [l.out, l.in]);
 }
 
 /** Load block i: norms as fp32, every Linear as an fp32 [out, in] matrix (dequantized when packed). */
@@ -142,7 +173,7 @@ export function loadBlockWeights(src: ModelSource, i: number): BlockWeights {
       if (l.bias) w.set(`${l.name}.bias`, q.bias ?? readFloat(src, `${full}.bias`));
     } else {
       const wn = `${full}.weight`;
-      expectShape(src, wn, a.transposedLinears ? [l.in, l.out] : [l.out, l.in]);
+      expectFpLinear(src, full, l);
       const raw = readFloat(src, wn);
       w.set(`${l.name}.weight`, a.transposedLinears ? transpose(raw, l.in, l.out) : raw);
       if (l.bias) {
@@ -177,7 +208,7 @@ export function validateModel(src: ModelSource): void {
         if (l.bias && !q.bias) floats.push(`${full}.bias`);
         continue;
       }
-      expectShape(src, `${full}.weight`, a.transposedLinears ? [l.in, l.out] : [l.out, l.in]);
+      expectFpLinear(src, full, l);
       floats.push(`${full}.weight`);
       if (l.bias) {
         expectShape(src, `${full}.bias`, [l.out]);
