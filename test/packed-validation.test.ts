@@ -40,11 +40,36 @@ function entry(h: Header, name: string): { dtype: string; shape: number[]; data_
 function editHeader(file: string, edit: (h: Header) => void): void {
   const { header, data } = readSt(file);
   edit(header);
-  let json = JSON.stringify(header);
+  writeFileSync(file, Buffer.concat([stHeader(header), data]));
+}
+
+/** Remove a tensor: its header entry and its bytes (the data of the others is packed again, no gaps). */
+function removeTensor(file: string, name: string): void {
+  const { header, data } = readSt(file);
+  entry(header, name);
+  const out: Header = {};
+  if (header["__metadata__"]) out["__metadata__"] = header["__metadata__"];
+  const parts: Buffer[] = [];
+  let off = 0;
+  const kept = Object.keys(header).filter((k) => k !== "__metadata__" && k !== name);
+  kept.sort((a, b) => entry(header, a).data_offsets[0] - entry(header, b).data_offsets[0]);
+  for (const k of kept) {
+    const e = entry(header, k);
+    const bytes = data.subarray(e.data_offsets[0], e.data_offsets[1]);
+    out[k] = { ...e, data_offsets: [off, off + bytes.length] };
+    parts.push(bytes);
+    off += bytes.length;
+  }
+  writeFileSync(file, Buffer.concat([stHeader(out), ...parts]));
+}
+
+/** Length prefix and JSON of a header, padded to 8 bytes. */
+function stHeader(h: Header): Buffer {
+  let json = JSON.stringify(h);
   json += " ".repeat((8 - (json.length % 8)) % 8);
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-  writeFileSync(file, Buffer.concat([len, Buffer.from(json, "utf8"), data]));
+  return Buffer.concat([len, Buffer.from(json, "utf8")]);
 }
 
 /** Change the bytes of one tensor in place. */
@@ -158,7 +183,7 @@ describe("config and tensors that disagree", () => {
   });
 
   it("compressed-tensors symmetric: false with a weight_zero_point tensor missing names it", async () => {
-    const { dir, file } = damaged(ctDir, (f) => editHeader(f, (h) => delete h["model.layers.2.mlp.gate_proj.weight_zero_point"]));
+    const { dir, file } = damaged(ctDir, (f) => removeTensor(f, "model.layers.2.mlp.gate_proj.weight_zero_point"));
     expectOneLineError(await runCli(["generate", dir, ...GEN]), file, 'tensor "model.layers.2.mlp.gate_proj.weight_zero_point" is missing', "symmetric: false");
   });
 
@@ -179,7 +204,7 @@ describe("config and tensors that disagree", () => {
 
   it("gptq desc_act: true with g_idx removed names the missing tensor", async () => {
     const { dir, file } = damaged(gptqDir, (f, d) => {
-      editHeader(f, (h) => delete h[`${L0}.g_idx`]);
+      removeTensor(f, `${L0}.g_idx`);
       editConfig(d, (c) => (c.quantization_config.desc_act = true));
     });
     expectOneLineError(await runCli(["generate", dir, ...GEN]), file, `tensor "${L0}.g_idx" is missing`, "desc_act: true");
