@@ -55,8 +55,9 @@ export function action<A extends unknown[]>(fn: (...args: A) => Promise<void> | 
  * model argument here, once, before opening it.
  */
 export async function resolveModelArg(spec: string, opts: { json?: boolean } = {}): Promise<string> {
-  void opts;
-  return spec;
+  // Loaded only when needed: local paths never load the Hub client.
+  const { resolveModelSpec } = await import("../io/hub.js");
+  return resolveModelSpec(spec, opts);
 }
 
 export function printJson(obj: unknown): void {

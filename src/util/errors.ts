@@ -49,3 +49,19 @@ export class OutputError extends Quant4Error {
     this.name = "OutputError";
   }
 }
+
+/** A network transfer failed (endpoint unreachable, connection cut mid-download...). */
+export class NetworkError extends Quant4Error {
+  constructor(message: string) {
+    super("E_NETWORK", message);
+    this.name = "NetworkError";
+  }
+}
+
+/** The Hugging Face Hub answered, but with a problem (unknown repo or revision, no access, no safetensors...). */
+export class HubError extends Quant4Error {
+  constructor(readonly repo: string, detail: string) {
+    super("E_HUB", `${repo}: ${detail}`);
+    this.name = "HubError";
+  }
+}
