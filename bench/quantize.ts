@@ -298,7 +298,7 @@ function peaks(be: Backend): Record<string, number> {
   return r;
 }
 
-function runChild(spec: { label: string; model: string; nsamples: number; seqlen: number; calib: string; threads?: number }): ChildResult {
+async function runChild(spec: { label: string; model: string; nsamples: number; seqlen: number; calib: string; threads?: number }): Promise<ChildResult> {
   const be = getBackend("cpu");
   if (spec.threads !== undefined) be.setThreads(spec.threads);
   const before = peaks(be);
@@ -313,6 +313,7 @@ function runChild(spec: { label: string; model: string; nsamples: number; seqlen
     format: getFormat("gptq"),
     settings: { method: "gptq", bits: 4, groupSize: 128, sym: true, actOrder: false, staticGroups: false, damp: 0.01, trueSequential: true },
     windows,
+    calibrate: true,
     nsamples: spec.nsamples,
     seqlen: spec.seqlen,
     actDtype: "fp32",
@@ -330,7 +331,7 @@ function runChild(spec: { label: string; model: string; nsamples: number; seqlen
   a.sequentialGroups.forEach((g, gi) => groupEnd.set(g[g.length - 1]!, gi === a.sequentialGroups.length - 1 ? "write" : "forward"));
   let report;
   try {
-    report = runQuantize(plan, clock, {
+    report = await runQuantize(plan, clock, {
       onBlockStart: (i) => {
         const b = newBlock(i);
         blocks.push(b);
@@ -423,7 +424,7 @@ function printResult(r: ChildResult, log: (s: string) => void): void {
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   if (argv[0] === "--child") {
-    const r = runChild(JSON.parse(argv[1]!) as Parameters<typeof runChild>[0]);
+    const r = await runChild(JSON.parse(argv[1]!) as Parameters<typeof runChild>[0]);
     process.stdout.write(JSON.stringify(r) + "\n");
     return;
   }

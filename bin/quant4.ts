@@ -1,28 +1,41 @@
 #!/usr/bin/env node
-// quant4 command-line entry: one subcommand per file in src/cli/.
+// quant4 command-line entry: one subcommand per file in src/cli/. Exit codes (README "Exit codes"):
+// 0 ok, 1 a quality gate failed, 2 bad input / usage / I/O error, 3 internal error, 130 interrupted.
 
-import { Command } from "commander";
+import { Command, CommanderError } from "commander";
 import { registerEvalPpl } from "../src/cli/eval-ppl.js";
 import { registerGenerate } from "../src/cli/generate.js";
 import { registerInspect } from "../src/cli/inspect.js";
 import { registerQuantize } from "../src/cli/quantize.js";
+import { EXIT_ERROR, EXIT_OK, reportStdoutError } from "../src/cli/common.js";
+import { VERSION } from "../src/version.js";
 
-// `quant4 ... | head` closes stdout early: that is the reader's choice, not an error.
-process.stdout.on("error", (e: NodeJS.ErrnoException) => {
-  if (e.code === "EPIPE") process.exit(0);
-  throw e;
-});
+// `quant4 ... | head` closes stdout early: that is the reader's choice, not an error. Anything else
+// (a full disk behind `> file`) is one error line.
+process.stdout.on("error", reportStdoutError);
 
 const program = new Command();
 program
   .name("quant4")
   .description("Post-training INT4 quantization (RTN, GPTQ) of Hugging Face LLM checkpoints, with a reference inference path and a perplexity gate")
-  .version("0.1.0")
-  .showHelpAfterError();
+  .version(VERSION)
+  // Usage errors are one line and exit 2 (commander's default is the full help and exit 1, the gate's code).
+  .exitOverride()
+  .configureOutput({ outputError: (str, write) => write(`quant4: ${str.trimEnd()} (see --help)\n`) })
+  .addHelpText("after", `
+Exit codes: 0 ok, 1 a quality gate failed, 2 bad input, usage or I/O error, 3 internal error (please
+report it), 130 interrupted (Ctrl-C; quantize resumes with --resume).`);
 
 registerInspect(program);
 registerGenerate(program);
 registerEvalPpl(program);
 registerQuantize(program);
 
-await program.parseAsync(process.argv);
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (!(e instanceof CommanderError)) throw e;
+  // --help and --version exit 0; `quant4` alone prints the help and counts as a usage error.
+  const ok = e.code === "commander.helpDisplayed" || e.code === "commander.version";
+  process.exitCode = ok ? EXIT_OK : EXIT_ERROR;
+}

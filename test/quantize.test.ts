@@ -9,6 +9,7 @@
 // bit-identical --resume and same-seed reruns rely on the same thread count, as BLAS reductions may
 // sum in a different order with another thread count).
 
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -25,7 +26,7 @@ import { embedTokens, loadBlockWeights, loadGlobalWeights, Model, openModel } fr
 import { runQuantize } from "../src/pipeline/quantize.js";
 import { loadTokenizer } from "../src/tokenizer/index.js";
 import { UsageError } from "../src/util/errors.js";
-import { makeTmpDir, removeTmpDirs, runCli, STORIES_VENDORED, stderrLines, TINYSTORIES_TXT, writeSyntheticModel, type CliResult } from "./helpers.js";
+import { BROWN, hasShared, makeTmpDir, removeTmpDirs, ROOT, runCli, STORIES_VENDORED, withShared, stderrLines, TINYSTORIES_TXT, writeSyntheticModel, type CliResult } from "./helpers.js";
 
 const MODEL = STORIES_VENDORED;
 const NSAMPLES = 8;
@@ -168,11 +169,19 @@ describe("quantize stories260K → compressed-tensors, per-row asymmetric (all 3
   it.each(["rtn", "gptq"] as const)("%s: config, companions and packed tensors with the declared dtypes and shapes", async (method) => {
     const { out, json } = await quantized(method, "ct");
     expectNoLeftovers(out);
-    expect(listFiles(out)).toEqual(["config.json", "greedy-reference.txt", "model.safetensors", "tokenizer.model"]);
-    for (const f of ["tokenizer.model", "greedy-reference.txt"])
-      expect(fs.readFileSync(path.join(out, f)).equals(fs.readFileSync(path.join(MODEL, f)))).toBe(true);
+    // What a loader needs travels (the tokenizer); the rest of the folder (greedy-reference.txt) does not.
+    expect(listFiles(out)).toEqual(["config.json", "model.safetensors", "tokenizer.model"]);
+    expect(fs.readFileSync(path.join(out, "tokenizer.model")).equals(fs.readFileSync(path.join(MODEL, "tokenizer.model")))).toBe(true);
 
     const cfg = readConfig(out);
+    // Provenance: quant4's version and the calibration (text, its sha256, nsamples, seqlen, seed).
+    const tinySha = crypto.createHash("sha256").update(resolveText("tinystories").text, "utf8").digest("hex");
+    expect(cfg.quant4).toEqual({
+      version: JSON.parse(fs.readFileSync(path.join(ROOT, "package.json"), "utf8")).version,
+      method,
+      scheme: "w4-perrow-asym",
+      calibration: { text: "tinystories", sha256: tinySha, nsamples: NSAMPLES, seqlen: SEQLEN, seed: 0 },
+    });
     const srcCfg = readConfig(MODEL);
     for (const k of ["model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"]) expect(cfg[k]).toEqual(srcCfg[k]);
     expect(cfg.torch_dtype).toBe("float16");
@@ -264,7 +273,8 @@ describe("quantize stories260K → compressed-tensors, per-row asymmetric (all 3
     for (const r of [fp, rtn, gptq]) {
       expect(r.windows).toBe(60);
       expect(r.predictionsPerWindow).toBe(255);
-      expect(r.protocol).toMatch(/BOS/);
+      expect(r.protocolDescription).toMatch(/BOS/);
+      expect(r.protocol.bos).toBe(true);
     }
     expect(Math.abs(fp.ppl / REF_FP32_PPL - 1)).toBeLessThan(0.001);
     expect(Math.abs(rtn.ppl / REF_RTN_PERROW_PPL - 1)).toBeLessThan(0.005);
@@ -281,7 +291,7 @@ describe("quantize stories260K → gptq, g32 symmetric (172-wide MLP Linears sta
   it.each(["rtn", "gptq"] as const)("%s: quantization_config, quantize_config.json, dynamic skips, warnings, tensors", async (method) => {
     const { out, result, json } = await quantized(method, "gptq");
     expectNoLeftovers(out);
-    expect(listFiles(out)).toEqual(["config.json", "greedy-reference.txt", "model.safetensors", "quantize_config.json", "tokenizer.model"]);
+    expect(listFiles(out)).toEqual(["config.json", "model.safetensors", "quantize_config.json", "tokenizer.model"]);
     expect(fs.readFileSync(path.join(out, "tokenizer.model")).equals(fs.readFileSync(path.join(MODEL, "tokenizer.model")))).toBe(true);
 
     const qc = readConfig(out).quantization_config;
@@ -316,7 +326,15 @@ describe("quantize stories260K → gptq, g32 symmetric (172-wide MLP Linears sta
       for (const l of st) expect(l.relError).toBeNull();
     } else {
       for (const w of warnings) expect(w).toMatch(/^quant4: warning: /);
-      expect(result.stdout).toMatch(/20 linears quantized, 15 kept fp16/);
+      // The summary: counts, size before → after, bits per weight measured from the written tensors, worst layers, time.
+      expect(result.stdout).toMatch(/\n {2}linears +20 quantized, 15 kept fp16\n/);
+      expect(result.stdout).toMatch(/\n {2}size +1020\.6 KiB → \d+\.\d KiB \(\d\.\d\d× smaller\)\n/);
+      // g32 sym gptq: 4-bit codes + (16-bit scale + 4-bit zero)/32 + 32-bit g_idx/out per weight.
+      const bpw = Number(/bits\/weight +([\d.]+) per quantized weight/.exec(result.stdout)![1]);
+      expect(bpw).toBeGreaterThan(4 + 20 / 32);
+      expect(bpw).toBeLessThan(4 + 20 / 32 + 32 / 32 + 0.01);
+      expect(result.stdout).toMatch(/output error mean \d\.\d{3}e-\d+ .*highest:\n( {4}\d\.\d{3}e-\d+ {2}model\.layers\.\d\.self_attn\.\w_proj\n){5}/);
+      expect(result.stdout).toMatch(/\n {2}time +\d+\.\d s, peak RSS /);
     }
 
     const ck = Checkpoint.open(out);
@@ -652,7 +670,11 @@ describe("determinism", () => {
     const other = path.join(makeTmpDir("quant4-det-"), "out");
     const r2 = await runCli(quantizeArgs("gptq", "ct", other, ["--seed", "1"]));
     expect(r2.code, r2.stderr).toBe(0);
-    expect(readConfig(other)).toEqual(readConfig(base.out));
+    // The same config except the recorded seed.
+    const { quant4: q1, ...c1 } = readConfig(other);
+    const { quant4: q0, ...c0 } = readConfig(base.out);
+    expect(c1).toEqual(c0);
+    expect([q0.calibration.seed, q1.calibration.seed]).toEqual([0, 1]);
     expect(fs.readFileSync(path.join(other, "model.safetensors")).equals(fs.readFileSync(path.join(base.out, "model.safetensors")))).toBe(false);
   });
 
@@ -713,7 +735,7 @@ function mulberry32Ref(seed: number, n: number): number {
 // calibration windows are random token ids, since these models have no tokenizer).
 
 describe.each(["opt", "gpt2", "qwen2", "llama3"] as const)("pipeline on a synthetic %s checkpoint", (kind) => {
-  it("RTN per-row asym into compressed-tensors: every Linear packed, codes equal quantizeRtn, the model loads and runs", () => {
+  it("RTN per-row asym into compressed-tensors: every Linear packed, codes equal quantizeRtn, the model loads and runs", async () => {
     const backend = getBackend("cpu");
     const syn = writeSyntheticModel(path.join(makeTmpDir(`quant4-q-${kind}-`), "model"), kind, 99);
     const out = path.join(path.dirname(syn.dir), "out");
@@ -725,8 +747,8 @@ describe.each(["opt", "gpt2", "qwen2", "llama3"] as const)("pipeline on a synthe
     const windows = new Int32Array(nsamples * seqlen).map(() => Math.floor(rand() * a.vocabSize));
     const settings = { method: "rtn" as const, bits: 4, groupSize: -1, sym: false, actOrder: false };
     const format = getFormat("compressed-tensors");
-    const report = runQuantize(
-      { src, format, settings, windows, nsamples, seqlen, actDtype: "fp32", maxMemoryBytes: null, blockSize: 128, maxShardBytes: 4e9, outDir: out, settingsKey: kind, resume: false },
+    const report = await runQuantize(
+      { src, format, settings, windows, calibrate: true, nsamples, seqlen, actDtype: "fp32", maxMemoryBytes: null, blockSize: 128, maxShardBytes: 4e9, outDir: out, settingsKey: kind, resume: false },
       backend,
     );
     src.ckpt.close();
@@ -769,5 +791,78 @@ describe.each(["opt", "gpt2", "qwen2", "llama3"] as const)("pipeline on a synthe
     const unrelated = relDiff(other.forward(toks, 1, seqlen));
     expect(quantErr).toBeGreaterThan(0); // it is quantized ...
     expect(quantErr).toBeLessThan(0.25 * unrelated); // ... and still the same model
+  });
+});
+
+describe("first run: defaults, schemes and the automatic format choice", () => {
+  it("`quant4 quantize models/stories260K out` with no other option succeeds and prints the summary", async () => {
+    const dir = makeTmpDir("quant4-default-");
+    const out = path.join(dir, "out");
+    const r = await runCli(["quantize", "models/stories260K", out], { timeoutMs: 300_000 });
+    expect(r.code, r.stderr).toBe(0);
+    // GPTQ (the default method) into the format the automatic choice names on stderr: stories260K's
+    // 64/172-wide Linears fit neither format at g128; compressed-tensors per row holds all 35.
+    expect(r.stderr).toMatch(/^quant4: automatic choice: compressed-tensors per row holds 35\/35 Linears \(gptq g128: 0, /m);
+    expect(r.stdout).toMatch(new RegExp(`^wrote ${out.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} \\(compressed-tensors, gptq 4-bit per-row sym\\)\\n`));
+    expect(r.stdout).toMatch(/\n {2}linears +35 quantized, 0 kept fp16\n/);
+    expect(r.stdout).toMatch(/\n {2}size +1020\.6 KiB → \d+\.\d KiB/);
+    // Per row, 64-wide inputs: 4-bit codes + one fp16 scale per 64 weights (+ the int64 weight_shape).
+    const bpw = Number(/bits\/weight +([\d.]+) per quantized weight/.exec(r.stdout)![1]);
+    expect(bpw).toBeGreaterThanOrEqual(4 + 16 / 172);
+    expect(bpw).toBeLessThan(4 + 16 / 64 + 0.01);
+    expect(r.stdout).toMatch(/highest:\n( {4}\d\.\d{3}e-\d+ {2}model\.layers\.\d\.\S+\n){5}/);
+    const cfg = readConfig(out);
+    expect(cfg.quant4.calibration).toMatchObject({ text: "c4", nsamples: 128, seqlen: 512, seed: 0 });
+    expect(cfg.quant4.calibration.sha256).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it("RTN runs no calibration unless --calib asks for output errors", async () => {
+    const out = path.join(makeTmpDir("quant4-rtn-nocal-"), "out");
+    const r = await runCli(["quantize", MODEL, out, "--method", "rtn", "--json", "--threads", "1"]);
+    const j = parseJson(r);
+    expect(j.calibration).toBeNull();
+    expect(j.report.layers.every((l: { relError: number | null }) => l.relError === null)).toBe(true);
+    expect(readConfig(out).quant4.calibration).toBeNull();
+    // Same codes as a calibrated RTN run (calibration only measures): byte-identical weights.
+    const cal = await quantized("rtn", "ct");
+    const out2 = path.join(makeTmpDir("quant4-rtn-nocal-"), "out");
+    expect((await runCli(["quantize", MODEL, out2, "--method", "rtn", ...layoutArgs("ct"), "--threads", "1"])).code).toBe(0);
+    expect(fs.readFileSync(path.join(out2, "model.safetensors")).equals(fs.readFileSync(path.join(cal.out, "model.safetensors")))).toBe(true);
+  });
+
+  it("--scheme sets bits/group/symmetry, explicit flags override it, --format auto picks per scheme", async () => {
+    const plan = async (...args: string[]) => parseJson(await runCli(["quantize", MODEL, path.join(makeTmpDir(), "o"), "--method", "rtn", "--dry-run", "--json", ...args]));
+    const a = await plan("--scheme", "w4-g32");
+    // g32: gptq holds the 64-wide attention Linears only (the MLP is 172 wide), compressed-tensors also gate/up.
+    expect(a).toMatchObject({ format: "compressed-tensors", scheme: "w4-g32", settings: { bits: 4, groupSize: 32, sym: true }, quantizedLinears: 30 });
+    expect(a.formatChoice).toMatch(/^automatic choice: compressed-tensors g32 holds 30\/35 Linears \(gptq g32: 20\)$/);
+    const b = await plan("--scheme", "w4-g32", "--asym", "--format", "gptq");
+    expect(b).toMatchObject({ format: "gptq", settings: { bits: 4, groupSize: 32, sym: false }, quantizedLinears: 20, formatChoice: null });
+    const c = await plan("--scheme", "w8-perrow", "--bits", "4");
+    expect(c).toMatchObject({ settings: { bits: 4, groupSize: -1, sym: true } });
+  });
+
+  it.skipIf(!hasShared)(withShared("brown-llama: the automatic choice is gptq g128, holding every Linear"), async () => {
+    const j = parseJson(await runCli(["quantize", BROWN, path.join(makeTmpDir(), "o"), "--method", "rtn", "--dry-run", "--json"]));
+    expect(j).toMatchObject({ format: "gptq", settings: { groupSize: 128, bits: 4, sym: true }, skippedLinears: 0 });
+    expect(j.formatChoice).toMatch(/^automatic choice: gptq g128 holds 42\/42 Linears \(compressed-tensors g128: 42, /);
+  });
+});
+
+describe("Ctrl-C", () => {
+  it("SIGINT after block 1: cursor restored, 'interrupted after block 2/5; rerun with --resume', exit 130; --resume completes byte-identically", async () => {
+    const base = await quantized("gptq", "ct");
+    const out = path.join(makeTmpDir("quant4-sigint-"), "out");
+    // The hook sends the process a real SIGINT once block 1 is journaled; the pipeline stops at its next yield.
+    const r = await runCli(quantizeArgs("gptq", "ct", out), { env: { QUANT4_SIGINT_AFTER_BLOCK: "1" } });
+    expect(r.code, r.stderr).toBe(130);
+    expect(stderrLines(r)).toEqual(["quant4: interrupted after block 2/5; rerun with --resume to continue from there"]);
+    expect(fs.existsSync(out)).toBe(false);
+    const work = `${out}.partial`;
+    expect(fs.existsSync(path.join(work, "lock"))).toBe(false); // released: a resume needs no takeover
+    const resumed = await runCli(quantizeArgs("gptq", "ct", out, ["--resume"]));
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(resumed.stderr).toMatch(/^quant4: resuming at block 2\/5 /m);
+    expectSameTree(out, base.out);
   });
 });

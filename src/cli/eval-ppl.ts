@@ -1,5 +1,6 @@
 // `quant4 eval-ppl`: perplexity of a checkpoint (fp or packed INT4) on a text, with an optional CI gate.
 
+import crypto from "node:crypto";
 import fs from "node:fs";
 import type { Command } from "commander";
 import { z } from "zod";
@@ -8,8 +9,8 @@ import { evaluatePerplexity, type PplResult } from "../eval/perplexity.js";
 import { Model } from "../model/model.js";
 import { loadTokenizer } from "../tokenizer/index.js";
 import { FileFormatError, UsageError } from "../util/errors.js";
-import { progressEnabled, startProgress, type Progress } from "../util/progress.js";
-import { action, resolveModelArg, deviceSchema, EXIT_GATE, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
+import { progressMode, startProgress, startStatus, type Progress } from "../util/progress.js";
+import { action, resolveModelArg, writeStdout, deviceSchema, EXIT_GATE, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
 
 const optionsSchema = z.object({
   text: z.string().default("wikitext2"),
@@ -24,10 +25,56 @@ const optionsSchema = z.object({
   threads: intOpt(1).optional(),
 });
 
+/**
+ * What makes two perplexities comparable: the same scored tokens (text and tokenizer, hashed together),
+ * window length, window count and BOS handling. Stored in `--json` results; a baseline file that
+ * disagrees is refused.
+ */
+export interface PplProtocol {
+  text: string;
+  textSha256: string;
+  vocabSize: number;
+  /** sha256 of the scored token ids (int32 LE): catches another tokenizer on the same text. */
+  tokensSha256: string;
+  seqlen: number;
+  windows: number;
+  bos: boolean;
+}
+
+export function pplProtocol(textName: string, text: string, vocabSize: number, tokens: ArrayLike<number>, res: { seqlen: number; windows: number }, bos: boolean): PplProtocol {
+  const scored = Int32Array.from({ length: res.seqlen * res.windows }, (_, i) => tokens[i]!);
+  return {
+    text: textName,
+    textSha256: crypto.createHash("sha256").update(text, "utf8").digest("hex"),
+    vocabSize,
+    tokensSha256: crypto.createHash("sha256").update(new Uint8Array(scored.buffer)).digest("hex"),
+    seqlen: res.seqlen,
+    windows: res.windows,
+    bos,
+  };
+}
+
+const protocolSchema = z.object({
+  text: z.string(),
+  textSha256: z.string(),
+  vocabSize: z.number(),
+  tokensSha256: z.string(),
+  seqlen: z.number(),
+  windows: z.number(),
+  bos: z.boolean(),
+});
+
+export interface Baseline {
+  ppl: number;
+  /** Absent for a bare number (or an old result file): the comparison cannot be checked. */
+  protocol: PplProtocol | null;
+  source: string;
+}
+
 /** A baseline is a number or a result JSON written by `eval-ppl --json`. */
-export function readBaseline(spec: string): number {
+export function readBaseline(spec: string): Baseline {
   const n = Number(spec);
-  if (Number.isFinite(n) && n > 0) return n;
+  if (Number.isFinite(n) && n > 0) return { ppl: n, protocol: null, source: spec };
   if (!fs.existsSync(spec)) throw new UsageError(`--baseline "${spec}" is neither a positive number nor an existing result file`);
   let obj: unknown;
   try {
@@ -37,18 +84,46 @@ export function readBaseline(spec: string): number {
   }
   const r = z.object({ ppl: z.number().positive() }).passthrough().safeParse(obj);
   if (!r.success) throw new FileFormatError(spec, `no positive number "ppl" (expected the output of quant4 eval-ppl --json)`);
-  return r.data.ppl;
+  const p = protocolSchema.safeParse((obj as Record<string, unknown>)["protocol"]);
+  return { ppl: r.data.ppl, protocol: p.success ? p.data : null, source: spec };
 }
 
-/** The gate verdict: null when it passes, else the one-line reason. */
-export function gateVerdict(ppl: number, o: { baseline?: number; maxIncrease?: number; maxPpl?: number }): string | null {
-  if (o.maxPpl !== undefined && ppl > o.maxPpl) return `perplexity ${ppl.toFixed(4)} exceeds --max-ppl ${o.maxPpl}`;
+/** How `got` differs from the baseline's protocol, one phrase per difference ([] = comparable). */
+export function protocolDifferences(base: PplProtocol, got: PplProtocol): string[] {
+  const d: string[] = [];
+  if (base.textSha256 !== got.textSha256) d.push(`text "${base.text}" (sha256 ${base.textSha256.slice(0, 12)}) vs "${got.text}" (sha256 ${got.textSha256.slice(0, 12)})`);
+  else if (base.vocabSize !== got.vocabSize || base.tokensSha256 !== got.tokensSha256)
+    d.push(`tokenizer (vocab ${base.vocabSize} vs ${got.vocabSize}; the same text gives other token ids)`);
+  if (base.seqlen !== got.seqlen) d.push(`seqlen ${base.seqlen} vs ${got.seqlen}`);
+  if (base.windows !== got.windows) d.push(`windows ${base.windows} vs ${got.windows}`);
+  if (base.bos !== got.bos) d.push(`BOS ${base.bos ? "prepended" : "not prepended"} vs ${got.bos ? "prepended" : "not prepended"}`);
+  return d;
+}
+
+export interface GateOptions {
+  baseline?: number;
+  maxIncrease?: number;
+  maxPpl?: number;
+}
+
+/** The gate's verdict: null when no gate is set; else pass/fail with a one-line explanation. */
+export function gateVerdict(ppl: number, o: GateOptions): { pass: boolean; line: string } | null {
+  const limits = o.maxPpl !== undefined || (o.baseline !== undefined && o.maxIncrease !== undefined);
+  if (!limits) return null;
+  // NaN compares false with everything: check it first so it can never slip through as a pass.
+  if (!Number.isFinite(ppl)) return { pass: false, line: `perplexity is ${ppl} (not a finite number); a gate never passes a non-finite result` };
+  const passed: string[] = [];
+  if (o.maxPpl !== undefined) {
+    if (ppl > o.maxPpl) return { pass: false, line: `perplexity ${ppl.toFixed(4)} exceeds --max-ppl ${o.maxPpl}` };
+    passed.push(`perplexity ${ppl.toFixed(4)} ≤ ${o.maxPpl}`);
+  }
   if (o.baseline !== undefined && o.maxIncrease !== undefined) {
     const inc = (ppl / o.baseline - 1) * 100;
     if (inc > o.maxIncrease)
-      return `perplexity ${ppl.toFixed(4)} is ${inc.toFixed(2)}% above the baseline ${o.baseline.toFixed(4)} (allowed: ${o.maxIncrease}%)`;
+      return { pass: false, line: `perplexity ${ppl.toFixed(4)} is ${inc.toFixed(2)}% above the baseline ${o.baseline.toFixed(4)} (allowed: ${o.maxIncrease}%)` };
+    passed.push(`${inc >= 0 ? "+" : ""}${inc.toFixed(2)}% ≤ ${o.maxIncrease}% over the baseline ${o.baseline.toFixed(4)}`);
   }
-  return null;
+  return { pass: true, line: passed.join("; ") };
 }
 
 export function registerEvalPpl(program: Command): void {
@@ -69,7 +144,10 @@ export function registerEvalPpl(program: Command): void {
     .addHelpText("after", `
 Protocol: the text is tokenized once (BOS prepended when the model has one), cut into
 non-overlapping windows of --seqlen tokens (tail dropped), and every next-token prediction in each
-window is scored; ppl = exp(mean NLL). Exit codes: 0 ok, 1 gate failed, 2 error.
+window is scored; ppl = exp(mean NLL). --json records this protocol (text and token hashes,
+seqlen, windows, BOS); a --baseline result file measured on another protocol is refused, and a
+bare-number baseline is accepted with a warning. A gate never passes a non-finite perplexity.
+Exit codes: 0 ok (gate passed), 1 gate failed, 2 error, 3 internal error.
 
 Examples:
   quant4 eval-ppl models/stories260K --text tinystories --seqlen 256
@@ -82,13 +160,17 @@ Examples:
         if (o.maxIncrease !== undefined && o.baseline === undefined) throw new UsageError("--max-increase needs --baseline");
         const baseline = o.baseline !== undefined ? readBaseline(o.baseline) : undefined;
         const backend = setupBackend(o.device, o.threads);
-        const show = progressEnabled(o.json);
+        const mode = progressMode(o.json);
+        const status = startStatus(mode);
+        status.set(`loading ${dir}…`);
         const model = Model.load(dir, backend);
         const tok = await loadTokenizer(dir);
+        status.set(`tokenizing ${o.text}…`);
         const src = resolveText(o.text, o.textEncoding);
         const bosId = tok.bosId ?? model.arch.bosId;
         const addBos = model.arch.family !== "gpt2" && bosId !== null;
         const ids = tok.encode(src.text);
+        status.stop();
         const tokens = addBos ? [bosId!, ...ids] : ids;
         const seqlen = o.seqlen ?? Math.min(2048, model.arch.maxPositions);
         // The bar learns the window count from the evaluation itself (one place decides it).
@@ -103,7 +185,7 @@ Examples:
               seqlen,
               maxWindows: o.maxWindows,
               onWindow: (done, total, tokDone) => {
-                bar ??= startProgress(show, "eval-ppl", total, "{bar} {value}/{total} windows | {tps} tok/s | ETA {eta_formatted}", { tps: 0 });
+                bar ??= startProgress(mode, "eval-ppl windows", total, "{bar} {value}/{total} windows | {tps} tok/s | ETA {eta_formatted}", { tps: 0 }, (p) => `${p["tps"]} tok/s`);
                 bar.update(done, { tps: Math.round(tokDone / ((performance.now() - t0) / 1000)) });
               },
             },
@@ -112,17 +194,34 @@ Examples:
         } finally {
           bar?.stop();
         }
-        const verdict = gateVerdict(res.ppl, { baseline, maxIncrease: o.maxIncrease, maxPpl: o.maxPpl });
+        const protocol = pplProtocol(src.name, src.text, tok.vocabSize, tokens, res, addBos);
+        if (baseline?.protocol) {
+          const diff = protocolDifferences(baseline.protocol, protocol);
+          if (diff.length > 0)
+            throw new UsageError(
+              `--baseline ${baseline.source} was measured on another protocol (${diff.join("; ")}); measure both with the same --text, --seqlen and --max-windows`,
+            );
+        } else if (baseline && !o.json) {
+          process.stderr.write(`quant4: warning: --baseline ${baseline.source} has no protocol record, so whether it was measured on the same text, tokenizer, seqlen and windows cannot be checked; pass an eval-ppl --json result instead\n`);
+        }
+        const verdict = gateVerdict(res.ppl, { baseline: baseline?.ppl, maxIncrease: o.maxIncrease, maxPpl: o.maxPpl });
         if (o.json) {
-          printJson({ model: dir, text: src.name, ...res, baseline: baseline ?? null, gate: verdict === null ? "pass" : "fail", gateReason: verdict });
+          printJson({
+            model: dir,
+            text: src.name,
+            ...res,
+            protocol,
+            protocolDescription: res.protocol,
+            baseline: baseline?.ppl ?? null,
+            gate: verdict === null ? null : verdict.pass ? "pass" : "fail",
+            gateReason: verdict?.line ?? null,
+          });
         } else {
-          process.stdout.write(`perplexity ${res.ppl.toFixed(4)}  (${src.name}: ${res.protocol})\n`);
-          process.stdout.write(`throughput ${Math.round(res.tokensPerSecond)} tokens/s over ${res.seconds.toFixed(1)} s\n`);
+          writeStdout(`perplexity ${res.ppl.toFixed(4)}  (${src.name}: ${res.protocol})\n`);
+          writeStdout(`throughput ${Math.round(res.tokensPerSecond)} tokens/s over ${res.seconds.toFixed(1)} s\n`);
         }
-        if (verdict) {
-          process.stderr.write(`quant4: gate failed: ${verdict}\n`);
-          process.exitCode = EXIT_GATE;
-        }
+        if (verdict) process.stderr.write(`quant4: gate ${verdict.pass ? "pass" : "failed"}: ${verdict.line}\n`);
+        if (verdict && !verdict.pass) process.exitCode = EXIT_GATE;
       }),
     );
 }

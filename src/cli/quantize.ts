@@ -6,16 +6,20 @@ import os from "node:os";
 import path from "node:path";
 import type { Command } from "commander";
 import { z } from "zod";
-import { resolveText, textEncodingSchema } from "../calibration/texts.js";
+import { resolveText, textEncodingSchema, type TextSource } from "../calibration/texts.js";
 import { sampleWindows } from "../calibration/sampler.js";
-import { formatNames, getFormat } from "../../formats/index.js";
+import { VERSION } from "../version.js";
+import { formatNames, getFormat, type FormatSpec } from "../../formats/index.js";
+import { chooseFormat, getScheme, SCHEMES, schemeNames } from "../pipeline/schemes.js";
 import { openModel } from "../model/model.js";
-import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
+import { outputConfig, runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
+import { measureOutput, worstLayers, type OutputMeasure } from "../pipeline/summary.js";
+import type { LayerStat } from "../pipeline/journal.js";
 import { settingsKeyOf } from "../pipeline/journal.js";
 import { loadTokenizer } from "../tokenizer/index.js";
 import { OutputError, UsageError } from "../util/errors.js";
-import { progressEnabled, startDualProgress } from "../util/progress.js";
-import { action, resolveModelArg, deviceSchema, fmtBytes, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
+import { progressMode, restoreCursor, startDualProgress, startStatus } from "../util/progress.js";
+import { action, EXIT_INTERRUPTED, writeStdout, resolveModelArg, deviceSchema, fmtBytes, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
 
 /** "4GB", "500MB", "1.5GiB", "123" (bytes). */
 export function parseSize(s: string, flag = "--max-shard-size"): number {
@@ -31,19 +35,20 @@ export function parseSize(s: string, flag = "--max-shard-size"): number {
 const optionsSchema = z
   .object({
     method: z.enum(["rtn", "gptq"]).default("gptq"),
-    bits: z.coerce.number().int().refine((b) => [2, 3, 4, 8].includes(b), "must be 2, 3, 4 or 8").default(4),
-    groupSize: z.coerce.number().int().refine((g) => g === -1 || g >= 1, "must be -1 (per row) or a positive integer").default(128),
-    sym: z.boolean().default(true),
+    scheme: z.string().optional(),
+    bits: z.coerce.number().int().refine((b) => [2, 3, 4, 8].includes(b), "must be 2, 3, 4 or 8").optional(),
+    groupSize: z.coerce.number().int().refine((g) => g === -1 || g >= 1, "must be -1 (per row) or a positive integer").optional(),
+    sym: z.boolean().optional(),
     actOrder: z.boolean().default(false),
     staticGroups: z.boolean().default(false),
     damp: numOpt().positive().max(1).default(0.01),
     blockSize: intOpt(1).default(128),
-    calib: z.string().default("c4"),
+    calib: z.string().optional(),
     textEncoding: textEncodingSchema,
     nsamples: intOpt(1).default(128),
     seqlen: intOpt(2).optional(),
     seed: intOpt(0).default(0),
-    format: z.string().default("gptq"),
+    format: z.string().default("auto"),
     actDtype: z.enum(["fp32", "fp16"]).default("fp32"),
     maxShardSize: z.string().default("4GB"),
     maxMemory: z.string().optional(),
@@ -99,50 +104,91 @@ function checkOutputLocation(modelDir: string, outDir: string, overwrite: boolea
   }
 }
 
+/** Options only GPTQ uses: given with --method rtn they are a mistake, not something to ignore. */
+const GPTQ_ONLY = ["actOrder", "staticGroups", "damp", "blockSize"] as const;
+const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())}`;
+
+/** Conflicting flags are errors; `explicit` holds the options the user typed. */
+export function checkConflicts(o: QuantizeCliOptions, explicit: ReadonlySet<string>): void {
+  if (o.method === "rtn")
+    for (const k of GPTQ_ONLY)
+      if (explicit.has(k)) throw new UsageError(`${flag(k)} applies to --method gptq only (RTN rounds each weight on its own)`);
+  if (o.staticGroups && (o.groupSize ?? (o.scheme ? getScheme(o.scheme).groupSize : undefined)) === -1)
+    throw new UsageError("--static-groups needs a --group-size (it has no effect per row)");
+}
+
+/** Bits, group size, symmetry and format from --scheme, explicit flags (which win) and the automatic choice. */
+export function resolveScheme(
+  o: QuantizeCliOptions,
+  linears: readonly { out: number; in: number }[],
+): { bits: number; groupSize: number; sym: boolean; format: FormatSpec; formatWhy: string | null; scheme: string } {
+  const base = o.scheme !== undefined ? getScheme(o.scheme) : undefined;
+  const bits = o.bits ?? base?.bits ?? 4;
+  const sym = o.sym ?? base?.sym ?? true;
+  const fixedGroup = o.groupSize ?? base?.groupSize;
+  const auto = o.format === "auto";
+  const choice = chooseFormat(linears, { bits, sym, actOrder: o.actOrder }, { format: auto ? undefined : o.format, groupSize: fixedGroup });
+  if (choice.held === 0) {
+    const settings = { bits, sym, actOrder: o.actOrder, groupSize: choice.groupSize };
+    const reasons = [...new Set(linears.map((l) => choice.format.canHold(l, settings)))].slice(0, 3).join("; ");
+    throw new UsageError(
+      `${auto ? "no output format" : `format ${o.format}`} cannot hold any Linear of this model with ${bits}-bit weights${fixedGroup !== undefined ? `, group size ${fixedGroup}` : ""} (${reasons}); ` +
+        `try another --group-size (-1 = per row, or a divisor of the layer widths)${auto ? "" : ", another --format"} or another --bits`,
+    );
+  }
+  // Said only when quant4 chose something (the format, the group size, or both).
+  const chose = auto || fixedGroup === undefined;
+  const scheme = o.scheme ?? `w${bits}-${choice.groupSize === -1 ? "perrow" : `g${choice.groupSize}`}${sym ? "" : "-asym"}`;
+  return { bits, groupSize: choice.groupSize, sym, format: choice.format, formatWhy: chose ? `automatic choice: ${choice.why}` : null, scheme };
+}
+
 /** Build and validate everything the run needs; nothing is written. */
 export function buildPlan(
   modelDir: string,
   outDir: string,
   o: QuantizeCliOptions,
-): QuantizePlan & { calibName: string; calibTokens: number; seed: number } {
-  const format = getFormat(o.format);
+  explicit: ReadonlySet<string> = new Set(),
+): QuantizePlan & { calibName: string | null; calibTokens: number; seed: number; formatWhy: string | null; scheme: string } {
+  checkConflicts(o, explicit);
+  if (o.format !== "auto") getFormat(o.format); // an unknown name fails before the model is opened
   const src = openModel(modelDir);
   if (src.quant) throw new UsageError(`${modelDir} is already quantized (${src.quant.format.name}); quantize an fp16/bf16/fp32 checkpoint`);
   checkOutputLocation(modelDir, outDir, o.overwrite);
+  const r = resolveScheme(o, Array.from({ length: src.arch.nLayers }, () => src.arch.linears).flat());
+  const format = r.format;
   const seqlen = o.seqlen ?? Math.min(2048, src.arch.maxPositions);
   if (seqlen > src.arch.maxPositions) throw new UsageError(`--seqlen ${seqlen} exceeds the model's context of ${src.arch.maxPositions}`);
-  if (o.staticGroups && o.groupSize === -1) throw new UsageError("--static-groups needs a --group-size (it has no effect per row)");
-  const tok = loadTokenizer(modelDir);
-  const text = resolveText(o.calib, o.textEncoding);
-  const ids = tok.encode(text.text);
-  const windows = sampleWindows(ids, o.nsamples, seqlen, o.seed, text.name);
+  // RTN needs no activations: it calibrates only when asked to (--calib), to measure output errors.
+  const calibrate = o.method === "gptq" || o.calib !== undefined;
+  let windows: Int32Array = new Int32Array(0);
+  let text: TextSource | null = null;
+  let calibTokens = 0;
+  if (calibrate) {
+    const tok = loadTokenizer(modelDir);
+    text = resolveText(o.calib ?? "c4", o.textEncoding);
+    const ids = tok.encode(text.text);
+    calibTokens = ids.length;
+    windows = sampleWindows(ids, o.nsamples, seqlen, o.seed, text.name);
+  }
   const settings = {
     method: o.method,
-    bits: o.bits,
-    groupSize: o.groupSize,
-    sym: o.sym,
+    bits: r.bits,
+    groupSize: r.groupSize,
+    sym: r.sym,
     actOrder: o.actOrder,
     staticGroups: o.staticGroups,
     damp: o.damp,
     trueSequential: true,
   };
-  const held = src.arch.linears.filter((l) => format.canHold({ out: l.out, in: l.in }, settings) === null);
-  if (held.length === 0) {
-    const reasons = [...new Set(src.arch.linears.map((l) => format.canHold({ out: l.out, in: l.in }, settings)))].join("; ");
-    throw new UsageError(
-      `format ${format.name} cannot hold any Linear of this model with bits ${o.bits}, group size ${o.groupSize} (${reasons}); ` +
-        `try another --group-size (e.g. -1 or a divisor of the layer widths) or --format ${formatNames().filter((f) => f !== format.name).join("/")}`,
-    );
-  }
   // What defines the run for --resume, stored flat in the journal so a refusal names what differs.
   // BLAS results depend on the thread count, so a bit-identical resume needs the same one: part of it.
   const threads = o.threads ?? os.availableParallelism();
   const sha = (b: string | Uint8Array) => crypto.createHash("sha256").update(b).digest("hex").slice(0, 16);
   const runSettings = {
     model: fileFingerprint(src.ckpt.files).join(", "),
-    method: o.method, bits: o.bits, groupSize: o.groupSize, sym: o.sym, actOrder: o.actOrder, staticGroups: o.staticGroups, damp: o.damp,
-    format: format.name, seqlen, nsamples: o.nsamples, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads,
-    calib: `sha256 ${sha(text.text)}`,
+    method: o.method, bits: r.bits, groupSize: r.groupSize, sym: r.sym, actOrder: o.actOrder, staticGroups: o.staticGroups, damp: o.damp,
+    format: format.name, seqlen, nsamples: calibrate ? o.nsamples : 0, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads,
+    calib: text ? `sha256 ${sha(text.text)}` : "none",
     calibWindows: sha(new Uint8Array(windows.buffer, windows.byteOffset, windows.byteLength)),
   };
   const key = settingsKeyOf(runSettings);
@@ -151,7 +197,8 @@ export function buildPlan(
     format,
     settings,
     windows,
-    nsamples: o.nsamples,
+    calibrate,
+    nsamples: calibrate ? o.nsamples : 0,
     seqlen,
     actDtype: o.actDtype,
     blockSize: o.blockSize,
@@ -162,9 +209,17 @@ export function buildPlan(
     runSettings,
     resume: o.resume,
     overwrite: o.overwrite,
-    calibName: text.name,
-    calibTokens: ids.length,
+    calibName: text?.name ?? null,
+    calibTokens,
     seed: o.seed,
+    formatWhy: r.formatWhy,
+    scheme: r.scheme,
+    provenance: {
+      version: VERSION,
+      method: o.method,
+      scheme: r.scheme,
+      calibration: text ? { text: text.name, sha256: crypto.createHash("sha256").update(text.text, "utf8").digest("hex"), nsamples: o.nsamples, seqlen, seed: o.seed } : null,
+    },
   };
 }
 
@@ -183,8 +238,12 @@ export function describePlan(plan: ReturnType<typeof buildPlan>): Record<string,
     blocks: a.nLayers,
     out: plan.outDir,
     format: plan.format.name,
+    formatChoice: plan.formatWhy,
+    scheme: plan.scheme,
     settings: plan.settings,
-    calibration: { text: plan.calibName, tokens: plan.calibTokens, nsamples: plan.nsamples, seqlen: plan.seqlen, seed: plan.seed },
+    calibration: plan.calibrate
+      ? { text: plan.calibName, sha256: plan.provenance?.calibration?.sha256 ?? null, tokens: plan.calibTokens, nsamples: plan.nsamples, seqlen: plan.seqlen, seed: plan.seed }
+      : null,
     linearsPerBlock: layers,
     quantizedLinears: layers.filter((l) => l.quantized).length * a.nLayers,
     skippedLinears: layers.filter((l) => !l.quantized).length * a.nLayers,
@@ -203,7 +262,9 @@ function formatPlan(plan: ReturnType<typeof buildPlan>, d: ReturnType<typeof des
     `  output       ${plan.outDir} (${plan.format.name})`,
     `  method       ${s.method} ${s.bits}-bit, group size ${s.groupSize}, ${s.sym ? "symmetric" : "asymmetric"}` +
       `${s.actOrder ? ", act-order" : ""}${s.staticGroups ? ", static groups" : ""}${s.method === "gptq" ? `, damp ${s.damp}` : ""}`,
-    `  calibration  ${plan.nsamples} × ${plan.seqlen} tokens from "${plan.calibName}" (${plan.calibTokens} tokens), seed ${plan.seed}`,
+    plan.calibrate
+      ? `  calibration  ${plan.nsamples} × ${plan.seqlen} tokens from "${plan.calibName}" (${plan.calibTokens} tokens), seed ${plan.seed}`
+      : `  calibration  none (RTN rounds the weights directly; --calib would measure output errors)`,
     `  linears      ${d["quantizedLinears"]} quantized, ${d["skippedLinears"]} kept fp16`,
   ];
   for (const l of d["linearsPerBlock"] as { name: string; shape: number[]; reason: string | null }[])
@@ -222,20 +283,21 @@ export function registerQuantize(program: Command): void {
     .argument("<model-dir>", "fp16/bf16/fp32 Hugging Face model directory")
     .argument("<out-dir>", "output directory (written atomically; an interrupted run leaves <out-dir>.partial/ for --resume)")
     .option("--method <rtn|gptq>", "quantization algorithm", "gptq")
-    .option("--bits <n>", "bits per weight: 2, 3, 4 or 8 (formats: gptq 2/3/4/8, compressed-tensors 4/8)", "4")
-    .option("--group-size <n>", "weights per scale along the input dim; -1 = one group per row", "128")
-    .option("--sym", "symmetric quantization (zero point fixed at 2^(bits-1)); the default", true)
+    .option("--scheme <name>", `named bits/group/symmetry setting: ${schemeNames().join(", ")} (see below); explicit flags override it`)
+    .option("--bits <n>", "bits per weight: 2, 3, 4 or 8 (formats: gptq 2/3/4/8, compressed-tensors 4/8) (default: 4)")
+    .option("--group-size <n>", "weights per scale along the input dim; -1 = one group per row (default: the largest of 128/64/32/per-row that holds the most Linears)")
+    .option("--sym", "symmetric quantization (zero point fixed at 2^(bits-1)); the default")
     .option("--asym", "asymmetric min-max quantization")
     .option("--act-order", "GPTQ: process columns by decreasing Hessian diagonal (desc_act)", false)
     .option("--static-groups", "GPTQ: compute group scales up front from the unquantized weights", false)
     .option("--damp <fraction>", "GPTQ: dampening added to the Hessian diagonal, as a fraction of its mean", "0.01")
     .option("--block-size <n>", "GPTQ: lazy-batch block of columns", "128")
-    .option("--calib <name|file>", "calibration text: c4, wikitext2-valid, tinystories (bundled) or a .txt/.jsonl file", "c4")
+    .option("--calib <name|file>", "calibration text: c4, wikitext2-valid, tinystories (bundled) or a .txt/.jsonl file (default: c4 for GPTQ; RTN calibrates only when given, to measure output errors)")
     .option("--text-encoding <utf8|latin1|utf16le>", "encoding of a --calib file (invalid UTF-8 or NUL bytes are refused; latin1 reads any bytes)", "utf8")
     .option("--nsamples <n>", "number of calibration windows", "128")
     .option("--seqlen <n>", "tokens per calibration window (default: min(2048, model context))")
     .option("--seed <n>", "seed of the window sampler", "0")
-    .option("--format <name>", `output format: ${formatNames().join(", ")}`, "gptq")
+    .option("--format <name>", `output format: auto, ${formatNames().join(", ")} (auto: the one that holds the most Linears, said in the output)`, "auto")
     .option("--act-dtype <fp32|fp16>", "storage of calibration activations between blocks (fp16 halves memory)", "fp32")
     .option("--max-memory <size>", "budget for calibration activations; above it they are spilled to a temp file in <out-dir>.partial/ (default: keep in memory)")
     .option("--max-shard-size <size>", "split the output into shards of at most this size", "4GB")
@@ -245,37 +307,66 @@ export function registerQuantize(program: Command): void {
     .option("--json", "print a JSON summary (per-layer error, time, peak memory) on stdout", false)
     .option("--device <cpu|cuda>", "compute device", "cpu")
     .option("--threads <n>", "BLAS threads (default: all cores)")
-    .addHelpText("after", `
-Examples:
-  quant4 quantize models/stories260K out/s260k-rtn --method rtn --group-size -1 --asym --format compressed-tensors
-  quant4 quantize ../brown-llama out/brown-gptq --method gptq --bits 4 --group-size 128 --calib c4 --nsamples 128 --seqlen 512
-  quant4 quantize ../brown-llama out/brown-gptq --resume          # after an interruption
+    .addHelpText("after", () => `
+Schemes (--scheme; explicit --bits/--group-size/--sym/--asym override their parts):
+${Object.entries(SCHEMES).map(([n, sc]) => `  ${n.padEnd(15)} ${sc.bits}-bit, ${sc.groupSize === -1 ? "per row" : `group ${sc.groupSize}`}, ${sc.sym ? "sym" : "asym"}: ${sc.use}`).join("\n")}
+Without --scheme and --group-size, quant4 uses 4-bit symmetric weights with the largest group size
+(128, 64, 32, per row) at which an output format holds the most Linears; --format auto (the default)
+picks that format and says why. Layers the chosen format cannot hold stay fp16 (listed as skipped).
 
-Layers the chosen format cannot hold (e.g. an input width not divisible by the group size) stay in
-fp16 and are listed in the config's skip list, with a warning.`)
+Examples:
+  quant4 quantize models/stories260K out/s260k                 # GPTQ, automatic scheme and format
+  quant4 quantize models/stories260K out/s260k-rtn --method rtn --scheme w4-perrow-asym
+  quant4 quantize ./Llama-2-7b-hf out/llama2-7b-w4 --scheme w4-g128 --format gptq --nsamples 128 --seqlen 2048
+  quant4 quantize ./Llama-2-7b-hf out/llama2-7b-w4 --resume    # after an interruption (Ctrl-C, crash)
+
+Exit codes: 0 ok, 2 bad input or usage, 3 internal error, 130 interrupted (finished blocks are kept
+in <out-dir>.partial/; --resume continues).`)
     .action(
-      action(async (spec: string, outDir: string, raw: Record<string, unknown>) => {
-        const { asym, ...rest } = raw;
-        const o = parseOptions(optionsSchema, { ...rest, sym: asym ? false : true });
+      action(async (spec: string, outDir: string, raw: Record<string, unknown>, cmd: Command) => {
+        const { asym, sym, ...rest } = raw;
+        if (asym && sym) throw new UsageError("--sym and --asym contradict each other; give one");
+        const o = parseOptions(optionsSchema, { ...rest, sym: asym ? false : sym ? true : undefined });
+        // What the user typed (not commander defaults): explicit flags win over schemes, and conflict checks apply to them.
+        const explicit = new Set(Object.keys(raw).filter((k) => cmd.getOptionValueSource(k) === "cli"));
         const modelDir = await resolveModelArg(spec, { json: o.json });
         const backend = setupBackend(o.device, o.threads);
-        const plan = buildPlan(modelDir, outDir, o);
+        const mode = progressMode(o.json);
+        const status = startStatus(mode);
+        status.set(`reading ${modelDir} and ${o.calib ?? "the calibration text"}…`);
+        let plan: ReturnType<typeof buildPlan>;
+        try {
+          plan = buildPlan(modelDir, outDir, o, explicit);
+        } finally {
+          status.stop();
+        }
+        if (plan.formatWhy && !o.json) process.stderr.write(`quant4: ${plan.formatWhy}\n`);
         if (o.dryRun) {
           const d = describePlan(plan);
           if (o.json) printJson({ dryRun: true, ...d });
-          else {
-            process.stdout.write(formatPlan(plan, d));
-          }
+          else writeStdout(formatPlan(plan, d));
           return;
         }
-        const show = progressEnabled(o.json);
         const a = plan.src.arch;
-        const bars = startDualProgress(show, "blocks", a.nLayers);
+        const bars = startDualProgress(mode, "blocks", a.nLayers);
         let inner = bars.inner("layers", a.linears.length);
         const warnings: string[] = [];
+        // Ctrl-C: the pipeline stops at its next yield (between Linears) and keeps the finished blocks; a
+        // second Ctrl-C exits at once.
+        let interrupted = false;
+        const onSigint = (): void => {
+          if (interrupted) {
+            bars.stop();
+            restoreCursor();
+            process.stderr.write("\nquant4: interrupted again; exiting now (finished blocks are kept for --resume)\n");
+            process.exit(EXIT_INTERRUPTED);
+          }
+          interrupted = true;
+        };
+        process.on("SIGINT", onSigint);
         let report: QuantizeReport;
         try {
-          report = runQuantize(plan, backend, {
+          report = await runQuantize(plan, backend, {
             onBlockStart: (i) => {
               inner = bars.inner(`block ${i}`, a.linears.length);
             },
@@ -286,28 +377,49 @@ fp16 and are listed in the config's skip list, with a warning.`)
               if (!o.json) process.stderr.write(`quant4: resuming at block ${k}/${n} (blocks before it are reused from the interrupted run)\n`);
             },
             afterBlockJournaled: (i) => {
-              // Test hook: simulate a crash (kill -9) right after block i is journaled.
+              // Test hooks: simulate a crash (kill -9) or a Ctrl-C right after block i is journaled.
               if (process.env["QUANT4_KILL_AFTER_BLOCK"] === String(i)) process.kill(process.pid, "SIGKILL");
+              if (process.env["QUANT4_SIGINT_AFTER_BLOCK"] === String(i)) process.kill(process.pid, "SIGINT");
             },
+            shouldStop: () => interrupted,
           });
         } finally {
+          process.off("SIGINT", onSigint);
           bars.stop();
+          restoreCursor();
         }
         const uniqueWarnings = [...new Set(warnings.map((w) => w.replace(/\.layers\.\d+\./, ".layers.*.")))];
         if (!o.json) for (const w of uniqueWarnings) process.stderr.write(`quant4: warning: ${w}\n`);
-        const q = report.layers.filter((l) => l.status === "quantized");
-        const meanErr = q.reduce((s, l) => s + (l.relError ?? 0), 0) / Math.max(1, q.length);
+        const measured = measureOutput(plan.src.ckpt.files, outDir, plan.format, outputConfig(plan, report.skipped).quantization_config, a);
+        const worst = worstLayers(report.layers);
         if (o.json) {
-          printJson({ ...describePlan(plan), report, warnings: uniqueWarnings });
+          printJson({ ...describePlan(plan), report, output: measured, worstLayers: worst, warnings: uniqueWarnings });
         } else {
-          process.stdout.write(
-            `wrote ${outDir} (${plan.format.name}, ${o.method} ${o.bits}-bit g${o.groupSize} ${o.sym ? "sym" : "asym"}${o.actOrder ? " act-order" : ""}): ` +
-              `${q.length} linears quantized, ${report.skipped.length} kept fp16, mean relative output error ${meanErr.toExponential(3)}, ` +
-              `${report.totalSeconds.toFixed(1)} s, peak RSS ${fmtBytes(report.peakRssBytes)}` +
-              (report.resumedFromBlock ? ` (resumed at block ${report.resumedFromBlock})` : "") +
-              "\n",
-          );
+          writeStdout(formatSummary(plan, report, measured, worst));
         }
       }),
     );
+}
+
+/** The human summary after a run: what was written, how big, how good, how long. */
+function formatSummary(plan: ReturnType<typeof buildPlan>, report: QuantizeReport, m: OutputMeasure, worst: LayerStat[]): string {
+  const s = plan.settings;
+  const q = report.layers.filter((l) => l.status === "quantized");
+  const lines = [
+    `wrote ${plan.outDir} (${plan.format.name}, ${s.method} ${s.bits}-bit ${s.groupSize === -1 ? "per-row" : `g${s.groupSize}`} ${s.sym ? "sym" : "asym"}${s.actOrder ? " act-order" : ""})` +
+      (report.resumedFromBlock ? ` (resumed at block ${report.resumedFromBlock})` : ""),
+    `  linears      ${q.length} quantized, ${report.skipped.length} kept fp16`,
+    `  size         ${fmtBytes(m.sourceBytes)} → ${fmtBytes(m.outputBytes)} (${(m.sourceBytes / m.outputBytes).toFixed(2)}× smaller)`,
+    `  bits/weight  ${m.bitsPerQuantizedWeight === null ? "-" : m.bitsPerQuantizedWeight.toFixed(3)} per quantized weight (codes, scales, zeros, g_idx as written); ` +
+      `${m.bitsPerParameter.toFixed(2)} per parameter overall`,
+  ];
+  if (worst.length > 0) {
+    const meanErr = q.reduce((a, l) => a + (l.relError ?? 0), 0) / Math.max(1, q.length);
+    lines.push(`  output error mean ${meanErr.toExponential(3)} (relative, ‖(W−Q)X‖²/‖WX‖² on the calibration inputs); highest:`);
+    for (const l of worst) lines.push(`    ${l.relError!.toExponential(3)}  ${l.name}`);
+  } else {
+    lines.push(`  output error not measured (RTN without calibration; pass --calib to measure it)`);
+  }
+  lines.push(`  time         ${report.totalSeconds.toFixed(1)} s, peak RSS ${fmtBytes(report.peakRssBytes)}`);
+  return lines.join("\n") + "\n";
 }

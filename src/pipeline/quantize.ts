@@ -20,7 +20,7 @@ import { GptqHessian, gptqQuantize } from "../../algorithms/gptq.js";
 import type { ArchSpec, LinearSpec } from "../model/architectures.js";
 import { blockForward, createContext, type BlockWeights, type ForwardContext } from "../model/forward.js";
 import { embedTokens, loadBlockWeights, readFloat, type ModelSource } from "../model/model.js";
-import { OutputError } from "../util/errors.js";
+import { InterruptedError, OutputError } from "../util/errors.js";
 import { ActivationStore, type ActDtype } from "./activations.js";
 import { Journal, type LayerStat, type RunSettings } from "./journal.js";
 
@@ -28,8 +28,15 @@ export interface QuantizePlan {
   src: ModelSource;
   format: FormatSpec;
   settings: QuantSettings & { method: "rtn" | "gptq" };
-  /** Calibration token windows, nsamples × seqlen. */
+  /** Calibration token windows, nsamples × seqlen (empty without calibration). */
   windows: Int32Array;
+  /**
+   * Run calibration activations through the blocks. GPTQ needs them (its Hessians); RTN only to
+   * measure each Linear's output error, so without them it quantizes straight from the weights.
+   */
+  calibrate: boolean;
+  /** Recorded in the output's config.json as "quant4" (version, method, scheme, calibration text and hash). */
+  provenance?: { version: string; method: string; scheme: string; calibration: { text: string; sha256: string; nsamples: number; seqlen: number; seed: number } | null };
   nsamples: number;
   seqlen: number;
   actDtype: ActDtype;
@@ -56,6 +63,11 @@ export interface QuantizeEvents {
   onResume?(block: number, total: number): void;
   /** Test hook: called after block i is durably journaled. */
   afterBlockJournaled?(block: number): void;
+  /**
+   * Asked between Linears (the pipeline yields to the event loop there, so a SIGINT handler can run):
+   * true stops the run with an InterruptedError; finished blocks stay journaled for --resume.
+   */
+  shouldStop?(): boolean;
 }
 
 export interface QuantizeReport {
@@ -170,7 +182,16 @@ function blockWeightsFromJournal(plan: QuantizePlan, file: string, i: number): B
 }
 
 /** Quantize one block in place (w's Linears become their dequantized INT4 values); returns tensors to store. */
-function quantizeBlock(
+/** Let the event loop run (a SIGINT handler, a progress timer), then honour a stop request. */
+async function checkpoint(events: QuantizeEvents, block: number, total: number): Promise<void> {
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  if (events.shouldStop?.()) {
+    const done = block; // blocks [0, block) are journaled
+    throw new InterruptedError(`interrupted after block ${done}/${total}; rerun with --resume to continue from there`);
+  }
+}
+
+async function quantizeBlock(
   plan: QuantizePlan,
   backend: Backend,
   ctx: ForwardContext,
@@ -178,7 +199,7 @@ function quantizeBlock(
   w: BlockWeights,
   acts: ActivationStore,
   events: QuantizeEvents,
-): { tensors: TensorToWrite[]; stats: LayerStat[] } {
+): Promise<{ tensors: TensorToWrite[]; stats: LayerStat[] }> {
   const a = plan.src.arch;
   const prefix = a.blockPrefix(i);
   const tensors: TensorToWrite[] = [];
@@ -187,10 +208,11 @@ function quantizeBlock(
   let done = 0;
   for (const group of a.sequentialGroups) {
     // The Linears of a group share one input (q/k/v, gate/up), hence one Hessian, fed by the group's first Linear.
-    const hessian = new GptqHessian(backend, byName.get(group[0]!)!.in);
-    if (group.some((n) => skipReason(plan, byName.get(n)!) === null))
+    const hessian = plan.calibrate ? new GptqHessian(backend, byName.get(group[0]!)!.in) : null;
+    if (hessian && group.some((n) => skipReason(plan, byName.get(n)!) === null))
       collectLinearInputs(ctx, w, acts, group[0]!, (x, rows) => hessian.addBatch(x, rows));
     for (const name of group) {
+      await checkpoint(events, i, a.nLayers);
       const l = byName.get(name)!;
       const full = prefix + name;
       const t0 = performance.now();
@@ -203,11 +225,11 @@ function quantizeBlock(
         events.onWarning?.(`${full} [${l.out}×${l.in}] stays fp16: ${reason}`);
       } else {
         const W = w.get(`${name}.weight`)!;
-        const H = hessian.H;
+        const H = hessian?.H ?? null;
         const opts = { bits: plan.settings.bits, groupSize: plan.settings.groupSize, sym: plan.settings.sym };
         const r =
           plan.settings.method === "gptq"
-            ? gptqQuantize(backend, W, H.slice(), l.out, l.in, {
+            ? gptqQuantize(backend, W, H!.slice(), l.out, l.in, {
                 ...opts,
                 damp: plan.settings.damp ?? 0.01,
                 blockSize: plan.blockSize,
@@ -233,7 +255,7 @@ function quantizeBlock(
         };
         // The forward uses exactly what a reader of the output gets, so a resumed run is bit-identical.
         const Q = dequantize(layer);
-        const relError = relativeError(backend, W, Q, H, l.out, l.in);
+        const relError = H ? relativeError(backend, W, Q, H, l.out, l.in) : null;
         w.set(`${name}.weight`, Q);
         if (bias) w.set(`${name}.bias`, bias);
         tensors.push(...plan.format.pack(layer));
@@ -261,16 +283,24 @@ function globalTensors(src: ModelSource): TensorToWrite[] {
   return names.map((n) => asF16Tensor(src, n));
 }
 
-/** Files that travel with the model unchanged (tokenizer, generation config, ...). */
+/**
+ * Files a loader needs beside the weights, copied unchanged: tokenizer, generation config, chat
+ * template, licence and model card. Anything else in the source folder (.bin weights, notebooks,
+ * reference outputs) stays behind.
+ */
+const COMPANION = /^(tokenizer\.json|tokenizer\.model|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|merges\.txt|vocab\.txt|encoder\.json|vocab\.bpe|generation_config\.json|chat_template\.(json|jinja)|preprocessor_config\.json|(LICEN[CS]E|NOTICE|USE_POLICY)(\.[\w]+)?|README\.md)$/i;
+
 function companionFiles(dir: string): string[] {
-  return fs
-    .readdirSync(dir)
-    .filter((f) => !f.endsWith(".safetensors") && f !== "model.safetensors.index.json" && f !== "config.json" && !f.startsWith("."))
-    .filter((f) => fs.statSync(path.join(dir, f)).isFile());
+  return fs.readdirSync(dir).filter((f) => COMPANION.test(f) && fs.statSync(path.join(dir, f)).isFile());
 }
 
-export function outputConfig(plan: Pick<QuantizePlan, "src" | "format" | "settings">, skipped: string[]): Record<string, unknown> {
-  return { ...plan.src.config, torch_dtype: "float16", quantization_config: plan.format.quantizationConfig(plan.settings, skipped) };
+export function outputConfig(plan: Pick<QuantizePlan, "src" | "format" | "settings" | "provenance">, skipped: string[]): Record<string, unknown> {
+  return {
+    ...plan.src.config,
+    torch_dtype: "float16",
+    quantization_config: plan.format.quantizationConfig(plan.settings, skipped),
+    ...(plan.provenance ? { quant4: plan.provenance } : {}),
+  };
 }
 
 /** Block-0 inputs: the embeddings of the calibration windows. Only the embedding tables are read (not
@@ -288,20 +318,20 @@ function embedCalibration(plan: QuantizePlan, acts: ActivationStore): void {
   }
 }
 
-export function runQuantize(plan: QuantizePlan, backend: Backend, events: QuantizeEvents = {}): QuantizeReport {
+export async function runQuantize(plan: QuantizePlan, backend: Backend, events: QuantizeEvents = {}): Promise<QuantizeReport> {
   const t0 = performance.now();
   // One writer per output: the journal holds the lock of <out>.partial/ until the output is in place;
   // on an error the lock is released and the finished blocks are kept for --resume.
   const journal = Journal.open(plan.outDir, plan.settingsKey, plan.resume, plan.runSettings);
   try {
-    return quantizeLocked(plan, backend, events, journal, t0);
+    return await quantizeLocked(plan, backend, events, journal, t0);
   } catch (e) {
     journal.release();
     throw e;
   }
 }
 
-function quantizeLocked(plan: QuantizePlan, backend: Backend, events: QuantizeEvents, journal: Journal, t0: number): QuantizeReport {
+async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: QuantizeEvents, journal: Journal, t0: number): Promise<QuantizeReport> {
   const { src } = plan;
   const a: ArchSpec = src.arch;
   const resumedFrom = journal.state.finishedBlocks;
@@ -312,7 +342,7 @@ function quantizeLocked(plan: QuantizePlan, backend: Backend, events: QuantizeEv
   const store = (tag: string) =>
     new ActivationStore(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype, spill ? path.join(journal.workDir, `activations-${tag}.bin`) : null);
   let acts = store("a");
-  embedCalibration(plan, acts);
+  if (plan.calibrate) embedCalibration(plan, acts);
   let next = store("b");
 
   for (let i = 0; i < a.nLayers; i++) {
@@ -320,13 +350,15 @@ function quantizeLocked(plan: QuantizePlan, backend: Backend, events: QuantizeEv
     const tb = performance.now();
     let w: BlockWeights;
     if (i < journal.state.finishedBlocks) {
+      // Without calibration a finished block is not needed again (nothing flows through it).
+      if (!plan.calibrate) continue;
       w = blockWeightsFromJournal(plan, journal.blockFile(i), i);
     } else {
       w = loadBlockWeights(src, i);
-      const { tensors, stats } = quantizeBlock(plan, backend, ctx, i, w, acts, events);
+      const { tensors, stats } = await quantizeBlock(plan, backend, ctx, i, w, acts, events);
       writeSafetensors(journal.blockFile(i), tensors);
       // Outputs for the next block come from the quantized block.
-      runBlockOverSamples(ctx, w, acts, next);
+      if (plan.calibrate) runBlockOverSamples(ctx, w, acts, next);
       journal.finishBlock(i, stats, (performance.now() - tb) / 1000);
       events.afterBlockJournaled?.(i);
       events.onBlockDone?.(i, a.nLayers, (performance.now() - tb) / 1000);

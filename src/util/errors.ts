@@ -3,6 +3,8 @@
 
 export class Quant4Error extends Error {
   readonly code: string;
+  /** The process exit code when this error ends a command: 2 (bad input, usage, I/O) unless a subclass says otherwise. */
+  readonly exitCode: number = 2;
   constructor(code: string, message: string) {
     super(message);
     this.name = "Quant4Error";
@@ -47,6 +49,15 @@ export class OutputError extends Quant4Error {
   constructor(readonly file: string, detail: string) {
     super("E_OUTPUT", `${file}: ${detail}`);
     this.name = "OutputError";
+  }
+}
+
+/** The user pressed Ctrl-C: the command stops cleanly (exit 130) and says how to continue. */
+export class InterruptedError extends Quant4Error {
+  override readonly exitCode = 130;
+  constructor(message: string) {
+    super("E_INTERRUPTED", message);
+    this.name = "InterruptedError";
   }
 }
 

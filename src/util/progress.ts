@@ -1,7 +1,14 @@
-// Progress bars on stderr (cli-progress), shown only on an interactive terminal and never with --json,
-// so CI logs and machine-readable output stay clean.
+// Progress on stderr, never on stdout (which stays clean for results and --json):
+//  - "bar": cli-progress bars on an interactive terminal (not with --json);
+//  - "lines": without a terminal (CI logs, files), one plain line at most every ~10 s as work advances,
+//    so a long job shows signs of life without flooding the log;
+//  - "off": nothing (QUANT4_PROGRESS=off, or --json on a terminal).
+// QUANT4_PROGRESS=bar|lines|off overrides the choice. The pipeline is synchronous between its yields, so
+// everything is drawn from update() calls, not from timers.
 
 import cliProgress from "cli-progress";
+
+export type ProgressMode = "bar" | "lines" | "off";
 
 export interface Progress {
   update(value: number, payload?: Record<string, string | number>): void;
@@ -10,13 +17,67 @@ export interface Progress {
 
 const NOOP: Progress = { update() {}, stop() {} };
 
-export function progressEnabled(json: boolean): boolean {
-  return !json && Boolean(process.stderr.isTTY) && !process.env["CI"];
+/** Seconds between two plain progress lines. */
+export const LINE_INTERVAL_S = 10;
+
+export function progressMode(json: boolean): ProgressMode {
+  const forced = process.env["QUANT4_PROGRESS"];
+  if (forced === "bar" || forced === "lines" || forced === "off") return forced;
+  const tty = Boolean(process.stderr.isTTY) && !process.env["CI"];
+  if (tty) return json ? "off" : "bar";
+  return "lines";
 }
 
-/** A bar for `total` units; `format` may use {bar} {percentage} {value} {total} {eta_formatted} and payload keys. */
-export function startProgress(enabled: boolean, label: string, total: number, format = "{bar} {percentage}% | {value}/{total} | ETA {eta_formatted}", payload: Record<string, string | number> = {}): Progress {
-  if (!enabled) return NOOP;
+function fmtSeconds(s: number): string {
+  if (!Number.isFinite(s)) return "?";
+  if (s < 60) return `${Math.round(s)}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(Math.round(s % 60)).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.round((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+/** The shared clock of one command's plain progress lines (so nested progress does not double the rate). */
+class LineClock {
+  private last = performance.now();
+  due(): boolean {
+    const now = performance.now();
+    if (now - this.last < LINE_INTERVAL_S * 1000) return false;
+    this.last = now;
+    return true;
+  }
+}
+
+function lineProgress(clock: LineClock, label: string, total: number, describe?: (p: Record<string, string | number>) => string): Progress {
+  const t0 = performance.now();
+  let payload: Record<string, string | number> = {};
+  return {
+    update(value, p) {
+      if (p) payload = { ...payload, ...p };
+      if (!clock.due()) return;
+      const el = (performance.now() - t0) / 1000;
+      const eta = value > 0 ? (el / value) * (total - value) : NaN;
+      const extra = describe ? describe(payload) : "";
+      process.stderr.write(
+        `quant4: ${label} ${value}/${total} (${Math.floor((100 * value) / Math.max(1, total))}%)${extra ? `, ${extra}` : ""}, elapsed ${fmtSeconds(el)}, ETA ${fmtSeconds(eta)}\n`,
+      );
+    },
+    stop() {},
+  };
+}
+
+/**
+ * A bar for `total` units; `format` may use {bar} {percentage} {value} {total} {eta_formatted} and payload
+ * keys. `describe` renders the payload for plain lines (e.g. tokens/s).
+ */
+export function startProgress(
+  mode: ProgressMode,
+  label: string,
+  total: number,
+  format = "{bar} {percentage}% | {value}/{total} | ETA {eta_formatted}",
+  payload: Record<string, string | number> = {},
+  describe?: (p: Record<string, string | number>) => string,
+): Progress {
+  if (mode === "off") return NOOP;
+  if (mode === "lines") return lineProgress(new LineClock(), label, total, describe);
   const bar = new cliProgress.SingleBar(
     { format: `${label} ${format}`, stream: process.stderr, hideCursor: true, clearOnComplete: true, etaBuffer: 20 },
     cliProgress.Presets.shades_classic,
@@ -35,8 +96,22 @@ export interface DualProgress {
   stop(): void;
 }
 
-export function startDualProgress(enabled: boolean, outerLabel: string, outerTotal: number): DualProgress {
-  if (!enabled) return { outer: NOOP, inner: () => NOOP, stop() {} };
+export function startDualProgress(mode: ProgressMode, outerLabel: string, outerTotal: number): DualProgress {
+  if (mode === "off") return { outer: NOOP, inner: () => NOOP, stop() {} };
+  if (mode === "lines") {
+    // One line names the block count and the current layer: the inner progress feeds the outer line.
+    const clock = new LineClock();
+    let blocksDone = 0;
+    const outer = lineProgress(clock, outerLabel, outerTotal, (p) => String(p["info"] ?? ""));
+    return {
+      outer: { update: (v, p) => { blocksDone = v; outer.update(v, p); }, stop() {} },
+      inner: (label, total) => ({
+        update: (v, p) => outer.update(blocksDone, { info: `${label}: ${v}/${total}${p?.["info"] ? ` ${p["info"]}` : ""}` }),
+        stop() {},
+      }),
+      stop() {},
+    };
+  }
   const multi = new cliProgress.MultiBar(
     { format: "{label} {bar} {value}/{total} | ETA {eta_formatted} {info}", stream: process.stderr, hideCursor: true, clearOnComplete: true, etaBuffer: 20 },
     cliProgress.Presets.shades_classic,
@@ -56,4 +131,37 @@ export function startDualProgress(enabled: boolean, outerLabel: string, outerTot
     },
     stop: () => multi.stop(),
   };
+}
+
+/**
+ * A one-line status on a terminal ("⠹ tokenizing calibration text…") for steps without a count, such as
+ * loading and tokenizing; each set() advances the spinner and replaces the text; stop() clears the line.
+ * Silent outside "bar" mode (plain logs get the real progress lines instead).
+ */
+export interface Status {
+  set(text: string): void;
+  stop(): void;
+}
+
+const FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏";
+
+export function startStatus(mode: ProgressMode): Status {
+  if (mode !== "bar") return { set() {}, stop() {} };
+  let frame = 0;
+  let shown = false;
+  return {
+    set(text) {
+      process.stderr.write(`\r\x1b[2K${FRAMES[frame++ % FRAMES.length]} ${text}`);
+      shown = true;
+    },
+    stop() {
+      if (shown) process.stderr.write("\r\x1b[2K");
+      shown = false;
+    },
+  };
+}
+
+/** Show the terminal cursor again (a bar hides it; an abrupt exit must not leave it hidden). */
+export function restoreCursor(): void {
+  if (process.stderr.isTTY) process.stderr.write("\x1b[?25h");
 }
