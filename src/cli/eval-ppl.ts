@@ -5,7 +5,7 @@ import fs from "node:fs";
 import type { Command } from "commander";
 import { z } from "zod";
 import { resolveText, textEncodingSchema } from "../calibration/texts.js";
-import { evaluatePerplexity, type PplResult } from "../eval/perplexity.js";
+import { evaluatePerplexity, windowCount, type PplResult } from "../eval/perplexity.js";
 import { Model } from "../model/model.js";
 import { loadTokenizer } from "../tokenizer/index.js";
 import { FileFormatError, UsageError } from "../util/errors.js";
@@ -173,6 +173,17 @@ Examples:
         status.stop();
         const tokens = addBos ? [bosId!, ...ids] : ids;
         const seqlen = o.seqlen ?? Math.min(2048, model.arch.maxPositions);
+        // A baseline measured on another protocol is refused before the evaluation, not after it.
+        const protocol = pplProtocol(src.name, src.text, tok.vocabSize, tokens, { seqlen, windows: windowCount(model, tokens.length, seqlen, o.maxWindows) }, addBos);
+        if (baseline?.protocol) {
+          const diff = protocolDifferences(baseline.protocol, protocol);
+          if (diff.length > 0)
+            throw new UsageError(
+              `--baseline ${baseline.source} was measured on another protocol (${diff.join("; ")}); measure both with the same --text, --seqlen and --max-windows`,
+            );
+        } else if (baseline && !o.json) {
+          process.stderr.write(`quant4: warning: --baseline ${baseline.source} has no protocol record, so whether it was measured on the same text, tokenizer, seqlen and windows cannot be checked; pass an eval-ppl --json result instead\n`);
+        }
         // The bar learns the window count from the evaluation itself (one place decides it).
         let bar = null as Progress | null; // assigned in the callback
         const t0 = performance.now();
@@ -193,16 +204,6 @@ Examples:
           );
         } finally {
           bar?.stop();
-        }
-        const protocol = pplProtocol(src.name, src.text, tok.vocabSize, tokens, res, addBos);
-        if (baseline?.protocol) {
-          const diff = protocolDifferences(baseline.protocol, protocol);
-          if (diff.length > 0)
-            throw new UsageError(
-              `--baseline ${baseline.source} was measured on another protocol (${diff.join("; ")}); measure both with the same --text, --seqlen and --max-windows`,
-            );
-        } else if (baseline && !o.json) {
-          process.stderr.write(`quant4: warning: --baseline ${baseline.source} has no protocol record, so whether it was measured on the same text, tokenizer, seqlen and windows cannot be checked; pass an eval-ppl --json result instead\n`);
         }
         const verdict = gateVerdict(res.ppl, { baseline: baseline?.ppl, maxIncrease: o.maxIncrease, maxPpl: o.maxPpl });
         if (o.json) {

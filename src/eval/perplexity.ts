@@ -51,18 +51,26 @@ export function nonFinite(model: Model, where: string): ModelError {
   );
 }
 
+/**
+ * How many windows the protocol scores for `nTokens` tokens: whole windows of `seqlen` (tail dropped),
+ * at most `maxWindows`. Refuses a seqlen the model cannot take or a text shorter than one window.
+ */
+export function windowCount(model: Pick<Model, "arch">, nTokens: number, seqlen: number, maxWindows?: number): number {
+  if (!Number.isInteger(seqlen) || seqlen < 2) throw new UsageError(`--seqlen must be an integer ≥ 2 (got ${seqlen})`);
+  if (seqlen > model.arch.maxPositions)
+    throw new UsageError(`--seqlen ${seqlen} exceeds the model's context of ${model.arch.maxPositions} tokens`);
+  const windows = Math.floor(nTokens / seqlen);
+  if (windows === 0) throw new UsageError(`the text has ${nTokens} tokens, fewer than one window of --seqlen ${seqlen}`);
+  return maxWindows !== undefined ? Math.min(windows, maxWindows) : windows;
+}
+
 export function protocolLine(r: Pick<PplResult, "windows" | "seqlen" | "predictionsPerWindow" | "totalTokens">, bos: boolean): string {
   return `${r.windows} non-overlapping windows × ${r.predictionsPerWindow} predictions (seqlen ${r.seqlen}, ${r.totalTokens} tokens${bos ? ", BOS prepended once" : ""}, tail dropped; GPTQ-paper protocol)`;
 }
 
 export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts: PplOptions, bos: boolean): PplResult {
   const { seqlen } = opts;
-  if (!Number.isInteger(seqlen) || seqlen < 2) throw new UsageError(`--seqlen must be an integer ≥ 2 (got ${seqlen})`);
-  if (seqlen > model.arch.maxPositions)
-    throw new UsageError(`--seqlen ${seqlen} exceeds the model's context of ${model.arch.maxPositions} tokens`);
-  let windows = Math.floor(tokens.length / seqlen);
-  if (windows === 0) throw new UsageError(`the text has ${tokens.length} tokens, fewer than one window of --seqlen ${seqlen}`);
-  if (opts.maxWindows !== undefined) windows = Math.min(windows, opts.maxWindows);
+  const windows = windowCount(model, tokens.length, seqlen, opts.maxWindows);
   const t0 = performance.now();
   let total = 0;
   const win = new Int32Array(seqlen);

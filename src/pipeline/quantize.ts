@@ -19,7 +19,7 @@ import { roundToF16InPlace } from "../../algorithms/quantizer.js";
 import { GptqHessian, gptqQuantize } from "../../algorithms/gptq.js";
 import type { ArchSpec, LinearSpec } from "../model/architectures.js";
 import { blockForward, createContext, type BlockWeights, type ForwardContext } from "../model/forward.js";
-import { embedTokens, loadBlockWeights, readFloat, type ModelSource } from "../model/model.js";
+import { embedTokens, loadBlockWeights, readFloat, unpackLinear, type ModelSource } from "../model/model.js";
 import { InterruptedError, OutputError } from "../util/errors.js";
 import { ActivationStore, type ActDtype } from "./activations.js";
 import { Journal, type LayerStat, type RunSettings } from "./journal.js";
@@ -171,7 +171,7 @@ function blockWeightsFromJournal(plan: QuantizePlan, file: string, i: number): B
     for (const l of a.linears) {
       const full = a.blockPrefix(i) + l.name;
       if (!plan.format.isQuantized(full, (n) => f.has(n))) continue;
-      const q = plan.format.unpack(full, (n) => f.stored(n), plan.settings, { out: l.out, in: l.in });
+      const q = unpackLinear(f, plan.format, full, plan.settings, { out: l.out, in: l.in });
       w.set(`${l.name}.weight`, dequantize(q));
       if (l.bias && q.bias) w.set(`${l.name}.bias`, q.bias);
     }
