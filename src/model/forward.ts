@@ -166,28 +166,28 @@ function attention(ctx: ForwardContext, q: Float32Array, k: Float32Array, v: Flo
   }
 }
 
+/** Buffers of one block run: fresh arrays where a hook may keep them, scratch otherwise. */
+function inputBuffer(ctx: ForwardContext, opts: BlockRunOptions): (role: string, n: number) => Float32Array {
+  const sc = scratch(ctx);
+  return opts.onLinearInput !== undefined ? (_role, n) => new Float32Array(n) : (role, n) => sc.get(role, n);
+}
+
 /**
- * Run one decoder block on x [B*T, hidden]; returns a new [B*T, hidden] array. Intermediates live in
- * the context's scratch buffers, except the inputs handed to onLinearInput, which are always fresh
- * arrays (a hook may keep them, or tell inputs apart by identity).
+ * The attention half of a block on its normed input h [B*T, hidden]: q/k/v, RoPE, causal attention and
+ * the output projection; returns o [B*T, hidden] (a scratch view: copy it to keep it). No residual.
  */
-export function blockForward(ctx: ForwardContext, w: BlockWeights, x: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
+export function attentionModule(ctx: ForwardContext, w: BlockWeights, h: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
   const { arch } = ctx;
   const rows = B * T;
   const pos0 = opts.pos0 ?? 0;
-  const get = (n: string) => w.get(n);
   const sc = scratch(ctx);
-  const hooked = opts.onLinearInput !== undefined;
-  /** A buffer that may be handed to the hook. */
-  const input = (role: string, n: number) => (hooked ? new Float32Array(n) : sc.get(role, n));
+  const input = inputBuffer(ctx, opts);
   const hd = arch.hidden;
   const qDim = arch.nHeads * arch.headDim;
   const kvDim = arch.nKvHeads * arch.headDim;
-
-  const h1 = applyNorm(arch, get, arch.attnNorm, x, rows, input("h1", rows * hd));
   let q: Float32Array, k: Float32Array, v: Float32Array;
   if ("qkv" in arch.attn) {
-    const qkv = runLinear(ctx, w, arch.attn.qkv, h1, rows, opts, sc.get("qkv", rows * 3 * hd));
+    const qkv = runLinear(ctx, w, arch.attn.qkv, h, rows, opts, sc.get("qkv", rows * 3 * hd));
     q = sc.get("q", rows * hd);
     k = sc.get("k", rows * hd);
     v = sc.get("v", rows * hd);
@@ -201,9 +201,9 @@ export function blockForward(ctx: ForwardContext, w: BlockWeights, x: Float32Arr
       }
     }
   } else {
-    q = runLinear(ctx, w, arch.attn.q, h1, rows, opts, sc.get("q", rows * qDim));
-    k = runLinear(ctx, w, arch.attn.k, h1, rows, opts, sc.get("k", rows * kvDim));
-    v = runLinear(ctx, w, arch.attn.v, h1, rows, opts, sc.get("v", rows * kvDim));
+    q = runLinear(ctx, w, arch.attn.q, h, rows, opts, sc.get("q", rows * qDim));
+    k = runLinear(ctx, w, arch.attn.k, h, rows, opts, sc.get("k", rows * kvDim));
+    v = runLinear(ctx, w, arch.attn.v, h, rows, opts, sc.get("v", rows * kvDim));
   }
   if (ctx.rope) {
     ctx.rope.apply(q, rows, T, arch.nHeads, pos0);
@@ -211,24 +211,76 @@ export function blockForward(ctx: ForwardContext, w: BlockWeights, x: Float32Arr
   }
   const att = input("att", rows * qDim);
   attention(ctx, q, k, v, B, T, pos0, opts.cache, att);
-  const o = runLinear(ctx, w, arch.attn.o, att, rows, opts, sc.get("o", rows * hd));
-  const x2 = new Float32Array(rows * hd);
-  for (let i = 0; i < x2.length; i++) x2[i] = x[i]! + o[i]!;
+  return runLinear(ctx, w, arch.attn.o, att, rows, opts, sc.get("o", rows * hd));
+}
 
-  const h2 = applyNorm(arch, get, arch.mlpNorm, x2, rows, input("h2", rows * hd));
+/** The MLP half of a block on its normed input h [rows, hidden]; returns [rows, hidden] (a scratch view). No residual. */
+export function mlpModule(ctx: ForwardContext, w: BlockWeights, h: Float32Array, rows: number, opts: BlockRunOptions = {}): Float32Array {
+  const { arch } = ctx;
+  const sc = scratch(ctx);
+  const input = inputBuffer(ctx, opts);
   const m = arch.mlpLinears;
   const inter = arch.linears.find((l) => l.name === m.down)!.in;
   let act: Float32Array;
   if (m.gate) {
-    const gate = runLinear(ctx, w, m.gate, h2, rows, opts, input("gate", rows * inter));
-    const up = runLinear(ctx, w, m.up, h2, rows, opts, sc.get("up", rows * inter));
+    const gate = runLinear(ctx, w, m.gate, h, rows, opts, input("gate", rows * inter));
+    const up = runLinear(ctx, w, m.up, h, rows, opts, sc.get("up", rows * inter));
     activateMul(arch.activation, gate, up);
     act = gate;
   } else {
-    act = runLinear(ctx, w, m.up, h2, rows, opts, input("up", rows * inter));
+    act = runLinear(ctx, w, m.up, h, rows, opts, input("up", rows * inter));
     activate(arch.activation, act);
   }
-  const down = runLinear(ctx, w, m.down, act, rows, opts, sc.get("down", rows * hd));
+  return runLinear(ctx, w, m.down, act, rows, opts, sc.get("down", rows * arch.hidden));
+}
+
+/** Is Linear `name` in the attention half (else the MLP half)? */
+export function inAttention(arch: ArchSpec, name: string): boolean {
+  return Object.values(arch.attn).includes(name);
+}
+
+/**
+ * Run one decoder block on x [B*T, hidden]; returns a new [B*T, hidden] array. Intermediates live in
+ * the context's scratch buffers, except the inputs handed to onLinearInput, which are always fresh
+ * arrays (a hook may keep them, or tell inputs apart by identity).
+ */
+export function blockForward(ctx: ForwardContext, w: BlockWeights, x: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
+  const { arch } = ctx;
+  const rows = B * T;
+  const get = (n: string) => w.get(n);
+  const input = inputBuffer(ctx, opts);
+  const h1 = applyNorm(arch, get, arch.attnNorm, x, rows, input("h1", rows * arch.hidden));
+  const o = attentionModule(ctx, w, h1, B, T, opts);
+  const x2 = new Float32Array(rows * arch.hidden);
+  for (let i = 0; i < x2.length; i++) x2[i] = x[i]! + o[i]!;
+  const h2 = applyNorm(arch, get, arch.mlpNorm, x2, rows, input("h2", rows * arch.hidden));
+  const down = mlpModule(ctx, w, h2, rows, opts);
   for (let i = 0; i < x2.length; i++) x2[i] = x2[i]! + down[i]!;
   return x2;
+}
+
+/**
+ * The input of Linear `name` for x [B*T, hidden], running no more of the block than that needs: the
+ * first Linears of each half see a norm's output; the later ones run their half (whose last Linear is
+ * the only work past the wanted input). Returns a fresh array.
+ */
+export function linearInput(ctx: ForwardContext, w: BlockWeights, x: Float32Array, B: number, T: number, name: string): Float32Array {
+  const { arch } = ctx;
+  const rows = B * T;
+  const get = (n: string) => w.get(n);
+  let seen: Float32Array | null = null;
+  const hook = { onLinearInput: (n: string, inp: Float32Array) => void (n === name && seen === null && (seen = inp)) };
+  const h1 = applyNorm(arch, get, arch.attnNorm, x, rows);
+  if (inAttention(arch, name)) {
+    if (name !== arch.attn.o) return h1;
+    attentionModule(ctx, w, h1, B, T, hook);
+    return seen!;
+  }
+  const o = attentionModule(ctx, w, h1, B, T);
+  const x2 = new Float32Array(rows * arch.hidden);
+  for (let i = 0; i < x2.length; i++) x2[i] = x[i]! + o[i]!;
+  const h2 = applyNorm(arch, get, arch.mlpNorm, x2, rows);
+  if (name !== arch.mlpLinears.down) return h2;
+  mlpModule(ctx, w, h2, rows, hook);
+  return seen!;
 }

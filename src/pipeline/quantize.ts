@@ -18,7 +18,7 @@ import { quantizeRtn } from "../../algorithms/rtn.js";
 import { roundToF16InPlace } from "../../algorithms/quantizer.js";
 import { GptqHessian, gptqQuantize } from "../../algorithms/gptq.js";
 import type { ArchSpec, LinearSpec } from "../model/architectures.js";
-import { blockForward, createContext, type BlockWeights, type ForwardContext } from "../model/forward.js";
+import { blockForward, createContext, linearInput, type BlockWeights, type ForwardContext } from "../model/forward.js";
 import { embedTokens, loadBlockWeights, readFloat, unpackLinear, type ModelSource } from "../model/model.js";
 import { InterruptedError, OutputError } from "../util/errors.js";
 import { ActivationStore, type ActDtype } from "./activations.js";
@@ -128,9 +128,6 @@ function batchWindows(seqlen: number, nsamples: number): number {
   return Math.max(1, Math.min(nsamples, Math.floor(2048 / seqlen)));
 }
 
-/** Thrown by the hook to end a forward pass once the wanted input has been seen. */
-const STOP_FORWARD = Symbol("stop-forward");
-
 /** Run the block over every calibration sample, writing its outputs to `write`. */
 function runBlockOverSamples(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, write: ActivationStore): void {
   const B = batchWindows(acts.seqlen, acts.samples);
@@ -140,25 +137,12 @@ function runBlockOverSamples(ctx: ForwardContext, w: BlockWeights, acts: Activat
   }
 }
 
-/**
- * Feed `onInput` the input of Linear `name` for every calibration sample. The forward pass stops right
- * there: what comes after that Linear cannot change its input (≈40% of the block's work saved per group).
- */
+/** Feed `onInput` the input of Linear `name` for every calibration sample (running the block only as far as needed). */
 function collectLinearInputs(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, name: string, onInput: (x: Float32Array, rows: number) => void): void {
   const B = batchWindows(acts.seqlen, acts.samples);
   for (let s0 = 0; s0 < acts.samples; s0 += B) {
     const s1 = Math.min(acts.samples, s0 + B);
-    try {
-      blockForward(ctx, w, acts.get(s0, s1), s1 - s0, acts.seqlen, {
-        onLinearInput: (n, x, rows) => {
-          if (n !== name) return;
-          onInput(x, rows);
-          throw STOP_FORWARD;
-        },
-      });
-    } catch (e) {
-      if (e !== STOP_FORWARD) throw e;
-    }
+    onInput(linearInput(ctx, w, acts.get(s0, s1), s1 - s0, acts.seqlen, name), (s1 - s0) * acts.seqlen);
   }
 }
 
