@@ -11,6 +11,7 @@ import { sampleWindows } from "../calibration/sampler.js";
 import { VERSION } from "../version.js";
 import { formatNames, getFormat, type FormatSpec } from "../../formats/index.js";
 import { chooseFormat, getScheme, SCHEMES, schemeNames } from "../pipeline/schemes.js";
+import { METHOD_NAMES, METHODS, type MethodName } from "../pipeline/methods.js";
 import { openModel } from "../model/model.js";
 import { outputConfig, runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
 import { measureOutput, worstLayers, type OutputMeasure } from "../pipeline/summary.js";
@@ -34,7 +35,8 @@ export function parseSize(s: string, flag = "--max-shard-size"): number {
 
 const optionsSchema = z
   .object({
-    method: z.enum(["rtn", "gptq"]).default("gptq"),
+    method: z.enum(METHOD_NAMES as [MethodName, ...MethodName[]]).default("gptq"),
+    propagate: z.enum(["quantized", "fp"]).default("quantized"),
     scheme: z.string().optional(),
     bits: z.coerce.number().int().refine((b) => [2, 3, 4, 8].includes(b), "must be 2, 3, 4 or 8").optional(),
     groupSize: z.coerce.number().int().refine((g) => g === -1 || g >= 1, "must be -1 (per row) or a positive integer").optional(),
@@ -110,9 +112,9 @@ const flag = (k: string): string => `--${k.replace(/[A-Z]/g, (c) => "-" + c.toLo
 
 /** Conflicting flags are errors; `explicit` holds the options the user typed. */
 export function checkConflicts(o: QuantizeCliOptions, explicit: ReadonlySet<string>): void {
-  if (o.method === "rtn")
+  if (!METHODS[o.method].gptq)
     for (const k of GPTQ_ONLY)
-      if (explicit.has(k)) throw new UsageError(`${flag(k)} applies to --method gptq only (RTN rounds each weight on its own)`);
+      if (explicit.has(k)) throw new UsageError(`${flag(k)} applies to --method gptq or awq-gptq only (${o.method} rounds each weight to the nearest grid point)`);
   if (o.staticGroups && (o.groupSize ?? (o.scheme ? getScheme(o.scheme).groupSize : undefined)) === -1)
     throw new UsageError("--static-groups needs a --group-size (it has no effect per row)");
 }
@@ -159,7 +161,7 @@ export function buildPlan(
   const seqlen = o.seqlen ?? Math.min(2048, src.arch.maxPositions);
   if (seqlen > src.arch.maxPositions) throw new UsageError(`--seqlen ${seqlen} exceeds the model's context of ${src.arch.maxPositions}`);
   // RTN needs no activations: it calibrates only when asked to (--calib), to measure output errors.
-  const calibrate = o.method === "gptq" || o.calib !== undefined;
+  const calibrate = METHODS[o.method].needsCalibration || o.calib !== undefined;
   let windows: Int32Array = new Int32Array(0);
   let text: TextSource | null = null;
   let calibTokens = 0;
@@ -187,7 +189,7 @@ export function buildPlan(
   const runSettings = {
     model: fileFingerprint(src.ckpt.files).join(", "),
     method: o.method, bits: r.bits, groupSize: r.groupSize, sym: r.sym, actOrder: o.actOrder, staticGroups: o.staticGroups, damp: o.damp,
-    format: format.name, seqlen, nsamples: calibrate ? o.nsamples : 0, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads,
+    format: format.name, seqlen, nsamples: calibrate ? o.nsamples : 0, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads, propagate: o.propagate,
     calib: text ? `sha256 ${sha(text.text)}` : "none",
     calibWindows: sha(new Uint8Array(windows.buffer, windows.byteOffset, windows.byteLength)),
   };
@@ -209,6 +211,7 @@ export function buildPlan(
     runSettings,
     resume: o.resume,
     overwrite: o.overwrite,
+    propagate: o.propagate,
     calibName: text?.name ?? null,
     calibTokens,
     seed: o.seed,
@@ -282,7 +285,7 @@ export function registerQuantize(program: Command): void {
     .description("Quantize every decoder Linear to INT4 (RTN or GPTQ) and write a packed checkpoint engines load")
     .argument("<model-dir>", "fp16/bf16/fp32 Hugging Face model directory")
     .argument("<out-dir>", "output directory (written atomically; an interrupted run leaves <out-dir>.partial/ for --resume)")
-    .option("--method <rtn|gptq>", "quantization algorithm", "gptq")
+    .option("--method <name>", `quantization algorithm: ${METHOD_NAMES.map((m) => `${m} (${METHODS[m].description})`).join("; ")}`, "gptq")
     .option("--scheme <name>", `named bits/group/symmetry setting: ${schemeNames().join(", ")} (see below); explicit flags override it`)
     .option("--bits <n>", "bits per weight: 2, 3, 4 or 8 (formats: gptq 2/3/4/8, compressed-tensors 4/8) (default: 4)")
     .option("--group-size <n>", "weights per scale along the input dim; -1 = one group per row (default: the largest of 128/64/32/per-row that holds the most Linears)")
@@ -292,6 +295,7 @@ export function registerQuantize(program: Command): void {
     .option("--static-groups", "GPTQ: compute group scales up front from the unquantized weights", false)
     .option("--damp <fraction>", "GPTQ: dampening added to the Hessian diagonal, as a fraction of its mean", "0.01")
     .option("--block-size <n>", "GPTQ: lazy-batch block of columns", "128")
+    .option("--propagate <quantized|fp>", "what feeds the next block during calibration: the quantized block's outputs (default, as GPTQ) or the fp block's (as llm-awq)", "quantized")
     .option("--calib <name|file>", "calibration text: c4, wikitext2-valid, tinystories (bundled) or a .txt/.jsonl file (default: c4 for GPTQ; RTN calibrates only when given, to measure output errors)")
     .option("--text-encoding <utf8|latin1|utf16le>", "encoding of a --calib file (invalid UTF-8 or NUL bytes are refused; latin1 reads any bytes)", "utf8")
     .option("--nsamples <n>", "number of calibration windows", "128")

@@ -31,6 +31,19 @@ export interface NormSpec {
   bias?: string;
 }
 
+/**
+ * An exact activation-aware rescaling (AWQ): Linears sharing one input get their input columns multiplied
+ * by s, and what produces that input is divided by s — a norm's weight (and bias), or a Linear's output
+ * rows (and bias) followed by nothing or a positively homogeneous op (ReLU, attention's weighted sum of
+ * v, the gate·up product). The model's function is unchanged; only where quantization error falls moves.
+ */
+export interface ScalePair {
+  prev: { kind: "norm"; norm: NormSpec } | { kind: "linear"; name: string };
+  linears: string[];
+  /** The module whose output scores a candidate scale: the attention half, the MLP half, or the Linears alone. */
+  scoreOn: "attn" | "mlp" | "linears";
+}
+
 export interface ArchSpec {
   modelType: string;
   family: "llama" | "opt" | "gpt2";
@@ -56,6 +69,8 @@ export interface ArchSpec {
   linears: LinearSpec[];
   /** Linears grouped in true-sequential order: a group's input depends only on earlier groups, and all Linears of a group share that input. */
   sequentialGroups: string[][];
+  /** AWQ's scalable pairs, in block order; only folds that are exact for this architecture are listed. */
+  scalePairs: ScalePair[];
   attnNorm: NormSpec;
   mlpNorm: NormSpec;
   embedTokens: string;
@@ -228,6 +243,13 @@ function llamaArch(raw: unknown, file: string, names: Set<string>): ArchSpec {
       ["mlp.gate_proj", "mlp.up_proj"],
       ["mlp.down_proj"],
     ],
+    // llm-awq auto_scale.py's Llama pairs; o ← v only without GQA (a v row then feeds exactly one o column).
+    scalePairs: [
+      { prev: { kind: "norm", norm: { weight: "input_layernorm.weight" } }, linears: ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], scoreOn: "attn" },
+      ...(nKvHeads === nHeads ? [{ prev: { kind: "linear" as const, name: "self_attn.v_proj" }, linears: ["self_attn.o_proj"], scoreOn: "linears" as const }] : []),
+      { prev: { kind: "norm", norm: { weight: "post_attention_layernorm.weight" } }, linears: ["mlp.gate_proj", "mlp.up_proj"], scoreOn: "mlp" },
+      { prev: { kind: "linear", name: "mlp.up_proj" }, linears: ["mlp.down_proj"], scoreOn: "linears" },
+    ],
     attnNorm: { weight: "input_layernorm.weight" },
     mlpNorm: { weight: "post_attention_layernorm.weight" },
     embedTokens: "model.embed_tokens.weight",
@@ -249,6 +271,7 @@ function optArch(raw: unknown, file: string): ArchSpec {
     throw new ModelError(`${file}: OPT with do_layer_norm_before=false (post-norm, as in OPT-350m) is not supported`);
   const bias = c.enable_bias ?? true;
   const headDim = h / c.num_attention_heads;
+  const optAct = activationOf(c.activation_function, "relu", file);
   const p = "model.decoder.";
   return {
     modelType: "opt",
@@ -263,7 +286,7 @@ function optArch(raw: unknown, file: string): ArchSpec {
     maxPositions: c.max_position_embeddings,
     normKind: "layer",
     normEps: 1e-5,
-    activation: activationOf(c.activation_function, "relu", file),
+    activation: optAct,
     mlp: "plain",
     positional: { kind: "learned", tensor: `${p}embed_positions.weight`, offset: 2 },
     blockPrefix: (i) => `${p}layers.${i}.`,
@@ -278,6 +301,13 @@ function optArch(raw: unknown, file: string): ArchSpec {
       { name: "fc2", out: h, in: c.ffn_dim, bias },
     ],
     sequentialGroups: [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.out_proj"], ["fc1"], ["fc2"]],
+    // llm-awq auto_scale.py's OPT pairs; fc2 ← fc1 is exact only through ReLU (relu(x/s) = relu(x)/s).
+    scalePairs: [
+      { prev: { kind: "norm", norm: { weight: "self_attn_layer_norm.weight", bias: "self_attn_layer_norm.bias" } }, linears: ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], scoreOn: "attn" },
+      { prev: { kind: "linear", name: "self_attn.v_proj" }, linears: ["self_attn.out_proj"], scoreOn: "linears" },
+      { prev: { kind: "norm", norm: { weight: "final_layer_norm.weight", bias: "final_layer_norm.bias" } }, linears: ["fc1"], scoreOn: "linears" },
+      ...(optAct === "relu" ? [{ prev: { kind: "linear" as const, name: "fc1" }, linears: ["fc2"], scoreOn: "linears" as const }] : []),
+    ],
     attnNorm: { weight: "self_attn_layer_norm.weight", bias: "self_attn_layer_norm.bias" },
     mlpNorm: { weight: "final_layer_norm.weight", bias: "final_layer_norm.bias" },
     embedTokens: `${p}embed_tokens.weight`,
@@ -322,6 +352,12 @@ function gpt2Arch(raw: unknown, file: string, names: Set<string>): ArchSpec {
       { name: "mlp.c_proj", out: h, in: inner, bias: true },
     ],
     sequentialGroups: [["attn.c_attn"], ["attn.c_proj"], ["mlp.c_fc"], ["mlp.c_proj"]],
+    // The norms only: GELU is not homogeneous (c_proj ← c_fc would change the function), and folding
+    // into the v third of the fused c_attn is not done.
+    scalePairs: [
+      { prev: { kind: "norm", norm: { weight: "ln_1.weight", bias: "ln_1.bias" } }, linears: ["attn.c_attn"], scoreOn: "attn" },
+      { prev: { kind: "norm", norm: { weight: "ln_2.weight", bias: "ln_2.bias" } }, linears: ["mlp.c_fc"], scoreOn: "mlp" },
+    ],
     attnNorm: { weight: "ln_1.weight", bias: "ln_1.bias" },
     mlpNorm: { weight: "ln_2.weight", bias: "ln_2.bias" },
     embedTokens: `${p}wte.weight`,

@@ -29,6 +29,12 @@ const layerStatSchema = z.object({
   reason: z.string().optional(),
   relError: z.number().nullable(),
   seconds: z.number(),
+  /** AWQ: the scale search's α for the Linear's input (absent when not scaled). */
+  awqAlpha: z.number().optional(),
+  /** AWQ: mean shrink of the clipping search over the Linear's (row, group) lanes. */
+  clipShrink: z.number().optional(),
+  /** AWQ: the relative output error plain RTN would have had (before scaling and clipping). */
+  relErrorBefore: z.number().nullable().optional(),
 });
 export type LayerStat = z.infer<typeof layerStatSchema>;
 
@@ -36,7 +42,7 @@ export type LayerStat = z.infer<typeof layerStatSchema>;
 export type RunSettings = Record<string, string | number | boolean>;
 
 const journalSchema = z.object({
-  version: z.literal(2),
+  version: z.literal(3),
   settingsKey: z.string(),
   settings: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])),
   finishedBlocks: z.number().int().nonnegative(),
@@ -151,7 +157,7 @@ export class Journal {
     const workDir = Journal.workDirFor(outDir);
     const lockFile = path.join(workDir, "lock");
     const me: LockInfo = { pid: process.pid, host: os.hostname(), started: new Date().toISOString() };
-    const fresh = (): JournalState => ({ version: 2, settingsKey, settings, finishedBlocks: 0, layers: [], blockSeconds: [] });
+    const fresh = (): JournalState => ({ version: 3, settingsKey, settings, finishedBlocks: 0, layers: [], blockSeconds: [] });
     // Each pass either returns, throws, or lost a race against another run (then looks again).
     for (let attempt = 0; attempt < 20; attempt++) {
       if (!fs.existsSync(workDir)) {
@@ -310,7 +316,7 @@ export class Journal {
       throw new FileFormatError(file, `not valid JSON: ${(e as Error).message}`);
     }
     const version = (raw as { version?: unknown } | null)?.version;
-    if (typeof version === "number" && version !== 2)
+    if (typeof version === "number" && version !== 3)
       throw new FileFormatError(file, `journal version ${version} was written by another quant4 version; delete ${workDir} to start over`);
     const r = journalSchema.safeParse(raw);
     if (!r.success) throw new FileFormatError(file, `not a quant4 journal: ${r.error.issues[0]?.message}`);

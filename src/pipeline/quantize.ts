@@ -15,19 +15,27 @@ import { ShardedWriter, atomicWriteFile, writeSafetensors } from "../io/writer.j
 import { dequantize } from "../../formats/dequant.js";
 import type { FormatSpec, QuantSettings, QuantizedLinear } from "../../formats/types.js";
 import { quantizeRtn } from "../../algorithms/rtn.js";
+import type { QuantOptions } from "../../algorithms/quantizer.js";
 import { roundToF16InPlace } from "../../algorithms/quantizer.js";
 import { GptqHessian, gptqQuantize } from "../../algorithms/gptq.js";
 import type { ArchSpec, LinearSpec } from "../model/architectures.js";
 import { blockForward, createContext, linearInput, type BlockWeights, type ForwardContext } from "../model/forward.js";
 import { embedTokens, loadBlockWeights, readFloat, unpackLinear, type ModelSource } from "../model/model.js";
 import { InterruptedError, OutputError } from "../util/errors.js";
+import { prepareAwqBlock } from "./awq.js";
+import { METHODS, type MethodName } from "./methods.js";
 import { ActivationStore, type ActDtype } from "./activations.js";
 import { Journal, type LayerStat, type RunSettings } from "./journal.js";
 
 export interface QuantizePlan {
   src: ModelSource;
   format: FormatSpec;
-  settings: QuantSettings & { method: "rtn" | "gptq" };
+  settings: QuantSettings & { method: MethodName };
+  /**
+   * What feeds block i+1 during calibration: the quantized block's outputs (as GPTQ does, so later
+   * blocks see the error of earlier ones) or the fp block's (as llm-awq does). Default "quantized".
+   */
+  propagate?: "quantized" | "fp";
   /** Calibration token windows, nsamples × seqlen (empty without calibration). */
   windows: Int32Array;
   /**
@@ -128,6 +136,21 @@ function batchWindows(seqlen: number, nsamples: number): number {
   return Math.max(1, Math.min(nsamples, Math.floor(2048 / seqlen)));
 }
 
+/** A deep copy of a block's weights. */
+function cloneBlock(w: BlockWeights): BlockWeights {
+  return new Map([...w].map(([k, v]) => [k, v.slice()]));
+}
+
+/**
+ * The relative output error plain RTN would give the unscaled weight: its Hessian is the scaled one
+ * mapped back (X = X'·diag(s), so H = diag(s)·H'·diag(s)).
+ */
+function rtnErrorBefore(backend: Backend, W: Float32Array, Hs: Float32Array, s: Float32Array | undefined, out: number, inF: number, opts: QuantOptions): number {
+  const H = Hs.slice();
+  if (s) for (let r = 0; r < inF; r++) for (let c = 0; c < inF; c++) H[r * inF + c] = H[r * inF + c]! * s[r]! * s[c]!;
+  return relativeError(backend, W, quantizeRtn(W, out, inF, opts).dequant, H, out, inF);
+}
+
 /** Run the block over every calibration sample, writing its outputs to `write`. */
 function runBlockOverSamples(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, write: ActivationStore): void {
   const B = batchWindows(acts.seqlen, acts.samples);
@@ -149,9 +172,11 @@ function collectLinearInputs(ctx: ForwardContext, w: BlockWeights, acts: Activat
 /** Weights of a finished block as the pipeline ran them, re-read from its journal file. */
 function blockWeightsFromJournal(plan: QuantizePlan, file: string, i: number): BlockWeights {
   const a = plan.src.arch;
-  const w = loadBlockWeights(plan.src, i); // norms and fp16-kept linears from the source
+  const w: BlockWeights = new Map();
   const f = Checkpoint.open(file);
   try {
+    // The working values of everything not packed (norms, fp16-kept Linears), as the run had them.
+    for (const n of f.names()) if (n.startsWith(WORK)) w.set(n.slice(WORK.length), f.readF32(n));
     for (const l of a.linears) {
       const full = a.blockPrefix(i) + l.name;
       if (!plan.format.isQuantized(full, (n) => f.has(n))) continue;
@@ -163,6 +188,30 @@ function blockWeightsFromJournal(plan: QuantizePlan, file: string, i: number): B
     f.close();
   }
   return w;
+}
+
+/**
+ * Journal tensors that are not output: the fp32 working values of a block's norms and kept Linears
+ * (AWQ folds scales into them), so a resumed run continues from exactly what the interrupted one had.
+ */
+const WORK = "quant4.work.";
+
+/** fp16 output tensor (stored layout) and fp32 journal copy of a working-block tensor `key` (relative name). */
+function fromWorkingBlock(arch: ArchSpec, prefix: string, w: BlockWeights, key: string, shape: number[]): TensorToWrite[] {
+  let data = w.get(key)!;
+  const l = arch.transposedLinears && key.endsWith(".weight") ? arch.linears.find((x) => `${x.name}.weight` === key) : undefined;
+  // GPT-2 Conv1D weights are stored [in, out]: write them back in the stored layout.
+  if (l) data = transposeRows(data, l.out, l.in);
+  return [
+    { name: prefix + key, dtype: "F16", shape, data: toF16Checked(data, `tensor "${prefix + key}"`) },
+    { name: WORK + key, dtype: "F32", shape: [w.get(key)!.length], data: w.get(key)! },
+  ];
+}
+
+function transposeRows(x: Float32Array, rows: number, cols: number): Float32Array {
+  const t = new Float32Array(x.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = x[r * cols + c]!;
+  return t;
 }
 
 /** Quantize one block in place (w's Linears become their dequantized INT4 values); returns tensors to store. */
@@ -183,12 +232,19 @@ async function quantizeBlock(
   w: BlockWeights,
   acts: ActivationStore,
   events: QuantizeEvents,
+  /** The block's fp weights before any change (AWQ's "before" errors), when kept. */
+  original: BlockWeights | null,
 ): Promise<{ tensors: TensorToWrite[]; stats: LayerStat[] }> {
   const a = plan.src.arch;
   const prefix = a.blockPrefix(i);
   const tensors: TensorToWrite[] = [];
   const stats: LayerStat[] = [];
   const byName = new Map(a.linears.map((l) => [l.name, l]));
+  const method = METHODS[plan.settings.method];
+  const opts = { bits: plan.settings.bits, groupSize: plan.settings.groupSize, sym: plan.settings.sym };
+  // AWQ rewrites the working block (scales folded, weights clipped) before anything is quantized.
+  const awq = method.awq ? prepareAwqBlock(ctx, backend, w, acts, opts, (l) => skipReason(plan, l) === null) : null;
+  if (awq) await checkpoint(events, i, a.nLayers);
   let done = 0;
   for (const group of a.sequentialGroups) {
     // The Linears of a group share one input (q/k/v, gate/up), hence one Hessian, fed by the group's first Linear.
@@ -203,16 +259,15 @@ async function quantizeBlock(
       const reason = skipReason(plan, l);
       let stat: LayerStat;
       if (reason) {
-        tensors.push(asF16Tensor(plan.src, `${full}.weight`));
-        if (l.bias) tensors.push(asF16Tensor(plan.src, `${full}.bias`));
+        tensors.push(...fromWorkingBlock(a, prefix, w, `${name}.weight`, plan.src.ckpt.info(`${full}.weight`).shape));
+        if (l.bias) tensors.push(...fromWorkingBlock(a, prefix, w, `${name}.bias`, [l.out]));
         stat = { name: full, status: "skipped", reason, relError: null, seconds: (performance.now() - t0) / 1000 };
         events.onWarning?.(`${full} [${l.out}×${l.in}] stays fp16: ${reason}`);
       } else {
         const W = w.get(`${name}.weight`)!;
         const H = hessian?.H ?? null;
-        const opts = { bits: plan.settings.bits, groupSize: plan.settings.groupSize, sym: plan.settings.sym };
         const r =
-          plan.settings.method === "gptq"
+          method.gptq
             ? gptqQuantize(backend, W, H!.slice(), l.out, l.in, {
                 ...opts,
                 damp: plan.settings.damp ?? 0.01,
@@ -244,14 +299,20 @@ async function quantizeBlock(
         if (bias) w.set(`${name}.bias`, bias);
         tensors.push(...plan.format.pack(layer));
         stat = { name: full, status: "quantized", relError, seconds: (performance.now() - t0) / 1000 };
+        const ai = awq?.get(name);
+        if (ai) {
+          if (ai.alpha !== undefined) stat.awqAlpha = ai.alpha;
+          if (ai.clipShrink !== undefined) stat.clipShrink = ai.clipShrink;
+          if (H && original) stat.relErrorBefore = rtnErrorBefore(backend, original.get(`${name}.weight`)!, H, ai.scales, l.out, l.in, opts);
+        }
       }
       stats.push(stat);
       events.onLayerDone?.(i, stat, ++done, a.linears.length);
     }
   }
   for (const n of [a.attnNorm, a.mlpNorm]) {
-    tensors.push(asF16Tensor(plan.src, prefix + n.weight));
-    if (n.bias) tensors.push(asF16Tensor(plan.src, prefix + n.bias));
+    tensors.push(...fromWorkingBlock(a, prefix, w, n.weight, [a.hidden]));
+    if (n.bias) tensors.push(...fromWorkingBlock(a, prefix, w, n.bias, [a.hidden]));
   }
   return { tensors, stats };
 }
@@ -336,13 +397,15 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
     if (i < journal.state.finishedBlocks) {
       // Without calibration a finished block is not needed again (nothing flows through it).
       if (!plan.calibrate) continue;
-      w = blockWeightsFromJournal(plan, journal.blockFile(i), i);
+      w = plan.propagate === "fp" ? loadBlockWeights(src, i) : blockWeightsFromJournal(plan, journal.blockFile(i), i);
     } else {
       w = loadBlockWeights(src, i);
-      const { tensors, stats } = await quantizeBlock(plan, backend, ctx, i, w, acts, events);
+      const fpPropagation = plan.propagate === "fp";
+      const original = METHODS[plan.settings.method].awq || fpPropagation ? cloneBlock(w) : null;
+      const { tensors, stats } = await quantizeBlock(plan, backend, ctx, i, w, acts, events, original);
       writeSafetensors(journal.blockFile(i), tensors);
-      // Outputs for the next block come from the quantized block.
-      if (plan.calibrate) runBlockOverSamples(ctx, w, acts, next);
+      // Outputs for the next block come from the quantized block (or, with fp propagation, the fp one).
+      if (plan.calibrate) runBlockOverSamples(ctx, fpPropagation ? original! : w, acts, next);
       journal.finishBlock(i, stats, (performance.now() - tb) / 1000);
       events.afterBlockJournaled?.(i);
       events.onBlockDone?.(i, a.nLayers, (performance.now() - tb) / 1000);
@@ -383,6 +446,7 @@ function assembleOutput(plan: QuantizePlan, journal: Journal, skipped: string[])
       const f = Checkpoint.open(journal.blockFile(i));
       try {
         for (const n of f.names()) {
+          if (n.startsWith(WORK)) continue; // the journal's working copies are not output
           const info = f.info(n);
           writer.add({ name: n, dtype: info.dtype, shape: info.shape, data: f.readRaw(n) });
         }

@@ -1,0 +1,165 @@
+// AWQ's per-block preparation in the pipeline: capture the inputs of the block's Linears on a bounded
+// sample of calibration windows (fp block), search one scale vector per ArchSpec scale pair by scoring
+// candidates on the real module output (attention half, MLP half, or the Linears alone), fold the
+// winners exactly into the working block (producer ÷ s, consumers' input columns × s), then search
+// each Linear's clipping on its (scaled) input and clamp the weights. The searches themselves are the
+// pure functions of algorithms/awq.ts; quantization happens afterwards in the pipeline's usual loop.
+
+import type { Backend } from "../compute/backend.js";
+import { divideOutputRows, meanAbsPerChannel, scaleInputColumns, scaledFakeQuant, searchClip, searchScale } from "../../algorithms/awq.js";
+import type { QuantOptions } from "../../algorithms/quantizer.js";
+import type { ArchSpec, LinearSpec, ScalePair } from "../model/architectures.js";
+import { attentionModule, blockForward, linear, mlpModule, type BlockWeights, type ForwardContext } from "../model/forward.js";
+import type { ActivationStore } from "./activations.js";
+
+/** Calibration tokens (whole windows) the scale search runs on, at most (llm-awq uses all its 128×512). */
+export const AWQ_SCALE_TOKENS = 16384;
+/** Tokens the clipping search samples from a Linear's input (llm-awq n_sample_token). */
+export const AWQ_CLIP_TOKENS = 512;
+
+export interface AwqLinearInfo {
+  alpha?: number;
+  clipShrink?: number;
+  /** Scales folded into this Linear's input columns (to map its Hessian back for the "before" error). */
+  scales?: Float32Array;
+}
+
+/** Rows per forward batch while capturing (whole windows, ~2048 rows). */
+function windowsPerBatch(seqlen: number, n: number): number {
+  return Math.max(1, Math.min(n, Math.floor(2048 / seqlen)));
+}
+
+/** The input of each Linear in `names`, over the first `nWin` calibration windows of `acts`, as [nWin·seqlen, in]. */
+function captureInputs(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, nWin: number, names: Set<string>): Map<string, Float32Array> {
+  const a = ctx.arch;
+  const T = acts.seqlen;
+  const dims = new Map(a.linears.map((l) => [l.name, l.in]));
+  const out = new Map<string, Float32Array>();
+  for (const n of names) out.set(n, new Float32Array(nWin * T * dims.get(n)!));
+  const B = windowsPerBatch(T, nWin);
+  for (let s0 = 0; s0 < nWin; s0 += B) {
+    const s1 = Math.min(nWin, s0 + B);
+    blockForward(ctx, w, acts.get(s0, s1), s1 - s0, T, {
+      onLinearInput: (n, x) => {
+        const dst = out.get(n);
+        if (dst) dst.set(x, s0 * T * dims.get(n)!);
+      },
+    });
+  }
+  return out;
+}
+
+/** Mean squared difference of two equal-length arrays (float64 sum). */
+function mse(a: Float32Array, b: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = a[i]! - b[i]!;
+    s += d * d;
+  }
+  return s / Math.max(1, a.length);
+}
+
+/** The output a pair is scored on, for its captured input X (nWin windows of T rows), with weights `w`. */
+function moduleOutput(ctx: ForwardContext, w: BlockWeights, pair: ScalePair, X: Float32Array, nWin: number, T: number): Float32Array[] {
+  const a = ctx.arch;
+  const hd = a.hidden;
+  const rows = nWin * T;
+  if (pair.scoreOn === "linears") {
+    return pair.linears.map((n) => {
+      const l = a.linears.find((x) => x.name === n)!;
+      return linear(ctx.backend, X, rows, w.get(`${n}.weight`)!, l.out, l.in, l.bias ? w.get(`${n}.bias`) : undefined);
+    });
+  }
+  // The halves work on whole windows (attention is causal within a window); batches bound the memory.
+  const y = new Float32Array(rows * hd);
+  const B = windowsPerBatch(T, nWin);
+  for (let s0 = 0; s0 < nWin; s0 += B) {
+    const s1 = Math.min(nWin, s0 + B);
+    const x = X.subarray(s0 * T * hd, s1 * T * hd);
+    const o = pair.scoreOn === "attn" ? attentionModule(ctx, w, x, s1 - s0, T) : mlpModule(ctx, w, x, (s1 - s0) * T);
+    y.set(o, s0 * T * hd);
+  }
+  return [y];
+}
+
+/**
+ * AWQ on the working block `w` (in place): scale search and folding for every pair with at least one
+ * quantized Linear, then clipping of every quantized Linear except those producing q and k (their
+ * error passes through the q·k product, which the per-Linear score cannot see; llm-awq skips them too).
+ */
+export function prepareAwqBlock(
+  ctx: ForwardContext,
+  backend: Backend,
+  w: BlockWeights,
+  acts: ActivationStore,
+  opts: QuantOptions,
+  quantized: (l: LinearSpec) => boolean,
+  steps: { clip: boolean } = { clip: true },
+): Map<string, AwqLinearInfo> {
+  const a: ArchSpec = ctx.arch;
+  const T = acts.seqlen;
+  const nWin = Math.max(1, Math.min(acts.samples, Math.floor(AWQ_SCALE_TOKENS / T)));
+  const spec = new Map(a.linears.map((l) => [l.name, l]));
+  const info = new Map<string, AwqLinearInfo>(a.linears.map((l) => [l.name, {}]));
+  const pairs = a.scalePairs.filter((p) => p.linears.some((n) => quantized(spec.get(n)!)));
+  const noClip = new Set("qkv" in a.attn ? [] : [a.attn.q, a.attn.k]);
+  const clipped = steps.clip ? a.linears.filter((l) => quantized(l) && !noClip.has(l.name)) : [];
+  // Every Linear whose input a search needs; Linears of one pair share their input.
+  const wanted = new Set<string>([...pairs.map((p) => p.linears[0]!), ...clipped.map((l) => l.name)]);
+  const inputs = captureInputs(ctx, w, acts, nWin, wanted);
+  const inputOf = (n: string): Float32Array => inputs.get(n) ?? inputs.get(pairs.find((p) => p.linears.includes(n))!.linears[0]!)!;
+
+  // 1. Search every pair on the unmodified block (llm-awq: all searches first, then all folds).
+  const chosen: { pair: ScalePair; scales: Float32Array }[] = [];
+  for (const pair of pairs) {
+    const X = inputOf(pair.linears[0]!);
+    const inF = spec.get(pair.linears[0]!)!.in;
+    const ref = moduleOutput(ctx, w, pair, X, nWin, T).map((y) => y.slice());
+    const xMean = meanAbsPerChannel(X, nWin * T, inF);
+    const r = searchScale(xMean, (s) => {
+      const cand: BlockWeights = new Map(w);
+      for (const n of pair.linears) {
+        const l = spec.get(n)!;
+        if (quantized(l)) cand.set(`${n}.weight`, scaledFakeQuant(w.get(`${n}.weight`)!, l.out, l.in, s, opts));
+      }
+      const got = moduleOutput(ctx, cand, pair, X, nWin, T);
+      return got.reduce((acc, y, k) => acc + mse(ref[k]!, y), 0) / got.length;
+    });
+    chosen.push({ pair, scales: r.scales });
+    for (const n of pair.linears) info.get(n)!.alpha = r.alpha;
+  }
+
+  // 2. Fold (exact): the producer ÷ s, the consumers' input columns × s; captured inputs ÷ s to match.
+  for (const { pair, scales } of chosen) {
+    if (pair.prev.kind === "norm") {
+      const nw = w.get(pair.prev.norm.weight)!;
+      const nb = pair.prev.norm.bias ? w.get(pair.prev.norm.bias) : undefined;
+      divideOutputRows(nw, nw.length, 1, scales, nb);
+    } else {
+      const p = spec.get(pair.prev.name)!;
+      divideOutputRows(w.get(`${p.name}.weight`)!, p.out, p.in, scales, p.bias ? w.get(`${p.name}.bias`) : undefined);
+    }
+    for (const n of pair.linears) {
+      const l = spec.get(n)!;
+      scaleInputColumns(w.get(`${n}.weight`)!, l.out, l.in, scales);
+      info.get(n)!.scales = scales;
+    }
+    const X = inputOf(pair.linears[0]!);
+    const inF = scales.length;
+    for (let r = 0; r < X.length / inF; r++) for (let c = 0; c < inF; c++) X[r * inF + c] = X[r * inF + c]! / scales[c]!;
+  }
+
+  // 3. Clip each Linear on an evenly strided sample of its (scaled) input.
+  for (const l of clipped) {
+    const X = inputOf(l.name);
+    const rows = X.length / l.in;
+    const stride = Math.max(1, Math.floor(rows / AWQ_CLIP_TOKENS));
+    const n = Math.ceil(rows / stride);
+    const sample = new Float32Array(n * l.in);
+    for (let t = 0; t < n; t++) sample.set(X.subarray(t * stride * l.in, (t * stride + 1) * l.in), t * l.in);
+    const r = searchClip(backend, w.get(`${l.name}.weight`)!, l.out, l.in, sample, n, opts);
+    w.set(`${l.name}.weight`, r.clipped);
+    info.get(l.name)!.clipShrink = r.meanShrink;
+  }
+  return info;
+}
