@@ -8,6 +8,7 @@
 //     32-values-in-3-words layout (auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py pack()).
 //   - "word": floor(32/bits) values per word, value k in word floor(k/pf) at bit (k mod pf)·bits,
 //     unused high bits and a padded last word are 0 (compressed-tensors pack_quantized.py pack_to_int32).
+//     An optional `slots` permutation interleaves the values within each word (AutoAWQ GEMM).
 
 import { ModelError } from "../src/util/errors.js";
 
@@ -25,6 +26,12 @@ export interface PackLayout {
   /** Destination index of word w of line l = l·dstLineStride + w·dstWordStride. */
   dstLineStride: number;
   dstWordStride: number;
+  /**
+   * "word" scheme only: value k of a line sits in slot slots[k mod pf] of its word (bit slots[k mod pf]·bits)
+   * instead of slot k mod pf; a permutation of 0..pf−1. AutoAWQ's GEMM interleave for 4 bits is
+   * [0, 4, 1, 5, 2, 6, 3, 7] (its pack order [0, 2, 4, 6, 1, 3, 5, 7] inverted).
+   */
+  slots?: readonly number[];
 }
 
 /** int32 words needed to hold `n` values of `bits` bits with `scheme`. */
@@ -34,10 +41,11 @@ export function packedWords(n: number, bits: number, scheme: PackScheme): number
 }
 
 /** Word index and bit shift of every value of a line (computed once per call, not per value). */
-function positions(n: number, bits: number, scheme: PackScheme): { word: Int32Array; shift: Uint8Array } {
+function positions(n: number, bits: number, scheme: PackScheme, slots?: readonly number[]): { word: Int32Array; shift: Uint8Array } {
   const word = new Int32Array(n);
   const shift = new Uint8Array(n);
   const pf = Math.floor(32 / bits);
+  if (slots) checkSlots(slots, pf, scheme);
   for (let k = 0; k < n; k++) {
     if (scheme === "stream") {
       const bit = k * bits;
@@ -45,10 +53,17 @@ function positions(n: number, bits: number, scheme: PackScheme): { word: Int32Ar
       shift[k] = bit % 32;
     } else {
       word[k] = Math.floor(k / pf);
-      shift[k] = (k % pf) * bits;
+      shift[k] = (slots ? slots[k % pf]! : k % pf) * bits;
     }
   }
   return { word, shift };
+}
+
+function checkSlots(slots: readonly number[], pf: number, scheme: PackScheme): void {
+  const sorted = [...slots].sort((a, b) => a - b);
+  if (scheme !== "word" || slots.length !== pf || sorted.some((v, i) => v !== i)) {
+    throw new Error(`internal: slots [${slots.join(", ")}] are not a permutation of the ${pf} slots of a "word" scheme word`);
+  }
 }
 
 function checkBits(bits: number): void {
@@ -69,7 +84,7 @@ export function packBits(
 ): void {
   checkBits(bits);
   const max = (1 << bits) - 1;
-  const { word, shift } = positions(L.lineLen, bits, scheme);
+  const { word, shift } = positions(L.lineLen, bits, scheme, L.slots);
   for (let l = 0; l < L.lines; l++) {
     const s0 = l * L.srcLineStride;
     const d0 = l * L.dstLineStride;
@@ -97,7 +112,7 @@ export function unpackBits(
 ): void {
   checkBits(bits);
   const mask = (1 << bits) - 1;
-  const { word, shift } = positions(L.lineLen, bits, scheme);
+  const { word, shift } = positions(L.lineLen, bits, scheme, L.slots);
   for (let l = 0; l < L.lines; l++) {
     const w0 = l * L.dstLineStride;
     const v0 = l * L.srcLineStride;

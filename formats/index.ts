@@ -2,6 +2,7 @@
 // format up by name (CLI option) or by a checkpoint's quantization_config and never switch on names.
 
 import { ModelError, UsageError } from "../src/util/errors.js";
+import { awqFormat } from "./awq.js";
 import { compressedTensorsFormat } from "./compressed-tensors.js";
 import { isRecord } from "./common.js";
 import { gptqFormat } from "./gptq.js";
@@ -10,7 +11,8 @@ import type { FormatSpec } from "./types.js";
 export type { FormatSpec, LinearShape, ParamInfo, QuantizedLinear, QuantSettings, StoredTensor, TensorGetter } from "./types.js";
 export { dequantize } from "./dequant.js";
 
-export const FORMATS: readonly FormatSpec[] = [gptqFormat, compressedTensorsFormat];
+// Order matters: the automatic format choice prefers the earlier format when two hold as many Linears.
+export const FORMATS: readonly FormatSpec[] = [gptqFormat, compressedTensorsFormat, awqFormat];
 
 export function formatNames(): string[] {
   return FORMATS.map((f) => f.name);

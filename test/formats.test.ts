@@ -127,17 +127,17 @@ function wordsOf(t: TensorToWrite | undefined): number[] {
 
 describe("registry", () => {
   it("lists the formats and finds them by name", () => {
-    expect(formatNames()).toEqual(["gptq", "compressed-tensors"]);
+    expect(formatNames()).toEqual(["gptq", "compressed-tensors", "awq"]);
     expect(FORMATS.map((f) => f.name)).toEqual(formatNames());
-    expect(() => getFormat("awq")).toThrow(UsageError);
-    expect(() => getFormat("awq")).toThrow(/gptq, compressed-tensors/);
+    expect(() => getFormat("gguf")).toThrow(UsageError);
+    expect(() => getFormat("gguf")).toThrow(/gptq, compressed-tensors, awq/);
   });
 
   it("detects a format from quantization_config and names an unknown quant_method", () => {
     expect(detectFormat({ quant_method: "gptq", bits: 4 })).toBe(gptq);
     expect(detectFormat(ct.quantizationConfig({ bits: 4, groupSize: 128, sym: true, actOrder: false }, []))).toBe(ct);
-    expect(() => detectFormat({ quant_method: "awq" })).toThrow(ModelError);
-    expect(() => detectFormat({ quant_method: "awq" })).toThrow(/"awq".*gptq, compressed-tensors/);
+    expect(() => detectFormat({ quant_method: "bitsandbytes" })).toThrow(ModelError);
+    expect(() => detectFormat({ quant_method: "bitsandbytes" })).toThrow(/"bitsandbytes".*gptq, compressed-tensors, awq/);
     expect(() => detectFormat({ bits: 4 })).toThrow(/no quant_method/);
     expect(() => detectFormat(null)).toThrow(ModelError);
   });

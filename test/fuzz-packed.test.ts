@@ -19,7 +19,7 @@ import { gaussian, makeTmpDir, removeTmpDirs, rng } from "./helpers.js";
 
 afterAll(removeTmpDirs);
 
-// A tiny Llama whose every Linear both formats can hold (in and out multiples of 32).
+// A tiny Llama whose every Linear every format can hold (in and out multiples of 32).
 const H = 64;
 const FFN = 96;
 const LAYERS = 2;
@@ -94,7 +94,7 @@ function makeBase(label: string, formatName: string, settings: QuantSettings, se
 }
 
 // ---------------------------------------------------------------------------------------------
-// The independent decoder (FORMATS.md §1 GPTQ v1, §3 compressed-tensors pack-quantized)
+// The independent decoder (FORMATS.md §1 GPTQ v1, §2 AWQ GEMM, §3 compressed-tensors pack-quantized)
 
 function f16(h: number): number {
   const e = (h >> 10) & 0x1f;
@@ -150,6 +150,23 @@ function referenceDecode(tensors: Map<string, Stored>, qc: any, prefix: string, 
         const q = streamAt(qw, o, out, i, bits); // column o, input channels down the rows
         const z = (streamAt(qz, g * zw, 1, o, bits) + 1) & ((1 << bits) - 1);
         w[o * inF + i] = sc[g * out + o]! * (q - z);
+      }
+    return w;
+  }
+  if (String(qc.quant_method).toLowerCase() === "awq") {
+    // FORMATS.md §2 / AutoAWQ packing_utils.py dequantize_gemm: qweight [in, out/8], column 8c + m in
+    // nibble AWQ_REVERSE_ORDER[m] of word c; qzeros [G, out/8] likewise, true zeros; group_size = in ⇔ per row.
+    const REVERSE = [0, 4, 1, 5, 2, 6, 3, 7];
+    const gsCfg: number = qc.group_size ?? qc.q_group_size;
+    const gs = gsCfg === -1 ? inF : gsCfg;
+    const qw = ints(tensors.get(`${prefix}.qweight`)!);
+    const qz = ints(tensors.get(`${prefix}.qzeros`)!);
+    const sc = floats(tensors.get(`${prefix}.scales`)!);
+    const nib = (words: number[], row: number, o: number) => (words[row * (out / 8) + Math.floor(o / 8)]! >>> (4 * REVERSE[o % 8]!)) & 15;
+    for (let o = 0; o < out; o++)
+      for (let i = 0; i < inF; i++) {
+        const g = Math.floor(i / gs);
+        w[o * inF + i] = sc[g * out + o]! * (nib(qw, i, o) - nib(qz, g, o));
       }
     return w;
   }
@@ -237,8 +254,19 @@ function mutate(b: Base, r: () => number): { tensors: Stored[]; config: Record<s
     case "config": {
       const qc = config.quantization_config;
       const w = qc.config_groups?.group_0?.weights;
+      const method = String(qc.quant_method).toLowerCase();
       const edits: [string, () => unknown][] =
-        String(qc.quant_method).toLowerCase() === "gptq"
+        method === "awq"
+          ? [
+              ["bits", () => (qc.bits = pick([2, 3, 5, 8, 16]))],
+              ["group_size", () => (qc.group_size = pick([-1, 0, 16, 48, 64, 128]))],
+              ["zero_point", () => (qc.zero_point = false)],
+              ["version", () => (qc.version = pick(["gemv", "GEMV_fast", "marlin", "exllama", "GEMM"]))],
+              ["quant_method", () => (qc.quant_method = pick(["AWQ", "gptq", 4]))],
+              ["w_bit", () => (qc.w_bit = pick([4, 8]))],
+              ["backend", () => (qc.backend = pick(["autoawq", "llm-awq"]))],
+            ]
+          : method === "gptq"
           ? [
               ["bits", () => (qc.bits = pick([2, 3, 5, 8, 16]))],
               ["group_size", () => (qc.group_size = pick([-1, 0, 16, 48, 64, 128]))],
@@ -315,8 +343,10 @@ const BASES: [string, string, QuantSettings][] = [
   ["ct 4-bit g32 asym actorder group", "compressed-tensors", { bits: 4, groupSize: 32, sym: false, actOrder: true }],
   ["ct 4-bit per-channel sym", "compressed-tensors", { bits: 4, groupSize: -1, sym: true, actOrder: false }],
   ["ct 8-bit g16 asym", "compressed-tensors", { bits: 8, groupSize: 16, sym: false, actOrder: false }],
+  ["awq 4-bit g32", "awq", { bits: 4, groupSize: 32, sym: false, actOrder: false }],
+  ["awq 4-bit per-row", "awq", { bits: 4, groupSize: -1, sym: false, actOrder: false }],
 ];
-const CASES_PER_BASE = 30; // 7 × 30 = 210 mutated checkpoints (≈ 2.5 s here)
+const CASES_PER_BASE = 30; // 9 × 30 = 270 mutated checkpoints (≈ 3 s here)
 
 describe("fuzzed packed checkpoints: a Quant4Error naming a file, or finite weights equal to an independent decode", () => {
   it("unmutated bases load and equal the reference decode", () => {
