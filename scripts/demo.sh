@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 
 echo "== 1. baseline perplexity (fp32 stories260K, in-domain text)"
 $Q eval-ppl models/stories260K --text tinystories --seqlen 256 --json > "$OUT/baseline.json"
-node -e "const r=require('./$OUT/baseline.json'); console.log('perplexity', r.ppl.toFixed(4), '-', r.protocol)"
+node -e "const r=require('./$OUT/baseline.json'); console.log('perplexity', r.ppl.toFixed(4), '-', r.protocolDescription)"
 
 echo "== 2. GPTQ 4-bit act-order, per-row asymmetric, compressed-tensors (holds every Linear of this model)"
 $Q quantize models/stories260K "$OUT/stories260K-gptq" --overwrite --method gptq --act-order --bits 4 --group-size -1 --asym \

@@ -166,3 +166,21 @@ describe("--method awq on stories260K (vendored), per-row asymmetric, compressed
     expect(outs[0]!.equals(outs[2]!)).toBe(false);
   });
 });
+
+describe("--method awq: kill -9 after block 2, then --resume", () => {
+  // The working block's folded norms and clipped weights come back from the journal, so the resumed
+  // output is byte-identical; with --propagate fp the finished blocks' fp outputs come from the source.
+  it.each([["quantized"], ["fp"]])("--propagate %s: byte-identical to an uninterrupted run", async (prop) => {
+    const args = (out: string) => ["quantize", STORIES_VENDORED, out, "--method", "awq", "--calib", "c4", "--nsamples", "4", "--seqlen", "128", "--threads", "1", "--group-size", "-1", "--asym", "--format", "compressed-tensors", "--propagate", prop!];
+    const whole = path.join(makeTmpDir("quant4-awq-res-"), "out");
+    expect((await runCli(args(whole))).code).toBe(0);
+    const out = path.join(makeTmpDir("quant4-awq-res-"), "out");
+    const killed = await runCli(args(out), { env: { QUANT4_KILL_AFTER_BLOCK: "2" } });
+    expect(killed.code).not.toBe(0);
+    expect(fs.existsSync(out)).toBe(false);
+    const resumed = await runCli([...args(out), "--resume"]);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    expect(resumed.stderr).toMatch(/resuming at block 3\/5/);
+    for (const f of ["model.safetensors", "config.json"]) expect(fs.readFileSync(path.join(out, f)).equals(fs.readFileSync(path.join(whole, f)))).toBe(true);
+  });
+});

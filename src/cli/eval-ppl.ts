@@ -34,7 +34,7 @@ export interface PplProtocol {
   text: string;
   textSha256: string;
   vocabSize: number;
-  /** sha256 of the scored token ids (int32 LE): catches another tokenizer on the same text. */
+  /** sha256 of the text's whole token stream (int32 LE, BOS included): catches another tokenizer on the same text. */
   tokensSha256: string;
   seqlen: number;
   windows: number;
@@ -42,12 +42,12 @@ export interface PplProtocol {
 }
 
 export function pplProtocol(textName: string, text: string, vocabSize: number, tokens: ArrayLike<number>, res: { seqlen: number; windows: number }, bos: boolean): PplProtocol {
-  const scored = Int32Array.from({ length: res.seqlen * res.windows }, (_, i) => tokens[i]!);
+  const stream = Int32Array.from(tokens);
   return {
     text: textName,
     textSha256: crypto.createHash("sha256").update(text, "utf8").digest("hex"),
     vocabSize,
-    tokensSha256: crypto.createHash("sha256").update(new Uint8Array(scored.buffer)).digest("hex"),
+    tokensSha256: crypto.createHash("sha256").update(new Uint8Array(stream.buffer)).digest("hex"),
     seqlen: res.seqlen,
     windows: res.windows,
     bos,
