@@ -266,7 +266,8 @@ async function quantizeBlock(
       } else {
         const W = w.get(`${name}.weight`)!;
         const H = hessian?.H ?? null;
-        const r =
+        // Every algorithm's result carries the format-neutral layer; the pipeline reads only that.
+        const r = (
           method.gptq
             ? gptqQuantize(backend, W, H!.slice(), l.out, l.in, {
                 ...opts,
@@ -277,7 +278,8 @@ async function quantizeBlock(
                 name: full,
                 onWarning: (m) => events.onWarning?.(m),
               })
-            : quantizeRtn(W, l.out, l.in, opts).layer;
+            : quantizeRtn(W, l.out, l.in, opts)
+        ).layer;
         const bias = l.bias ? roundToF16InPlace(w.get(`${name}.bias`)!.slice()) : undefined;
         const layer: QuantizedLinear = {
           name: full,
