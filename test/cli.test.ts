@@ -394,9 +394,9 @@ describe.concurrent("exit codes (README table): 0 ok, 1 gate failed, 2 usage or 
     [["quantize", "models/stories260K"], /^quant4: error: missing required argument 'out-dir'/],
     [["inspect", "models/stories260K", "extra"], /^quant4: error: too many arguments/],
     [["no-such-command"], /^quant4: error: unknown command 'no-such-command'/],
-    [["quantize", "models/stories260K", "out-x", "--method", "rtn", "--act-order"], /^quant4: error: --act-order applies to --method gptq only/],
+    [["quantize", "models/stories260K", "out-x", "--method", "rtn", "--act-order"], /^quant4: error: --act-order applies to --method gptq or awq-gptq only/],
     [["quantize", "models/stories260K", "out-x", "--sym", "--asym"], /^quant4: error: --sym and --asym contradict each other/],
-    [["quantize", "models/stories260K", "out-x", "--method", "rtn", "--static-groups"], /^quant4: error: --static-groups applies to --method gptq only/],
+    [["quantize", "models/stories260K", "out-x", "--method", "rtn", "--static-groups"], /^quant4: error: --static-groups applies to --method gptq or awq-gptq only/],
     [["quantize", "models/stories260K", "out-x", "--static-groups", "--group-size", "-1"], /^quant4: error: --static-groups needs a --group-size/],
     [["quantize", "models/stories260K", "out-x", "--scheme", "w5-g7"], /^quant4: error: --scheme: unknown scheme "w5-g7"; known schemes: w4-g128, /],
   ])("%j: exit 2, one error line", async (args, line) => {

@@ -232,7 +232,7 @@ describe("Journal (unit): lock ownership", () => {
     const out = path.join(makeTmpDir("quant4-journal-"), "out");
     const j = Journal.open(out, key, false, settings);
     expect(lockOf(out)).toMatchObject({ pid: process.pid, host: HOST });
-    expect(JSON.parse(fs.readFileSync(j.file, "utf8"))).toMatchObject({ version: 2, settingsKey: key, settings, finishedBlocks: 0 });
+    expect(JSON.parse(fs.readFileSync(j.file, "utf8"))).toMatchObject({ version: 3, settingsKey: key, settings, finishedBlocks: 0 });
     expect(fs.readdirSync(path.dirname(j.workDir))).toEqual(["out.partial"]); // no temp dir left
     // Another run (here: our parent, alive) holds it now: no journal update, no output.
     writeLock(out, { pid: process.ppid, host: HOST, started: new Date().toISOString() });
