@@ -3,7 +3,7 @@
 
 import { z } from "zod";
 import type { TensorToWrite } from "../src/io/types.js";
-import { ModelError } from "../src/util/errors.js";
+import { ModelError, UsageError } from "../src/util/errors.js";
 import { packBits, packedWords, unpackBits, type PackLayout } from "./bitpack.js";
 import {
   biasTensor,
@@ -12,14 +12,16 @@ import {
   groupSizeProblem,
   isRecord,
   numGroups,
+  overrideSetsAnything,
   PackedReader,
+  refuseOutliers,
   settingsOf,
   toF16Checked,
   transpose,
   validateLayer,
   zodOneLine,
 } from "./common.js";
-import type { FormatSpec, LinearShape, ParamInfo, QuantizedLinear, QuantSettings, TensorGetter } from "./types.js";
+import type { FormatSpec, LinearShape, ModuleOverride, ParamInfo, QuantizedLinear, QuantSettings, TensorGetter } from "./types.js";
 
 // AutoAWQ WQLinear_GEMM (and vLLM's AWQConfig) hold 4-bit weights only.
 const BITS = 4;
@@ -75,6 +77,7 @@ function canHold(shape: LinearShape, s: QuantSettings): string | null {
 }
 
 function pack(layer: QuantizedLinear): TensorToWrite[] {
+  refuseOutliers(layer, "awq");
   validateLayer(layer);
   const s = settingsOf(layer);
   const shape = { out: layer.outFeatures, in: layer.inFeatures };
@@ -151,7 +154,19 @@ function checkWritable(s: QuantSettings): void {
  * WQLinear_GEMM, transformers and vLLM's awq_marlin read −1 as in_features. modules_to_not_convert
  * holds full module names; transformers and vLLM skip a module whose name contains one (substring).
  */
-function quantizationConfig(s: QuantSettings, skipped: string[]): Record<string, unknown> {
+/** AutoAWQ's config has one bits/group_size for every module: no per-module settings at all. */
+function canHoldOverrides(overrides: readonly ModuleOverride[]): string | null {
+  const o = overrides.find(overrideSetsAnything);
+  if (!o) return null;
+  return (
+    `awq cannot hold per-module settings (AutoAWQ's config has one bits and group_size for every module; ` +
+    `override ${JSON.stringify(o.pattern)}): use --format gptq or --format quant4`
+  );
+}
+
+function quantizationConfig(s: QuantSettings, skipped: string[], overrides: readonly ModuleOverride[] = []): Record<string, unknown> {
+  const why = canHoldOverrides(overrides);
+  if (why) throw new UsageError(why);
   checkWritable(s);
   return {
     quant_method: "awq",
@@ -164,8 +179,8 @@ function quantizationConfig(s: QuantSettings, skipped: string[]): Record<string,
 }
 
 /** AutoAWQ's quant_config.json (AwqConfig.to_dict: exactly these keys, AwqConfig(**json) rejects others). */
-function sidecarFiles(s: QuantSettings, skipped: string[]): Record<string, string> {
-  const qc = quantizationConfig(s, skipped);
+function sidecarFiles(s: QuantSettings, skipped: string[], overrides: readonly ModuleOverride[] = []): Record<string, string> {
+  const qc = quantizationConfig(s, skipped, overrides);
   const sidecar = {
     zero_point: true,
     q_group_size: qc.group_size,
@@ -230,11 +245,13 @@ function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null 
 
 export const awqFormat: FormatSpec = {
   name: "awq",
+  holdsOutliers: false,
   canHold,
   paramInfo,
   pack,
   unpack,
   isQuantized: (prefix, has) => has(`${prefix}.qweight`),
+  canHoldOverrides,
   quantizationConfig,
   sidecarFiles,
   detect: (qc) => isRecord(qc) && typeof qc.quant_method === "string" && qc.quant_method.toLowerCase() === "awq",

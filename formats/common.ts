@@ -1,9 +1,9 @@
 // Helpers shared by the format modules: group arithmetic, layer validation, reading declared tensors.
 
-import { toF16Checked, toFloat32, typedView } from "../src/io/dtype.js";
+import { f16ToF32, f32ToF16, toF16Checked, toFloat32, typedView } from "../src/io/dtype.js";
 import { DTYPE_SIZE, type DType, type TensorToWrite } from "../src/io/types.js";
 import { ModelError } from "../src/util/errors.js";
-import type { ParamInfo, QuantizedLinear, QuantSettings, StoredTensor, TensorGetter } from "./types.js";
+import type { ModuleOverride, OutlierCSR, ParamInfo, QuantizedLinear, QuantSettings, StoredTensor, TensorGetter } from "./types.js";
 
 /** Number of groups per row: ceil(in / gs), 1 for per-row (gs = −1). */
 export function numGroups(inFeatures: number, groupSize: number): number {
@@ -64,6 +64,55 @@ export function validateLayer(layer: QuantizedLinear): void {
     }
   }
   if (layer.bias && layer.bias.length !== out) bad(`bias has ${layer.bias.length} values, expected ${out}`);
+  if (layer.outliers) {
+    const why = outlierProblem(layer.outliers, out, inF);
+    if (why) bad(why);
+    const v = layer.outliers.values;
+    const h = f16ToF32(f32ToF16(Float32Array.from(v)));
+    for (let k = 0; k < v.length; k++) {
+      if (!Number.isFinite(v[k]!)) bad(`outlier value ${v[k]} at ${k} is not finite`);
+      if (!Object.is(h[k], v[k])) bad(`outlier value ${v[k]} at ${k} is not exactly representable in float16 (it would be stored as ${h[k]})`);
+    }
+  }
+}
+
+/** Number of outlier weights of a layer (0 without outliers). */
+export function outlierCount(layer: Pick<QuantizedLinear, "outliers">): number {
+  return layer.outliers ? layer.outliers.values.length : 0;
+}
+
+/**
+ * Why a CSR outlier structure does not fit an [out, in] Linear, or null: indptr [out+1] from 0 to nnz
+ * without decreasing, indices [nnz] in [0, in) strictly increasing within each row, values [nnz].
+ */
+export function outlierProblem(o: OutlierCSR, out: number, inF: number): string | null {
+  const { indptr, indices, values } = o;
+  if (indptr.length !== out + 1) return `outlier indptr has ${indptr.length} values, expected out + 1 = ${out + 1}`;
+  const nnz = indices.length;
+  if (values.length !== nnz) return `outliers have ${nnz} indices but ${values.length} values`;
+  if (indptr[0] !== 0) return `outlier indptr[0] = ${indptr[0]}, expected 0`;
+  if (indptr[out] !== nnz) return `outlier indptr[${out}] = ${indptr[out]}, expected nnz = ${nnz}`;
+  for (let r = 0; r < out; r++) {
+    const a = indptr[r]!;
+    const b = indptr[r + 1]!;
+    if (b < a) return `outlier indptr decreases at row ${r} (${a} then ${b})`;
+    for (let k = a; k < b; k++) {
+      const c = indices[k]!;
+      if (!(c >= 0 && c < inF)) return `outlier index ${c} at ${k} (row ${r}) is outside [0, ${inF})`;
+      if (k > a && c <= indices[k - 1]!) return `outlier indices of row ${r} are not strictly increasing (${indices[k - 1]} then ${c} at ${k})`;
+    }
+  }
+  return null;
+}
+
+/** pack() of a format without `holdsOutliers`: refuse a layer that has outlier weights (they would be lost). */
+export function refuseOutliers(layer: QuantizedLinear, format: string): void {
+  const n = outlierCount(layer);
+  if (n > 0) {
+    throw new ModelError(
+      `quantized layer ${layer.name} keeps ${n} outlier weight${n === 1 ? "" : "s"} in fp16, which ${format} cannot store; use --format quant4 (or quantize without outliers)`,
+    );
+  }
 }
 
 export { toF16Checked };
@@ -86,7 +135,7 @@ export function biasTensor(layer: QuantizedLinear): TensorToWrite[] {
 }
 
 /** The writer-facing tensor of one declaration, after checking the data matches it. */
-export function declared(info: ParamInfo, data: Int32Array | Uint16Array | BigInt64Array): TensorToWrite {
+export function declared(info: ParamInfo, data: Int32Array | Int16Array | Uint16Array | BigInt64Array): TensorToWrite {
   const n = info.shape.reduce((a, b) => a * b, 1);
   if (data.length !== n) {
     throw new ModelError(`tensor ${info.name}: ${data.length} values do not fill the declared shape [${info.shape.join(", ")}]`);
@@ -176,13 +225,17 @@ export class PackedReader {
     return this.context ? `; ${this.context}` : "";
   }
 
-  /** Fetch one declared tensor, validating presence, dtype, shape and byte length. */
-  declared(info: ParamInfo, why = ""): { dtype: DType; shape: number[]; data: Uint8Array } {
+  /**
+   * Fetch one declared tensor, validating presence, dtype, shape and byte length. `exactDtype`: only the
+   * declared dtype is accepted (not the other floats / I32 for I64).
+   */
+  declared(info: ParamInfo, why = "", exactDtype = false): { dtype: DType; shape: number[]; data: Uint8Array } {
     const t = this.get(info.name);
     const decl = `${info.dtype} ${fmtShape(info.shape)}`;
     if (!t) this.fail(info.name, `is missing (expected ${decl}${why ? `: ${why}` : ""}${this.ctx()})`);
-    if (!accepted(info.dtype).includes(t.dtype)) {
-      this.fail(info.name, `has dtype ${t.dtype}, expected ${accepted(info.dtype).join("/")} (declared ${decl})`);
+    const ok = exactDtype ? [info.dtype] : accepted(info.dtype);
+    if (!ok.includes(t.dtype)) {
+      this.fail(info.name, `has dtype ${t.dtype}, expected ${ok.join("/")} (declared ${decl})`);
     }
     if (t.shape.length !== info.shape.length || t.shape.some((d, i) => d !== info.shape[i])) {
       this.fail(info.name, `has shape ${fmtShape(t.shape)}, expected ${fmtShape(info.shape)} (${info.dtype}${this.ctx()})`);
@@ -199,6 +252,12 @@ export class PackedReader {
     return typedView(t.dtype, t.data) as Int32Array;
   }
 
+  /** An I16 or I32 tensor of exactly the declared dtype, as a new Int32Array. */
+  exactInts(info: ParamInfo, why = ""): Int32Array {
+    const t = this.declared(info, why, true);
+    return Int32Array.from(typedView(t.dtype, t.data) as Int16Array | Int32Array);
+  }
+
   /** An integer tensor (I32 or I64) as plain numbers; each must be a safe integer. */
   ints(info: ParamInfo): number[] {
     const t = this.declared(info);
@@ -210,8 +269,8 @@ export class PackedReader {
    * A float tensor as fp32 where every value v is finite and |v|·maxFactor stays finite in float32
    * (scales are multiplied by code − zero, up to 2^bits − 1 in size), so what it scales is finite too.
    */
-  finite(info: ParamInfo, what: string, maxFactor = 1): Float32Array {
-    const t = this.declared(info);
+  finite(info: ParamInfo, what: string, maxFactor = 1, exactDtype = false, why = ""): Float32Array {
+    const t = this.declared(info, why, exactDtype);
     const v = Float32Array.from(toFloat32(t.dtype, t.data));
     for (let i = 0; i < v.length; i++) {
       const x = v[i]!;
@@ -265,6 +324,54 @@ export function pyReMatch(pattern: string, s: string): boolean {
     throw new ModelError(`quantization_config: invalid module regex ${JSON.stringify(pattern)}: ${(e as Error).message}`);
   }
   return re.test(s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-module overrides (GPTQModel `dynamic` semantics: re.match on the full module name, first match wins)
+
+/** The first override whose pattern re.matches `name`, or undefined. */
+export function firstOverride(overrides: readonly ModuleOverride[], name: string): ModuleOverride | undefined {
+  return overrides.find((o) => pyReMatch(o.pattern, name));
+}
+
+/** `base` with the fields an override gives replaced. */
+export function applyOverride(base: QuantSettings, o: ModuleOverride | undefined): QuantSettings {
+  if (!o) return base;
+  return { ...base, bits: o.bits ?? base.bits, groupSize: o.groupSize ?? base.groupSize, sym: o.sym ?? base.sym };
+}
+
+/** The overrides with a later repeat of an earlier pattern dropped (it can never be the first match). */
+export function distinctOverrides(overrides: readonly ModuleOverride[]): ModuleOverride[] {
+  const seen = new Set<string>();
+  return overrides.filter((o) => !seen.has(o.pattern) && (seen.add(o.pattern), true));
+}
+
+/** Does an override change any setting? */
+export function overrideSetsAnything(o: ModuleOverride): boolean {
+  return o.bits !== undefined || o.groupSize !== undefined || o.sym !== undefined;
+}
+
+/**
+ * Why `overrides` cannot be written by `format` (whose configs hold `bits` per module), or null: a pattern
+ * that is not a valid regular expression, a bit width not in `bits`, a group size that is neither −1 nor a
+ * positive integer.
+ */
+export function overridesProblem(overrides: readonly ModuleOverride[], format: string, bits: readonly number[]): string | null {
+  for (const o of overrides) {
+    const what = `per-module override ${JSON.stringify(o.pattern)}`;
+    try {
+      new RegExp(o.pattern);
+    } catch (e) {
+      return `${what}: invalid regular expression: ${(e as Error).message}`;
+    }
+    if (o.bits !== undefined && !bits.includes(o.bits)) {
+      return `${what}: ${format} cannot hold ${o.bits}-bit weights (it holds ${bits.join("/")}-bit)`;
+    }
+    if (o.groupSize !== undefined && o.groupSize !== -1 && !(Number.isInteger(o.groupSize) && o.groupSize > 0)) {
+      return `${what}: group size ${o.groupSize} is not a positive integer or -1`;
+    }
+  }
+  return null;
 }
 
 /** A zod error as one line: `path: message; ...` (error messages must fit on one line). */

@@ -3,23 +3,27 @@
 
 import { z } from "zod";
 import type { TensorToWrite } from "../src/io/types.js";
-import { ModelError } from "../src/util/errors.js";
+import { ModelError, UsageError } from "../src/util/errors.js";
 import { packBits, packedWords, unpackBits, type PackLayout } from "./bitpack.js";
 import {
+  applyOverride,
   biasTensor,
   checkUnexpectedGIdx,
   declared,
+  distinctOverrides,
   groupSizeProblem,
   isRecord,
+  overridesProblem,
   zodOneLine,
   numGroups,
   PackedReader,
   pyReMatch,
+  refuseOutliers,
   settingsOf,
   toF16Checked,
   validateLayer,
 } from "./common.js";
-import type { FormatSpec, LinearShape, ParamInfo, QuantizedLinear, QuantSettings, TensorGetter } from "./types.js";
+import type { FormatSpec, LinearShape, ModuleOverride, ParamInfo, QuantizedLinear, QuantSettings, TensorGetter } from "./types.js";
 
 /** Bit widths written (vLLM's compressed-tensors WNA16 path takes 4 and 8). */
 const WRITE_BITS = [4, 8];
@@ -83,6 +87,7 @@ function canHold(shape: LinearShape, s: QuantSettings): string | null {
 }
 
 function pack(layer: QuantizedLinear): TensorToWrite[] {
+  refuseOutliers(layer, "compressed-tensors");
   validateLayer(layer);
   const s = settingsOf(layer);
   const shape = { out: layer.outFeatures, in: layer.inFeatures };
@@ -188,29 +193,73 @@ function unpack(prefix: string, get: TensorGetter, s: QuantSettings, shape?: Lin
   return layer;
 }
 
-function quantizationConfig(s: QuantSettings, skipped: string[]): Record<string, unknown> {
+/** The `weights` quantization args of one config group. */
+function weightArgs(s: QuantSettings): Record<string, unknown> {
   const perRow = s.groupSize === -1;
+  return {
+    num_bits: s.bits,
+    type: "int",
+    symmetric: s.sym,
+    group_size: perRow ? null : s.groupSize,
+    strategy: perRow ? "channel" : "group",
+    // compressed-tensors allows actorder only with the group strategy.
+    actorder: storesGIdx(s) ? "group" : null,
+    dynamic: false,
+  };
+}
+
+function configGroup(targets: string[], s: QuantSettings): Record<string, unknown> {
+  return { targets, weights: weightArgs(s), input_activations: null, output_activations: null };
+}
+
+/** Python's str ordering (by code point), as sorted() uses. */
+function pyCompare(a: string, b: string): number {
+  const x = Array.from(a, (c) => c.codePointAt(0)!);
+  const y = Array.from(b, (c) => c.codePointAt(0)!);
+  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i]! - y[i]!;
+  return x.length - y.length;
+}
+
+/** compressed-tensors match_targets order: targets without "re:" first, then by the string. */
+function targetOrder(a: string, b: string): number {
+  return Number(a.includes("re:")) - Number(b.includes("re:")) || pyCompare(a, b);
+}
+
+/**
+ * The "re:" targets of the override groups. compressed-tensors tries matching regex targets in sorted order
+ * (match_targets), vLLM in config order (find_matched_target); both must see the override list's order
+ * (first match wins). When the patterns are not already sorted, each gets the empty-matching prefix
+ * "(?:<k>){0}" (k zero-padded), which sorts them by position and matches the same names.
+ */
+export function overrideTargets(patterns: readonly string[]): string[] {
+  const plain = patterns.map((p) => `re:${p}`);
+  if (plain.every((t, i) => i === 0 || targetOrder(plain[i - 1]!, t) < 0)) return plain;
+  const w = String(patterns.length - 1).length;
+  return patterns.map((p, k) => `re:(?:${String(k).padStart(w, "0")}){0}${p}`);
+}
+
+function canHoldOverrides(overrides: readonly ModuleOverride[]): string | null {
+  return overridesProblem(overrides, "compressed-tensors", WRITE_BITS);
+}
+
+/**
+ * Overrides become config groups "override_<k>" (targets ["re:<pattern>"]) before group_0 (targets
+ * ["Linear"]); a regex target beats the class target in compressed-tensors and vLLM. Skipped modules go
+ * into `ignore`.
+ */
+function quantizationConfig(s: QuantSettings, skipped: string[], overrides: readonly ModuleOverride[] = []): Record<string, unknown> {
+  const why = canHoldOverrides(overrides);
+  if (why) throw new UsageError(why);
+  const ovs = distinctOverrides(overrides);
+  const targets = overrideTargets(ovs.map((o) => o.pattern));
+  const groups: Record<string, unknown> = {};
+  ovs.forEach((o, k) => (groups[`override_${k}`] = configGroup([targets[k]!], applyOverride(s, o))));
+  groups.group_0 = configGroup(["Linear"], s);
   return {
     quant_method: "compressed-tensors",
     format: "pack-quantized",
     quantization_status: "compressed",
-    config_groups: {
-      group_0: {
-        targets: ["Linear"],
-        weights: {
-          num_bits: s.bits,
-          type: "int",
-          symmetric: s.sym,
-          group_size: perRow ? null : s.groupSize,
-          strategy: perRow ? "channel" : "group",
-          // compressed-tensors allows actorder only with the group strategy.
-          actorder: storesGIdx(s) ? "group" : null,
-          dynamic: false,
-        },
-        input_activations: null,
-        output_activations: null,
-      },
-    },
+    config_groups: groups,
     ignore: ["lm_head", ...skipped.filter((p) => p !== "lm_head")],
     kv_cache_scheme: null,
   };
@@ -240,11 +289,41 @@ const CtConfig = z.object({
   ignore: z.array(z.string()).nullish(),
 });
 
-/** compressed-tensors target/ignore matching: "re:<regex>" (re.match), a layer class name, or the exact name. */
-function matches(target: string, name: string): boolean {
+/** Class-name targets a Linear module matches (compressed-tensors _match_class: a class in its MRO; callers only ask about Linears). */
+const LINEAR_CLASSES = new Set(["Linear"]);
+
+/** compressed-tensors match_name: "re:<regex>" (re.match) or the exact module name. */
+function matchName(target: string, name: string): boolean {
   if (target.startsWith("re:")) return pyReMatch(target.slice(3), name);
-  if (target === "Linear") return true; // callers only ask about Linear modules
   return target === name;
+}
+
+/** compressed-tensors is_match for a Linear module: by name, or by class. */
+function matches(target: string, name: string): boolean {
+  return matchName(target, name) || LINEAR_CLASSES.has(target);
+}
+
+type CtGroup = z.infer<typeof Group>;
+
+/**
+ * The config group that quantizes Linear `prefix`, as compressed-tensors apply_quantization_config resolves
+ * it: target → group (a target repeated in a later group belongs to the later one), then match_targets'
+ * order: an exact module name, then "re:" regexes (in sorted order), then a class name ("Linear"); the
+ * first of those wins. Without `prefix` (the global settings): the group targeting "Linear", else the first
+ * group with weights.
+ */
+function resolveGroup(groups: Record<string, CtGroup>, prefix: string | undefined): [string, CtGroup] | undefined {
+  const entries = Object.entries(groups);
+  if (prefix === undefined) {
+    return entries.find(([, g]) => g.weights && g.targets.some((t) => LINEAR_CLASSES.has(t))) ?? entries.find(([, g]) => g.weights);
+  }
+  const owner = new Map<string, string>();
+  for (const [gname, g] of entries) for (const t of g.targets) owner.set(t, gname);
+  const sorted = [...owner.keys()].sort(targetOrder);
+  const hit = sorted.find((t) => matchName(t, prefix)) ?? sorted.find((t) => LINEAR_CLASSES.has(t));
+  if (hit === undefined) return undefined;
+  const gname = owner.get(hit)!;
+  return [gname, groups[gname]!];
 }
 
 function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null {
@@ -252,10 +331,8 @@ function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null 
   if (!r.success) throw new ModelError(`quantization_config (compressed-tensors): ${zodOneLine(r.error)}`);
   const c = r.data;
   if (prefix !== undefined && (c.ignore ?? []).some((t) => matches(t, prefix))) return null;
-  const entry = Object.entries(c.config_groups).find(
-    ([, grp]) => grp.weights && (prefix === undefined || grp.targets.some((t) => matches(t, prefix))),
-  );
-  if (!entry) return null;
+  const entry = resolveGroup(c.config_groups, prefix);
+  if (!entry || !entry[1].weights) return null;
   const [gname, grp] = entry;
   const where = `quantization_config (compressed-tensors) config_groups.${gname}`;
   const fmt = grp.format ?? c.format;
@@ -282,13 +359,18 @@ function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null 
 
 export const compressedTensorsFormat: FormatSpec = {
   name: "compressed-tensors",
+  holdsOutliers: false,
   canHold,
   paramInfo,
   pack,
   unpack,
   isQuantized: (prefix, has) => has(`${prefix}.weight_packed`),
+  canHoldOverrides,
   quantizationConfig,
-  sidecarFiles: () => ({}),
+  sidecarFiles: (s, skipped, overrides) => {
+    quantizationConfig(s, skipped, overrides); // refuses what it cannot describe
+    return {};
+  },
   detect: (qc) => isRecord(qc) && qc.quant_method === "compressed-tensors",
   settingsFromConfig,
 };

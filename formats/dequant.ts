@@ -1,11 +1,14 @@
-// Format-neutral dequantization: w[o, i] = scale[o, g] · (q[o, i] − zero[o, g]), g = gIdx[i] or floor(i / gs).
+// Format-neutral dequantization: w[o, i] = scale[o, g] · (q[o, i] − zero[o, g]), g = gIdx[i] or floor(i / gs);
+// then each outlier weight (CSR by row) replaces the grid value at its (row, column).
 
-import { defaultGroup, numGroups } from "./common.js";
+import { defaultGroup, numGroups, outlierProblem } from "./common.js";
 import type { QuantizedLinear } from "./types.js";
 import { ModelError } from "../src/util/errors.js";
 
 /** The fields dequantization needs (the algorithms call it before a layer has a module name). */
-export type DequantInput = Pick<QuantizedLinear, "outFeatures" | "inFeatures" | "groupSize" | "codes" | "scales" | "zeros" | "gIdx"> & { name?: string };
+export type DequantInput = Pick<QuantizedLinear, "outFeatures" | "inFeatures" | "groupSize" | "codes" | "scales" | "zeros" | "gIdx" | "outliers"> & {
+  name?: string;
+};
 
 /** [out*in] fp32 row-major weight of a quantized layer: the one dequantizer used by algorithms, loaders and the pipeline. */
 export function dequantize(layer: DequantInput): Float32Array {
@@ -27,6 +30,15 @@ export function dequantize(layer: DequantInput): Float32Array {
     for (let i = 0; i < inF; i++) {
       const k = grow + group[i]!;
       w[row + i] = layer.scales[k]! * (layer.codes[row + i]! - layer.zeros[k]!);
+    }
+  }
+  const ol = layer.outliers;
+  if (ol) {
+    const why = outlierProblem(ol, out, inF);
+    if (why) throw new ModelError(`quantized layer ${layer.name ?? ""}: ${why}`);
+    for (let o = 0; o < out; o++) {
+      const row = o * inF;
+      for (let k = ol.indptr[o]!; k < ol.indptr[o + 1]!; k++) w[row + ol.indices[k]!] = ol.values[k]!;
     }
   }
   return w;

@@ -1,31 +1,38 @@
 // GPTQ v1 checkpoints (checkpoint_format "gptq"): what AutoGPTQ writes and HF transformers/optimum,
 // vLLM (gptq, gptq_marlin), TGI and ExLlama load. Layout per /work/shared/FORMATS.md §1.
+// The v1 tensors, config fields and `dynamic` handling are exported for --format quant4 (formats/quant4.ts),
+// which stores exactly these tensors plus CSR outliers.
 
 import { z } from "zod";
 import type { TensorToWrite } from "../src/io/types.js";
-import { ModelError } from "../src/util/errors.js";
+import { ModelError, UsageError } from "../src/util/errors.js";
 import { packBits, packedWords, unpackBits, type PackLayout } from "./bitpack.js";
 import {
   biasTensor,
   checkUnexpectedGIdx,
   declared,
   defaultGroup,
+  distinctOverrides,
   escapeRegex,
   fmtShape,
   groupSizeProblem,
   isRecord,
   zodOneLine,
   numGroups,
+  overridesProblem,
   PackedReader,
   pyReMatch,
+  refuseOutliers,
   settingsOf,
   toF16Checked,
   transpose,
   validateLayer,
 } from "./common.js";
-import type { FormatSpec, LinearShape, ParamInfo, QuantizedLinear, QuantSettings, TensorGetter } from "./types.js";
+import type { FormatSpec, LinearShape, ModuleOverride, ParamInfo, QuantizedLinear, QuantSettings, TensorGetter } from "./types.js";
 
-const BITS = [2, 3, 4, 8];
+/** Bit widths GPTQ v1 holds. */
+export const GPTQ_BITS: readonly number[] = [2, 3, 4, 8];
+const BITS = GPTQ_BITS;
 // Source: AutoGPTQ qlinear_cuda_old.py pack(): rows of intweight OR-ed LSB first, 32/bits per word for
 // 2/4/8 bits and 32 values → 3 words straddling word boundaries for 3 bits = one contiguous bitstream.
 const SCHEME = "stream" as const;
@@ -52,7 +59,8 @@ function zerosLayout(out: number, g: number, bits: number): PackLayout {
   return { lines: g, lineLen: out, srcLineStride: 1, srcElemStride: g, dstLineStride: packedWords(out, bits, SCHEME), dstWordStride: 1 };
 }
 
-function paramInfo(prefix: string, shape: LinearShape, s: QuantSettings): ParamInfo[] {
+/** The GPTQ v1 tensors of one Linear: qweight, qzeros, scales, g_idx (bias aside). */
+export function gptqParamInfo(prefix: string, shape: LinearShape, s: QuantSettings): ParamInfo[] {
   const n = names(prefix);
   const g = numGroups(shape.in, s.groupSize);
   return [
@@ -63,20 +71,27 @@ function paramInfo(prefix: string, shape: LinearShape, s: QuantSettings): ParamI
   ];
 }
 
-function canHold(shape: LinearShape, s: QuantSettings): string | null {
-  if (!BITS.includes(s.bits)) return `gptq holds ${BITS.join("/")}-bit weights, not ${s.bits}-bit`;
+const paramInfo = gptqParamInfo;
+
+/** canHold of the GPTQ v1 layout; `format` names the format in the reason. */
+export function gptqCanHold(shape: LinearShape, s: QuantSettings, format = "gptq"): string | null {
+  if (!BITS.includes(s.bits)) return `${format} holds ${BITS.join("/")}-bit weights, not ${s.bits}-bit`;
   // AutoGPTQ sizes its buffers as in // 32 * bits and out // 32 * bits.
   if (shape.in % 32 !== 0) return `in_features ${shape.in} is not a multiple of 32 (AutoGPTQ sizes qweight as in // 32 * bits)`;
   if (shape.out % 32 !== 0) return `out_features ${shape.out} is not a multiple of 32 (AutoGPTQ sizes qzeros as out // 32 * bits)`;
   return groupSizeProblem(shape.in, s.groupSize);
 }
 
-function pack(layer: QuantizedLinear): TensorToWrite[] {
+/**
+ * The GPTQ v1 tensors (and bias) of a validated layer; `format` names the format in errors. Outliers are
+ * not looked at: the caller refuses (gptq) or stores (quant4) them.
+ */
+export function packGptqV1(layer: QuantizedLinear, format: string): TensorToWrite[] {
   validateLayer(layer);
   const s = settingsOf(layer);
   const shape = { out: layer.outFeatures, in: layer.inFeatures };
-  const why = canHold(shape, s);
-  if (why) throw new ModelError(`quantized layer ${layer.name} cannot be stored as gptq: ${why}`);
+  const why = gptqCanHold(shape, s, format);
+  if (why) throw new ModelError(`quantized layer ${layer.name} cannot be stored as ${format}: ${why}`);
   const [qwInfo, qzInfo, scInfo, giInfo] = paramInfo(layer.name, shape, s) as [ParamInfo, ParamInfo, ParamInfo, ParamInfo];
   const g = numGroups(shape.in, s.groupSize);
   const mask = (1 << s.bits) - 1;
@@ -106,11 +121,17 @@ function pack(layer: QuantizedLinear): TensorToWrite[] {
   ];
 }
 
-function unpack(prefix: string, get: TensorGetter, s: QuantSettings, shape?: LinearShape): QuantizedLinear {
+function pack(layer: QuantizedLinear): TensorToWrite[] {
+  refuseOutliers(layer, "gptq");
+  return packGptqV1(layer, "gptq");
+}
+
+/** Reads and validates the GPTQ v1 tensors (and bias) of `r.prefix` through `r`; `format` names the format in errors. */
+export function unpackGptqV1(r: PackedReader, s: QuantSettings, shape: LinearShape | undefined, format: string): QuantizedLinear {
+  const prefix = r.prefix;
   const n = names(prefix);
-  const r: PackedReader = new PackedReader(prefix, get); // typed, so r.fail (never) narrows
   const qw = r.get(n.qweight);
-  if (!BITS.includes(s.bits)) r.fail(n.qweight, `cannot be read: quantization_config asks for ${s.bits}-bit gptq weights (gptq holds ${BITS.join("/")})`);
+  if (!BITS.includes(s.bits)) r.fail(n.qweight, `cannot be read: quantization_config asks for ${s.bits}-bit ${format} weights (${format} holds ${BITS.join("/")})`);
   let found: LinearShape;
   if (shape) {
     found = shape;
@@ -180,9 +201,41 @@ function unpack(prefix: string, get: TensorGetter, s: QuantSettings, shape?: Lin
   return layer;
 }
 
-function quantizationConfig(s: QuantSettings, skipped: string[]): Record<string, unknown> {
+function unpack(prefix: string, get: TensorGetter, s: QuantSettings, shape?: LinearShape): QuantizedLinear {
+  return unpackGptqV1(new PackedReader(prefix, get), s, shape, "gptq");
+}
+
+/** canHoldOverrides of gptq and quant4: GPTQModel `dynamic` holds bits (2/3/4/8), group_size and sym per module. */
+export function gptqCanHoldOverrides(overrides: readonly ModuleOverride[], format = "gptq"): string | null {
+  return overridesProblem(overrides, format, BITS);
+}
+
+/**
+ * GPTQModel `dynamic` (gptqmodel/quantization/config.py dynamic_get: keys in order, re.match, first match
+ * wins; "-:regex" skips a module, "+:regex" overrides its bits/group_size/sym): one "-:^<name>$" per skipped
+ * module, then one "+:<pattern>" per override with only the keys it gives. undefined when both are empty.
+ */
+export function gptqDynamic(skipped: readonly string[], overrides: readonly ModuleOverride[]): Record<string, Record<string, unknown>> | undefined {
+  const d: Record<string, Record<string, unknown>> = {};
+  for (const p of skipped) d[`-:^${escapeRegex(p)}$`] = {};
+  for (const o of distinctOverrides(overrides)) {
+    const v: Record<string, unknown> = {};
+    if (o.bits !== undefined) v.bits = o.bits;
+    if (o.groupSize !== undefined) v.group_size = o.groupSize;
+    if (o.sym !== undefined) v.sym = o.sym;
+    d[`+:${o.pattern}`] = v;
+  }
+  return Object.keys(d).length > 0 ? d : undefined;
+}
+
+/**
+ * The GPTQ v1 quantization_config fields after quant_method (and quant4's version): bits, group_size, ...,
+ * meta, dynamic. Overrides the format cannot describe are a UsageError.
+ */
+export function gptqConfigFields(s: QuantSettings, skipped: readonly string[], overrides: readonly ModuleOverride[], format: string): Record<string, unknown> {
+  const why = gptqCanHoldOverrides(overrides, format);
+  if (why) throw new UsageError(why);
   const cfg: Record<string, unknown> = {
-    quant_method: "gptq",
     bits: s.bits,
     group_size: s.groupSize,
     desc_act: s.actOrder,
@@ -196,11 +249,13 @@ function quantizationConfig(s: QuantSettings, skipped: string[]): Record<string,
     // GPTQModel reads meta.quantizer as "name:version".
     meta: { quantizer: QUANTIZER, ...(s.method ? { method: s.method } : {}) },
   };
-  // GPTQModel `dynamic`: "-:regex" keys skip a module (gptqmodel/quantization/config.py dynamic_get, re.match).
-  if (skipped.length > 0) {
-    cfg.dynamic = Object.fromEntries(skipped.map((p) => [`-:^${escapeRegex(p)}$`, {}]));
-  }
+  const dynamic = gptqDynamic(skipped, overrides);
+  if (dynamic) cfg.dynamic = dynamic;
   return cfg;
+}
+
+function quantizationConfig(s: QuantSettings, skipped: string[], overrides: readonly ModuleOverride[] = []): Record<string, unknown> {
+  return { quant_method: "gptq", ...gptqConfigFields(s, skipped, overrides, "gptq") };
 }
 
 const Override = z.object({
@@ -235,16 +290,18 @@ function checkSettings(where: string, s: QuantSettings): QuantSettings {
   return s;
 }
 
-function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null {
+/** settingsFromConfig of the GPTQ v1 fields (gptq and quant4); `format` names the format in errors. */
+export function gptqSettingsFromConfig(qc: unknown, prefix: string | undefined, format = "gptq"): QuantSettings | null {
+  const where = `quantization_config (${format})`;
   const r = GptqConfig.safeParse(qc);
-  if (!r.success) throw new ModelError(`quantization_config (gptq): ${zodOneLine(r.error)}`);
+  if (!r.success) throw new ModelError(`${where}: ${zodOneLine(r.error)}`);
   const c = r.data;
   const fmt = c.checkpoint_format ?? c.format ?? "gptq";
   if (fmt !== "gptq") {
-    throw new ModelError(`quantization_config: gptq checkpoint_format "${fmt}" is not supported (only "gptq", i.e. v1)`);
+    throw new ModelError(`quantization_config: ${format} checkpoint_format "${fmt}" is not supported (only "gptq", i.e. v1)`);
   }
   const bits = c.bits ?? c.w_bit;
-  if (bits === undefined) throw new ModelError("quantization_config (gptq): missing bits");
+  if (bits === undefined) throw new ModelError(`${where}: missing bits`);
   const base: QuantSettings = {
     bits,
     groupSize: c.group_size ?? c.q_group_size ?? -1,
@@ -255,7 +312,7 @@ function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null 
   if (c.true_sequential != null) base.trueSequential = c.true_sequential;
   if (c.static_groups != null) base.staticGroups = c.static_groups;
   if (isRecord(c.meta) && typeof c.meta.method === "string") base.method = c.meta.method;
-  checkSettings("quantization_config (gptq)", base);
+  checkSettings(where, base);
   if (prefix === undefined) return base;
 
   if (prefix === "lm_head" && c.lm_head !== true) return null;
@@ -268,7 +325,7 @@ function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null 
     const pattern = key.startsWith("+:") ? key.slice(2) : key;
     if (!pyReMatch(pattern, prefix)) continue;
     const o = Override.safeParse(value ?? {});
-    if (!o.success) throw new ModelError(`quantization_config (gptq) dynamic["${key}"]: ${zodOneLine(o.error)}`);
+    if (!o.success) throw new ModelError(`${where} dynamic["${key}"]: ${zodOneLine(o.error)}`);
     const s: QuantSettings = {
       ...base,
       bits: o.data.bits ?? base.bits,
@@ -277,20 +334,22 @@ function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null 
       actOrder: o.data.desc_act ?? base.actOrder,
     };
     if (o.data.damp_percent !== undefined) s.damp = o.data.damp_percent;
-    return checkSettings(`quantization_config (gptq) dynamic["${key}"]`, s);
+    return checkSettings(`${where} dynamic["${key}"]`, s);
   }
   return base;
 }
 
 export const gptqFormat: FormatSpec = {
   name: "gptq",
-  canHold,
+  holdsOutliers: false,
+  canHold: (shape, s) => gptqCanHold(shape, s, "gptq"),
   paramInfo,
   pack,
   unpack,
   isQuantized: (prefix, has) => has(`${prefix}.qweight`),
+  canHoldOverrides: (overrides) => gptqCanHoldOverrides(overrides, "gptq"),
   quantizationConfig,
-  sidecarFiles: (s, skipped) => ({ "quantize_config.json": JSON.stringify(quantizationConfig(s, skipped), null, 2) + "\n" }),
+  sidecarFiles: (s, skipped, overrides) => ({ "quantize_config.json": JSON.stringify(quantizationConfig(s, skipped, overrides), null, 2) + "\n" }),
   detect: (qc) => isRecord(qc) && typeof qc.quant_method === "string" && qc.quant_method.toLowerCase() === "gptq",
-  settingsFromConfig,
+  settingsFromConfig: (qc, prefix) => gptqSettingsFromConfig(qc, prefix, "gptq"),
 };

@@ -4,15 +4,28 @@
 import { ModelError, UsageError } from "../src/util/errors.js";
 import { awqFormat } from "./awq.js";
 import { compressedTensorsFormat } from "./compressed-tensors.js";
-import { isRecord } from "./common.js";
+import { applyOverride, firstOverride, isRecord } from "./common.js";
 import { gptqFormat } from "./gptq.js";
-import type { FormatSpec } from "./types.js";
+import { quant4Format } from "./quant4.js";
+import type { FormatSpec, ModuleOverride, QuantSettings } from "./types.js";
 
-export type { FormatSpec, LinearShape, ParamInfo, QuantizedLinear, QuantSettings, StoredTensor, TensorGetter } from "./types.js";
+export type {
+  FormatSpec,
+  LinearShape,
+  ModuleOverride,
+  OutlierCSR,
+  ParamInfo,
+  QuantizedLinear,
+  QuantSettings,
+  StoredTensor,
+  TensorGetter,
+} from "./types.js";
 export { dequantize } from "./dequant.js";
+export { applyOverride, firstOverride } from "./common.js";
 
 // Order matters: the automatic format choice prefers the earlier format when two hold as many Linears.
-export const FORMATS: readonly FormatSpec[] = [gptqFormat, compressedTensorsFormat, awqFormat];
+// quant4 is last (and holds exactly what gptq holds), so the automatic choice never prefers it.
+export const FORMATS: readonly FormatSpec[] = [gptqFormat, compressedTensorsFormat, awqFormat, quant4Format];
 
 export function formatNames(): string[] {
   return FORMATS.map((f) => f.name);
@@ -33,4 +46,12 @@ export function detectFormat(quantizationConfig: unknown): FormatSpec {
   const method = quantizationConfig.quant_method;
   const what = method === undefined ? "has no quant_method" : `has quant_method ${JSON.stringify(method)}`;
   throw new ModelError(`quantization_config ${what}, which quant4 cannot read; supported: ${formatNames().join(", ")}`);
+}
+
+/**
+ * Settings of module `name` under per-module overrides: the first override whose pattern re.matches the
+ * name (GPTQModel `dynamic` semantics) replaces the fields it gives; `base` when none matches.
+ */
+export function settingsForModule(base: QuantSettings, overrides: readonly ModuleOverride[], name: string): QuantSettings {
+  return applyOverride(base, firstOverride(overrides, name));
 }

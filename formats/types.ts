@@ -24,6 +24,38 @@ export interface QuantizedLinear {
   gIdx?: Int32Array;
   /** [out] */
   bias?: Float32Array;
+  /**
+   * Weights kept exactly (outlier retention), CSR by output row; each value replaces the dequantized
+   * weight at (row, indices[k]). Values are fp16-exact. Only formats with `holdsOutliers` store them.
+   */
+  outliers?: OutlierCSR;
+}
+
+/**
+ * Outlier weights of one [out, in] Linear in CSR form by output row: row r holds indices[indptr[r] ..
+ * indptr[r+1]) (input columns, strictly increasing within a row) and their values. indptr runs from 0 to
+ * nnz without decreasing; values are finite and exactly representable in float16.
+ */
+export interface OutlierCSR {
+  /** [out+1] */
+  indptr: Int32Array;
+  /** [nnz] input column */
+  indices: Int32Array;
+  /** [nnz] */
+  values: Float32Array;
+}
+
+/**
+ * A per-module override of the quantization settings, GPTQModel `dynamic` style: `pattern` is a Python
+ * regex applied with re.match (anchored at the start only) to the full module name, e.g.
+ * "model.layers.0.mlp.down_proj". In an ordered list the first matching override wins; a field left out
+ * keeps the base setting.
+ */
+export interface ModuleOverride {
+  pattern: string;
+  bits?: number;
+  groupSize?: number;
+  sym?: boolean;
 }
 
 /** How a layer is (to be) quantized. `damp`, `trueSequential`, `staticGroups`, `method` are recorded in configs only. */
@@ -47,7 +79,10 @@ export interface LinearShape {
 export interface ParamInfo {
   name: string;
   dtype: DType;
+  /** A dimension of −1 depends on the data (the number of outlier weights), known only when written or read. */
   shape: number[];
+  /** Written only for some layers (quant4's outlier tensors: only for a Linear with outliers). */
+  optional?: boolean;
 }
 
 /**
@@ -61,8 +96,13 @@ export interface StoredTensor extends IoStoredTensor {
 export type TensorGetter = (name: string) => StoredTensor | undefined;
 
 export interface FormatSpec {
-  /** "gptq" | "compressed-tensors" */
+  /** "gptq" | "compressed-tensors" | "awq" | "quant4" */
   readonly name: string;
+  /**
+   * Can the format store outlier weights (QuantizedLinear.outliers)? Only quant4. pack() of a layer with
+   * outliers in a format without them throws a ModelError naming the layer and `--format quant4`.
+   */
+  readonly holdsOutliers: boolean;
   /** null = the format can hold this layer; otherwise the reason (the layer then stays fp16 and is listed as skipped). */
   canHold(shape: LinearShape, s: QuantSettings): string | null;
   /**
@@ -81,10 +121,21 @@ export interface FormatSpec {
   unpack(prefix: string, get: TensorGetter, s: QuantSettings, shape?: LinearShape): QuantizedLinear;
   /** Does the checkpoint hold this module packed in this format? */
   isQuantized(prefix: string, has: (name: string) => boolean): boolean;
-  /** Goes into config.json "quantization_config". `skipped` = module prefixes left in fp16. */
-  quantizationConfig(s: QuantSettings, skipped: string[]): Record<string, unknown>;
+  /**
+   * null = the format's config can describe these per-module overrides (and their bit widths and group
+   * sizes); otherwise the reason, one line (awq: none at all; compressed-tensors: 4/8 bits; gptq and
+   * quant4: 2/3/4/8 bits). Checks the list only: whether a given Linear can hold its overridden settings
+   * is canHold(shape, settings). quantizationConfig/sidecarFiles throw this reason as a UsageError.
+   */
+  canHoldOverrides(overrides: readonly ModuleOverride[]): string | null;
+  /**
+   * Goes into config.json "quantization_config". `skipped` = module prefixes left in fp16; `overrides` =
+   * per-module settings, first match wins (gptq/quant4: `dynamic` "+:" entries after the "-:" skips;
+   * compressed-tensors: one config group each before group_0; awq: refused unless empty).
+   */
+  quantizationConfig(s: QuantSettings, skipped: string[], overrides?: readonly ModuleOverride[]): Record<string, unknown>;
   /** Extra files beside config.json, e.g. {"quantize_config.json": "..."}; {} if none. */
-  sidecarFiles(s: QuantSettings, skipped: string[]): Record<string, string>;
+  sidecarFiles(s: QuantSettings, skipped: string[], overrides?: readonly ModuleOverride[]): Record<string, string>;
   /** Does a config.json quantization_config belong to this format? */
   detect(quantizationConfig: unknown): boolean;
   /** Settings for a module (or the global ones without `prefix`); null ⇒ this module is not quantized. */

@@ -127,10 +127,10 @@ function wordsOf(t: TensorToWrite | undefined): number[] {
 
 describe("registry", () => {
   it("lists the formats and finds them by name", () => {
-    expect(formatNames()).toEqual(["gptq", "compressed-tensors", "awq"]);
+    expect(formatNames()).toEqual(["gptq", "compressed-tensors", "awq", "quant4"]);
     expect(FORMATS.map((f) => f.name)).toEqual(formatNames());
     expect(() => getFormat("gguf")).toThrow(UsageError);
-    expect(() => getFormat("gguf")).toThrow(/gptq, compressed-tensors, awq/);
+    expect(() => getFormat("gguf")).toThrow(/gptq, compressed-tensors, awq, quant4/);
   });
 
   it("detects a format from quantization_config and names an unknown quant_method", () => {

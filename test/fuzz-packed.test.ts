@@ -10,6 +10,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { getFormat } from "../formats/index.js";
+import { f32ToF16 } from "../src/io/dtype.js";
 import type { FormatSpec, QuantizedLinear, QuantSettings } from "../formats/types.js";
 import type { DType, TensorToWrite } from "../src/io/types.js";
 import { writeSafetensors } from "../src/io/writer.js";
@@ -50,7 +51,12 @@ interface Base {
 
 const bytesOf = (v: ArrayBufferView) => new Uint8Array(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength));
 
-function randomLayer(name: string, out: number, inF: number, s: QuantSettings, r: () => number): QuantizedLinear {
+/** fp16-exact value of x (round to nearest even via the bits, as the writer would store it). */
+function toF16Exact(x: number): number {
+  return f16(f32ToF16(Float32Array.of(x))[0]!);
+}
+
+function randomLayer(name: string, out: number, inF: number, s: QuantSettings, r: () => number, outlierFrac = 0): QuantizedLinear {
   const g = s.groupSize === -1 ? 1 : inF / s.groupSize;
   const maxq = (1 << s.bits) - 1;
   const layer: QuantizedLinear = {
@@ -64,10 +70,21 @@ function randomLayer(name: string, out: number, inF: number, s: QuantSettings, r
     layer.gIdx = new Int32Array(inF);
     for (let j = 0; j < inF; j++) layer.gIdx[perm[j]!] = Math.floor(j / s.groupSize);
   }
+  if (outlierFrac > 0) {
+    // CSR outliers (quant4): some rows none, values well outside the grid, fp16-exact.
+    const indptr = new Int32Array(out + 1);
+    const idx: number[] = [];
+    const val: number[] = [];
+    for (let row = 0; row < out; row++) {
+      for (let c = 0; c < inF; c++) if (r() < outlierFrac) (idx.push(c), val.push(toF16Exact((r() - 0.5) * 20)));
+      indptr[row + 1] = idx.length;
+    }
+    layer.outliers = { indptr, indices: Int32Array.from(idx), values: Float32Array.from(val) };
+  }
   return layer;
 }
 
-function makeBase(label: string, formatName: string, settings: QuantSettings, seed: number): Base {
+function makeBase(label: string, formatName: string, settings: QuantSettings, seed: number, outlierFrac = 0): Base {
   const format = getFormat(formatName);
   const r = rng(seed);
   const g = gaussian(r);
@@ -84,7 +101,7 @@ function makeBase(label: string, formatName: string, settings: QuantSettings, se
     f32(`${p}post_attention_layernorm.weight`, [H], () => 1 + 0.1 * g());
     for (const [n, out, inF] of LINEARS) {
       expect(format.canHold({ out, in: inF }, settings), `${label} ${n}`).toBeNull();
-      for (const t of format.pack(randomLayer(p + n, out, inF, settings, r))) {
+      for (const t of format.pack(randomLayer(p + n, out, inF, settings, r, outlierFrac))) {
         tensors.push({ name: t.name, dtype: t.dtype, shape: [...t.shape], bytes: bytesOf(t.data) });
       }
     }
@@ -120,6 +137,7 @@ function ints(t: Stored): number[] {
   const dv = new DataView(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength);
   if (t.dtype === "I32") return Array.from({ length: t.bytes.byteLength / 4 }, (_, i) => dv.getInt32(4 * i, true));
   if (t.dtype === "I64") return Array.from({ length: t.bytes.byteLength / 8 }, (_, i) => Number(dv.getBigInt64(8 * i, true)));
+  if (t.dtype === "I16") return Array.from({ length: t.bytes.byteLength / 2 }, (_, i) => dv.getInt16(2 * i, true));
   throw new Error(`reference: ${t.name} is ${t.dtype}, not an int`);
 }
 
@@ -136,7 +154,19 @@ function streamAt(words: number[], base: number, stride: number, k: number, bits
 /** The dequantized [out*in] weight of `prefix` as the config and the stored bytes say. */
 function referenceDecode(tensors: Map<string, Stored>, qc: any, prefix: string, out: number, inF: number): Float32Array {
   const w = new Float32Array(out * inF);
-  if (String(qc.quant_method).toLowerCase() === "gptq") {
+  const method = String(qc.quant_method).toLowerCase();
+  if (method === "quant4") {
+    // README "quant4 format": the GPTQ v1 decode, then w[r, indices[k]] = values[k] for k in indptr[r] .. indptr[r+1]−1.
+    const dense = referenceDecode(tensors, { ...qc, quant_method: "gptq" }, prefix, out, inF);
+    const ip = tensors.get(`${prefix}.outlier_indptr`);
+    if (!ip) return dense;
+    const indptr = ints(ip);
+    const indices = ints(tensors.get(`${prefix}.outlier_indices`)!);
+    const values = floats(tensors.get(`${prefix}.outlier_values`)!);
+    for (let r = 0; r < out; r++) for (let k = indptr[r]!; k < indptr[r + 1]!; k++) dense[r * inF + indices[k]!] = values[k]!;
+    return dense;
+  }
+  if (method === "gptq") {
     const bits: number = qc.bits;
     const gs: number = qc.group_size;
     const qw = ints(tensors.get(`${prefix}.qweight`)!);
@@ -195,20 +225,43 @@ function referenceDecode(tensors: Map<string, Stored>, qc: any, prefix: string, 
 // ---------------------------------------------------------------------------------------------
 // Mutations
 
-type Mutation = { what: string; kind: "data" | "header" | "config" | "missing" };
+type Mutation = { what: string; kind: "data" | "outlier" | "header" | "config" | "missing" };
 
 const SAME_SIZE: Partial<Record<DType, DType[]>> = {
-  I32: ["F32"], F32: ["I32"], F16: ["BF16", "I16"], BF16: ["F16", "I16"], I64: ["F64"],
+  I32: ["F32"], F32: ["I32"], F16: ["BF16", "I16"], BF16: ["F16", "I16"], I64: ["F64"], I16: ["F16", "BF16"],
 };
 
 function mutate(b: Base, r: () => number): { tensors: Stored[]; config: Record<string, any>; m: Mutation } {
   const tensors = b.tensors.map((t) => ({ ...t, shape: [...t.shape], bytes: t.bytes.slice() }));
   const config = structuredClone(b.config);
   const pick = <T>(a: readonly T[]): T => a[Math.floor(r() * a.length)]!;
-  const packed = tensors.filter((t) => /\.(qweight|qzeros|scales|g_idx|weight_packed|weight_scale|weight_zero_point|weight_g_idx|weight_shape)$/.test(t.name));
+  const packed = tensors.filter((t) =>
+    /\.(qweight|qzeros|scales|g_idx|weight_packed|weight_scale|weight_zero_point|weight_g_idx|weight_shape|outlier_indptr|outlier_indices|outlier_values)$/.test(t.name),
+  );
   const byRole = (re: RegExp) => packed.filter((t) => re.test(t.name));
-  const kind = pick(["bits", "bits", "scale", "scale", "gidx", "dtype", "shape", "config", "config", "missing"] as const);
+  const hasOutliers = byRole(/outlier_/).length > 0;
+  const kinds = ["bits", "bits", "scale", "scale", "gidx", "dtype", "shape", "config", "config", "missing"] as const;
+  const kind = hasOutliers ? pick([...kinds, "outlier", "outlier", "outlier"] as const) : pick(kinds);
   switch (kind) {
+    case "outlier": {
+      // One CSR entry: a row pointer, a column index or a value (edge values, random ones, bit flips).
+      const t = pick(byRole(/outlier_/));
+      const dv = new DataView(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength);
+      const size = t.dtype === "I32" ? 4 : 2;
+      const n = t.bytes.length / size;
+      if (n === 0) return mutate(b, r);
+      const i = Math.floor(r() * n);
+      if (/values$/.test(t.name)) {
+        const v = pick([0x7e00, 0x7c00, 0xfc00, 0x7bff, 0x0001, 0x8000, Math.floor(r() * 65536)]);
+        dv.setUint16(2 * i, v, true);
+        return { tensors, config, m: { what: `${t.name}[${i}] = fp16 0x${v.toString(16)}`, kind: "outlier" } };
+      }
+      const old = size === 4 ? dv.getInt32(4 * i, true) : dv.getInt16(2 * i, true);
+      const v = pick([old + 1, old - 1, -1, 0, 64, 95, 96, 10000, old ^ (1 << Math.floor(r() * 15))]);
+      if (size === 4) dv.setInt32(4 * i, v, true);
+      else dv.setInt16(2 * i, v, true);
+      return { tensors, config, m: { what: `${t.name}[${i}] ${old} → ${v}`, kind: "outlier" } };
+    }
     case "bits": {
       // Flip 1–8 random bits of one packed integer tensor (codes or zero points).
       const t = pick(byRole(/\.(qweight|qzeros|weight_packed|weight_zero_point)$/));
@@ -255,8 +308,22 @@ function mutate(b: Base, r: () => number): { tensors: Stored[]; config: Record<s
       const qc = config.quantization_config;
       const w = qc.config_groups?.group_0?.weights;
       const method = String(qc.quant_method).toLowerCase();
+      const gptqEdits: [string, () => unknown][] = [
+        ["bits", () => (qc.bits = pick([2, 3, 5, 8, 16]))],
+        ["group_size", () => (qc.group_size = pick([-1, 0, 16, 48, 64, 128]))],
+        ["sym", () => (qc.sym = !qc.sym)],
+        ["desc_act", () => (qc.desc_act = !qc.desc_act)],
+        ["checkpoint_format", () => (qc.checkpoint_format = pick(["gptq_v2", "marlin", "awq"]))],
+        ["bits", () => (qc.bits = "4")],
+      ];
       const edits: [string, () => unknown][] =
-        method === "awq"
+        method === "quant4"
+          ? [
+              ...gptqEdits,
+              ["version", () => (qc.version = pick([0, 2, "1", null]))],
+              ["quant_method", () => (qc.quant_method = pick(["QUANT4", "gptq", 4]))],
+            ]
+          : method === "awq"
           ? [
               ["bits", () => (qc.bits = pick([2, 3, 5, 8, 16]))],
               ["group_size", () => (qc.group_size = pick([-1, 0, 16, 48, 64, 128]))],
@@ -267,15 +334,7 @@ function mutate(b: Base, r: () => number): { tensors: Stored[]; config: Record<s
               ["backend", () => (qc.backend = pick(["autoawq", "llm-awq"]))],
             ]
           : method === "gptq"
-          ? [
-              ["bits", () => (qc.bits = pick([2, 3, 5, 8, 16]))],
-              ["group_size", () => (qc.group_size = pick([-1, 0, 16, 48, 64, 128]))],
-              ["sym", () => (qc.sym = !qc.sym)],
-              ["desc_act", () => (qc.desc_act = !qc.desc_act)],
-              ["checkpoint_format", () => (qc.checkpoint_format = pick(["gptq_v2", "marlin", "awq"]))],
-              ["quant_method", () => (qc.quant_method = pick(["GPTQ", "awq", 4]))],
-              ["bits", () => (qc.bits = "4")],
-            ]
+          ? [...gptqEdits, ["quant_method", () => (qc.quant_method = pick(["GPTQ", "awq", 4]))]]
           : [
               ["num_bits", () => (w.num_bits = pick([2, 3, 5, 8, 16]))],
               ["group_size", () => (w.group_size = pick([null, 0, 16, 48, 64, 128]))],
@@ -335,7 +394,7 @@ function loadAndCheck(dir: string, tensors: Stored[], config: Record<string, any
   return { ok: true };
 }
 
-const BASES: [string, string, QuantSettings][] = [
+const BASES: [string, string, QuantSettings, number?][] = [
   ["gptq 4-bit g32 sym", "gptq", { bits: 4, groupSize: 32, sym: true, actOrder: false }],
   ["gptq 4-bit g32 asym act-order", "gptq", { bits: 4, groupSize: 32, sym: false, actOrder: true }],
   ["gptq 3-bit per-row asym", "gptq", { bits: 3, groupSize: -1, sym: false, actOrder: false }],
@@ -345,14 +404,18 @@ const BASES: [string, string, QuantSettings][] = [
   ["ct 8-bit g16 asym", "compressed-tensors", { bits: 8, groupSize: 16, sym: false, actOrder: false }],
   ["awq 4-bit g32", "awq", { bits: 4, groupSize: 32, sym: false, actOrder: false }],
   ["awq 4-bit per-row", "awq", { bits: 4, groupSize: -1, sym: false, actOrder: false }],
+  // quant4: GPTQ v1 plus CSR outliers (the last number: fraction of each Linear's weights kept as outliers)
+  ["quant4 4-bit g32 sym outliers", "quant4", { bits: 4, groupSize: 32, sym: true, actOrder: false }, 0.02],
+  ["quant4 3-bit per-row asym act-order outliers", "quant4", { bits: 3, groupSize: -1, sym: false, actOrder: true }, 0.01],
+  ["quant4 8-bit g16 sym act-order outliers", "quant4", { bits: 8, groupSize: 16, sym: true, actOrder: true }, 0.05],
 ];
-const CASES_PER_BASE = 30; // 9 × 30 = 270 mutated checkpoints (≈ 3 s here)
+const CASES_PER_BASE = 30; // 12 × 30 = 360 mutated checkpoints (≈ 4 s here)
 
 describe("fuzzed packed checkpoints: a Quant4Error naming a file, or finite weights equal to an independent decode", () => {
   it("unmutated bases load and equal the reference decode", () => {
     const tmp = makeTmpDir();
-    for (const [label, f, s] of BASES) {
-      const b = makeBase(label, f, s, 7);
+    for (const [label, f, s, frac] of BASES) {
+      const b = makeBase(label, f, s, 7, frac);
       const dir = path.join(tmp, label.replace(/\W+/g, "-"));
       writeCheckpoint(dir, b.tensors, b.config);
       const o = loadAndCheck(dir, b.tensors, b.config);
@@ -367,8 +430,8 @@ describe("fuzzed packed checkpoints: a Quant4Error naming a file, or finite weig
     const counts = { accepted: 0, rejected: 0 };
     const byKind: Record<string, { accepted: number; rejected: number }> = {};
     let c = 0;
-    for (const [label, f, s] of BASES) {
-      const base = makeBase(label, f, s, 11 + c);
+    for (const [label, f, s, frac] of BASES) {
+      const base = makeBase(label, f, s, 11 + c, frac);
       for (let k = 0; k < CASES_PER_BASE; k++, c++) {
         const { tensors, config, m } = mutate(base, r);
         const dir = path.join(tmp, `case-${c}`);
@@ -406,5 +469,8 @@ describe("fuzzed packed checkpoints: a Quant4Error naming a file, or finite weig
     // Both branches are exercised: NaN scales, bad shapes ... are refused; flipped code bits decode.
     expect(counts.rejected).toBeGreaterThan(30);
     expect(counts.accepted).toBeGreaterThan(30);
+    // quant4's CSR tensors: damaged ones are refused, still-valid ones (another column, another value) decode.
+    expect(byKind.outlier?.rejected).toBeGreaterThan(5);
+    expect(byKind.outlier?.accepted).toBeGreaterThan(5);
   });
 });
