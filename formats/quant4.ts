@@ -116,17 +116,29 @@ function quantizationConfig(s: QuantSettings, skipped: string[], overrides: read
 }
 
 const Header = z.object({ quant_method: z.string(), version: z.unknown().optional() });
+const WHERE = `quantization_config (${NAME})`;
+
+/** Throws a ModelError unless a quant4 quantization_config says version 1 (the one this code reads). */
+function checkVersion(qc: unknown): void {
+  const h = Header.safeParse(qc);
+  if (!h.success) throw new ModelError(`${WHERE}: ${zodOneLine(h.error)}`);
+  const v = h.data.version;
+  if (v === undefined) throw new ModelError(`${WHERE}: missing version (this quant4 reads version ${QUANT4_VERSION})`);
+  if (v !== QUANT4_VERSION) {
+    throw new ModelError(`${WHERE}: version ${JSON.stringify(v)} is not supported (this quant4 reads version ${QUANT4_VERSION}; a newer quant4 wrote it?)`);
+  }
+}
 
 function settingsFromConfig(qc: unknown, prefix?: string): QuantSettings | null {
-  const where = `quantization_config (${NAME})`;
-  const h = Header.safeParse(qc);
-  if (!h.success) throw new ModelError(`${where}: ${zodOneLine(h.error)}`);
-  const v = h.data.version;
-  if (v === undefined) throw new ModelError(`${where}: missing version (this quant4 reads version ${QUANT4_VERSION})`);
-  if (v !== QUANT4_VERSION) {
-    throw new ModelError(`${where}: version ${JSON.stringify(v)} is not supported (this quant4 reads version ${QUANT4_VERSION}; a newer quant4 wrote it?)`);
-  }
+  checkVersion(qc);
   return gptqSettingsFromConfig(qc, prefix, NAME);
+}
+
+/** quant_method "quant4" (any case); a quant4 config of another version is refused here, when the checkpoint is opened. */
+function detect(qc: unknown): boolean {
+  if (!(isRecord(qc) && typeof qc.quant_method === "string" && qc.quant_method.toLowerCase() === NAME)) return false;
+  checkVersion(qc);
+  return true;
 }
 
 export const quant4Format: FormatSpec = {
@@ -142,6 +154,6 @@ export const quant4Format: FormatSpec = {
   quantizationConfig,
   // No sidecar: nothing else reads quant4 checkpoints, and config.json holds the whole config.
   sidecarFiles: () => ({}),
-  detect: (qc) => isRecord(qc) && typeof qc.quant_method === "string" && qc.quant_method.toLowerCase() === NAME,
+  detect,
   settingsFromConfig,
 };

@@ -136,7 +136,10 @@ export interface FormatSpec {
   quantizationConfig(s: QuantSettings, skipped: string[], overrides?: readonly ModuleOverride[]): Record<string, unknown>;
   /** Extra files beside config.json, e.g. {"quantize_config.json": "..."}; {} if none. */
   sidecarFiles(s: QuantSettings, skipped: string[], overrides?: readonly ModuleOverride[]): Record<string, string>;
-  /** Does a config.json quantization_config belong to this format? */
+  /**
+   * Does a config.json quantization_config belong to this format? A config that is this format's but of
+   * a version it cannot read throws a ModelError saying so (quant4), rather than answering false.
+   */
   detect(quantizationConfig: unknown): boolean;
   /** Settings for a module (or the global ones without `prefix`); null ⇒ this module is not quantized. */
   settingsFromConfig(quantizationConfig: unknown, prefix?: string): QuantSettings | null;

@@ -234,7 +234,10 @@ describe("quant4 golden", () => {
     expect(() => q4.settingsFromConfig({ ...cfg, version: "1" }, "x")).toThrow(/version "1" is not supported/);
     const { version: _v, ...noVersion } = cfg;
     expect(() => q4.settingsFromConfig(noVersion)).toThrow(/quantization_config \(quant4\): missing version/);
-    expect(detectFormat({ ...cfg, version: 7 })).toBe(q4); // detected, then refused with the version named
+    // refused as soon as the format is detected (openModel), with the version named
+    expect(() => detectFormat({ ...cfg, version: 7 })).toThrow(/quantization_config \(quant4\): version 7 is not supported/);
+    expect(() => detectFormat({ ...cfg, quant_method: "QUANT4", version: null })).toThrow(/version null is not supported/);
+    expect(detectFormat({ ...cfg, quant_method: "QUANT4" })).toBe(q4);
     expect(() => q4.settingsFromConfig({ ...cfg, checkpoint_format: "gptq_v2" })).toThrow(/quant4 checkpoint_format "gptq_v2" is not supported/);
     expect(() => q4.settingsFromConfig({ ...cfg, bits: 5 })).toThrow(/quantization_config \(quant4\): bits 5/);
   });
