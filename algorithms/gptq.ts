@@ -16,8 +16,9 @@
 
 import type { Backend } from "../src/compute/backend.js";
 import { ModelError, UsageError } from "../src/util/errors.js";
+import { kthLargest, outlierBudget, outliersCsr, topKMask } from "./outliers.js";
 import {
-  type QuantizedLayer, type QuantOptions, dequantize, maxQ, numGroups, paramsFromRanges, validateQuantOptions,
+  type QuantizedLayer, type QuantOptions, dequantize, maxQ, numGroups, paramsFromRanges, roundToF16, validateQuantOptions,
 } from "./quantizer.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -87,6 +88,14 @@ export interface GptqOptions extends QuantOptions {
   name?: string;
   /** Receives warnings (damping retries). Nothing is printed otherwise. */
   onWarning?: (message: string) => void;
+  /**
+   * Keep this fraction of the weights exactly (fp16) as outliers, chosen by GPTQ's saliency
+   * w²/[H⁻¹]ᵢᵢ² (SpQR): with dynamic groups each group's are picked when the column loop reaches it
+   * (from the error-updated weights, against a threshold set by the budget on the initial weights);
+   * per row and with static groups they are picked up front. Outliers are left out of their group's
+   * min/max and contribute only their fp16 rounding to the error feedback. Default 0.
+   */
+  outlierFraction?: number;
 }
 
 export interface GptqResult {
@@ -183,6 +192,32 @@ export function gptqQuantize(
 
   const { U, damp, retries } = dampedInverseCholesky(backend, H, n, perm, percdamp, label, opts.onWarning);
 
+  // ---- outliers: ot[p*out + r] marks a kept weight (processing order), vt holds its fp16 value
+  const budget = outlierBudget(opts.outlierFraction ?? 0, out, n);
+  const ot = budget > 0 ? new Uint8Array(n * out) : null;
+  const vt = budget > 0 ? new Float32Array(n * out) : null;
+  let left = budget;
+  let tau = Infinity;
+  const saliency = (p: number, r: number): number => {
+    const w = Wt[p * out + r]!;
+    const d = U[p * n + p]!;
+    return (w * w) / (d * d);
+  };
+  if (ot) {
+    const sal = new Float64Array(n * out);
+    for (let p = 0; p < n; p++) for (let r = 0; r < out; r++) sal[p * out + r] = saliency(p, r);
+    if (!grouped || staticG) {
+      // Parameters are fixed before the loop: pick the outliers now and recompute them without.
+      ot.set(topKMask(sal, budget));
+      left = 0;
+      const natural = new Uint8Array(out * n);
+      for (let p = 0; p < n; p++) for (let r = 0; r < out; r++) if (ot[p * out + r]) natural[r * n + (perm ? perm[p]! : p)] = 1;
+      rangesToParams(W, out, n, gs, nG, staticG ? dead : null, bits, sym, sT, zT, natural);
+    } else {
+      tau = kthLargest(sal, budget);
+    }
+  }
+
   // ---- the column loop, in lazy-batch blocks
   const qt = new Uint8Array(n * out); // codes, processing order, transposed
   const maxBlock = Math.min(blockSize, n);
@@ -220,14 +255,19 @@ export function gptqQuantize(
               mins.fill(Infinity);
               maxs.fill(-Infinity);
               const p1 = Math.min(p + gs, n);
+              if (ot && left > 0)
+                for (let c = p; c < p1 && left > 0; c++)
+                  for (let r = 0; r < out && left > 0; r++) if (saliency(c, r) >= tau) (ot[c * out + r] = 1), left--;
               for (let c = p; c < p1; c++) {
                 const off = c * out;
                 for (let r = 0; r < out; r++) {
+                  if (ot && ot[off + r]) continue;
                   const v = Wt[off + r]!;
                   if (v < mins[r]!) mins[r] = v;
                   if (v > maxs[r]!) maxs[r] = v;
                 }
               }
+              for (let r = 0; r < out; r++) if (mins[r] === Infinity) mins[r] = maxs[r] = 0; // a row of outliers only
               paramsFromRanges(mins, maxs, out, bits, sym, sT.subarray(base, base + out), zT.subarray(base, base + out));
             }
           }
@@ -248,7 +288,9 @@ export function gptqQuantize(
           let q = Math.fround(t + 12582912) - 12582912 + z;
           q = q < 0 ? 0 : q > maxq ? maxq : q;
           qt[rowOff + r] = q;
-          const diff = w - Math.fround(s * (q - z));
+          let kept = Math.fround(s * (q - z));
+          if (ot && ot[rowOff + r]) kept = vt![rowOff + r] = roundToF16(w);
+          const diff = w - kept;
           lsum += diff * diff;
           Err[eOff + r] = diff / d;
         }
@@ -310,9 +352,24 @@ export function gptqQuantize(
     }
   }
 
+  let outliers: QuantizedLayer["outliers"];
+  if (ot) {
+    // Natural order: the kept values (as the loop saw them), then CSR by row.
+    const mask = new Uint8Array(out * n);
+    const vals = new Float32Array(out * n);
+    for (let p = 0; p < n; p++)
+      for (let r = 0; r < out; r++)
+        if (ot[p * out + r]) {
+          const c = perm ? perm[p]! : p;
+          mask[r * n + c] = 1;
+          vals[r * n + c] = vt![p * out + r]!;
+        }
+    outliers = outliersCsr(vals, mask, out, n);
+  }
   const layer: QuantizedLayer = {
     outFeatures: out, inFeatures: n, bits, groupSize: opts.groupSize, sym, codes, scales, zeros,
     ...(gIdx ? { gIdx } : {}),
+    ...(outliers ? { outliers } : {}),
   };
   return { codes, scales, zeros, ...(gIdx ? { gIdx } : {}), dequant: dequantize(layer), loss, damp, dampRetries: retries, layer };
 }
@@ -326,7 +383,7 @@ export function gptqQuantize(
  */
 function rangesToParams(
   W: Float32Array, out: number, n: number, gs: number, nG: number, dead: Uint8Array | null,
-  bits: number, sym: boolean, sT: Float32Array, zT: Uint8Array,
+  bits: number, sym: boolean, sT: Float32Array, zT: Uint8Array, skip?: Uint8Array,
 ): void {
   const mins = new Float32Array(nG * out);
   const maxs = new Float32Array(nG * out);
@@ -337,12 +394,13 @@ function rangesToParams(
       let mx = -Infinity;
       const c1 = Math.min(n, (g + 1) * gs);
       for (let c = g * gs; c < c1; c++) {
+        if (skip && skip[ro + c]) continue; // an outlier, kept exactly
         const v = dead && dead[c] ? 0 : W[ro + c]!;
         if (v < mn) mn = v;
         if (v > mx) mx = v;
       }
-      mins[g * out + r] = mn;
-      maxs[g * out + r] = mx;
+      mins[g * out + r] = mn === Infinity ? 0 : mn;
+      maxs[g * out + r] = mx === -Infinity ? 0 : mx;
     }
   }
   paramsFromRanges(mins, maxs, nG * out, bits, sym, sT, zT);

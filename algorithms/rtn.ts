@@ -2,6 +2,7 @@
 // This is the reference's "RTN" baseline (quant.py's Quantizer on the weight, no calibration data).
 
 import { UsageError } from "../src/util/errors.js";
+import { outliersCsr } from "./outliers.js";
 import {
   type QuantizedLayer, type QuantOptions, dequantize, maxQ, numGroups, paramsFromRanges, roundHalfEven,
   validateQuantOptions,
@@ -13,8 +14,11 @@ export interface RtnResult {
   dequant: Float32Array;
 }
 
-/** RTN-quantizes W [out, in] (row-major, not modified). */
-export function quantizeRtn(W: Float32Array, out: number, inF: number, opts: QuantOptions): RtnResult {
+/**
+ * RTN-quantizes W [out, in] (row-major, not modified). `outliers` (a mask [out*in]) marks weights kept
+ * exactly in fp16: they are left out of their group's min/max and stored in the layer's CSR outliers.
+ */
+export function quantizeRtn(W: Float32Array, out: number, inF: number, opts: QuantOptions, outliers?: Uint8Array): RtnResult {
   validateQuantOptions(opts, inF);
   if (!Number.isInteger(out) || out < 1) throw new UsageError(`output features must be a positive integer, got ${out}`);
   if (W.length !== out * inF) throw new UsageError(`weight holds ${W.length} values, expected ${out}×${inF}`);
@@ -36,13 +40,15 @@ export function quantizeRtn(W: Float32Array, out: number, inF: number, opts: Qua
       let mn = Infinity;
       let mx = -Infinity;
       for (let c = g * gs; c < c1; c++) {
+        if (outliers && outliers[ro + c]) continue;
         const v = W[ro + c]!;
         if (v < mn) mn = v;
         if (v > mx) mx = v;
         if (v !== v) mn = mx = NaN;
       }
-      mins[g] = mn;
-      maxs[g] = mx;
+      // A group made only of outliers quantizes nothing that is used: give it a zero range.
+      mins[g] = mn === Infinity ? 0 : mn;
+      maxs[g] = mx === -Infinity ? 0 : mx;
     }
     const sr = scales.subarray(r * nG, (r + 1) * nG);
     const zr = zeros.subarray(r * nG, (r + 1) * nG);
@@ -60,6 +66,7 @@ export function quantizeRtn(W: Float32Array, out: number, inF: number, opts: Qua
 
   const layer: QuantizedLayer = {
     outFeatures: out, inFeatures: inF, bits, groupSize: opts.groupSize, sym, codes, scales, zeros,
+    ...(outliers ? { outliers: outliersCsr(W, outliers, out, inF) } : {}),
   };
   return { layer, dequant: dequantize(layer) };
 }

@@ -101,7 +101,7 @@ describe("AWQ folding is exact: the fp block computes the same outputs after the
     for (let s = 0; s < N; s++) acts.set(s, Float32Array.from({ length: T * arch.hidden }, (_, i) => g() * (i % arch.hidden < 3 ? 8 : 1)));
     const x = acts.get(0, N);
     const y0 = blockForward(ctx, w, x, N, T).slice();
-    const info = prepareAwqBlock(ctx, backend, w, acts, { bits: 4, groupSize: -1, sym: false }, () => true, { clip: false });
+    const info = prepareAwqBlock(ctx, backend, w, acts, () => ({ bits: 4, groupSize: -1, sym: false }), () => true, { clip: false });
     // The searches chose real scalings and the weights moved.
     expect([...info.values()].some((i) => (i.alpha ?? 0) > 0)).toBe(true);
     const moved = arch.scalePairs.flatMap((p) => p.linears).some((n) => w.get(`${n}.weight`)!.some((v, k) => v !== before.get(`${n}.weight`)![k]));

@@ -98,7 +98,7 @@ function autoawqDequantize(qweight: Int32Array, qzeros: Int32Array, scales: Floa
 
 describe("awq registry", () => {
   it("is registered after gptq and compressed-tensors (the automatic choice prefers earlier formats on ties)", () => {
-    expect(FORMATS.map((f) => f.name)).toEqual(["gptq", "compressed-tensors", "awq"]);
+    expect(FORMATS.map((f) => f.name)).toEqual(["gptq", "compressed-tensors", "awq", "quant4"]);
     expect(awq.name).toBe("awq");
   });
 

@@ -835,7 +835,7 @@ describe("first run: defaults, schemes and the automatic format choice", () => {
     const a = await plan("--scheme", "w4-g32");
     // g32: gptq holds the 64-wide attention Linears only (the MLP is 172 wide), compressed-tensors also gate/up.
     expect(a).toMatchObject({ format: "compressed-tensors", scheme: "w4-g32", settings: { bits: 4, groupSize: 32, sym: true }, quantizedLinears: 30 });
-    expect(a.formatChoice).toMatch(/^automatic choice: compressed-tensors g32 holds 30\/35 Linears \(gptq g32: 20, awq g32: 0\)$/);
+    expect(a.formatChoice).toMatch(/^automatic choice: compressed-tensors g32 holds 30\/35 Linears \(gptq g32: 20, awq g32: 0, quant4 g32: 20\)$/);
     const b = await plan("--scheme", "w4-g32", "--asym", "--format", "gptq");
     expect(b).toMatchObject({ format: "gptq", settings: { bits: 4, groupSize: 32, sym: false }, quantizedLinears: 20, formatChoice: null });
     const c = await plan("--scheme", "w8-perrow", "--bits", "4");

@@ -12,6 +12,7 @@ import { VERSION } from "../version.js";
 import { formatNames, getFormat, type FormatSpec } from "../../formats/index.js";
 import { chooseFormat, getScheme, SCHEMES, schemeNames } from "../pipeline/schemes.js";
 import { METHOD_NAMES, METHODS, type MethodName } from "../pipeline/methods.js";
+import { overridesOf, parseDynamic, parseSkip } from "../pipeline/rules.js";
 import { openModel } from "../model/model.js";
 import { outputConfig, runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
 import { measureOutput, worstLayers, type OutputMeasure } from "../pipeline/summary.js";
@@ -21,6 +22,9 @@ import { loadTokenizer } from "../tokenizer/index.js";
 import { OutputError, UsageError } from "../util/errors.js";
 import { progressMode, restoreCursor, startDualProgress, startStatus } from "../util/progress.js";
 import { action, EXIT_INTERRUPTED, writeStdout, resolveModelArg, deviceSchema, fmtBytes, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
+
+/** commander collector for repeatable options. */
+const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
 /** "4GB", "500MB", "1.5GiB", "123" (bytes). */
 export function parseSize(s: string, flag = "--max-shard-size"): number {
@@ -37,6 +41,9 @@ const optionsSchema = z
   .object({
     method: z.enum(METHOD_NAMES as [MethodName, ...MethodName[]]).default("gptq"),
     propagate: z.enum(["quantized", "fp"]).default("quantized"),
+    outliers: numOpt().min(0).max(0.2).default(0),
+    dynamic: z.array(z.string()).default([]),
+    skip: z.array(z.string()).default([]),
     scheme: z.string().optional(),
     bits: z.coerce.number().int().refine((b) => [2, 3, 4, 8].includes(b), "must be 2, 3, 4 or 8").optional(),
     groupSize: z.coerce.number().int().refine((g) => g === -1 || g >= 1, "must be -1 (per row) or a positive integer").optional(),
@@ -123,13 +130,14 @@ export function checkConflicts(o: QuantizeCliOptions, explicit: ReadonlySet<stri
 export function resolveScheme(
   o: QuantizeCliOptions,
   linears: readonly { out: number; in: number }[],
+  accept?: (f: FormatSpec) => string | null,
 ): { bits: number; groupSize: number; sym: boolean; format: FormatSpec; formatWhy: string | null; scheme: string } {
   const base = o.scheme !== undefined ? getScheme(o.scheme) : undefined;
   const bits = o.bits ?? base?.bits ?? 4;
   const sym = o.sym ?? base?.sym ?? true;
   const fixedGroup = o.groupSize ?? base?.groupSize;
   const auto = o.format === "auto";
-  const choice = chooseFormat(linears, { bits, sym, actOrder: o.actOrder }, { format: auto ? undefined : o.format, groupSize: fixedGroup });
+  const choice = chooseFormat(linears, { bits, sym, actOrder: o.actOrder }, { format: auto ? undefined : o.format, groupSize: fixedGroup, accept });
   if (choice.held === 0) {
     const settings = { bits, sym, actOrder: o.actOrder, groupSize: choice.groupSize };
     const reasons = [...new Set(linears.map((l) => choice.format.canHold(l, settings)))].slice(0, 3).join("; ");
@@ -156,12 +164,17 @@ export function buildPlan(
   const src = openModel(modelDir);
   if (src.quant) throw new UsageError(`${modelDir} is already quantized (${src.quant.format.name}); quantize an fp16/bf16/fp32 checkpoint`);
   checkOutputLocation(modelDir, outDir, o.overwrite);
-  const r = resolveScheme(o, Array.from({ length: src.arch.nLayers }, () => src.arch.linears).flat());
+  const rules = [...o.skip.map(parseSkip), ...o.dynamic.map(parseDynamic)];
+  const overrides = overridesOf(rules);
+  const accept = (f: FormatSpec): string | null =>
+    o.outliers > 0 && !f.holdsOutliers ? `cannot hold outliers (--outliers needs --format quant4)` : overrides.length > 0 ? f.canHoldOverrides(overrides) : null;
+  const r = resolveScheme(o, Array.from({ length: src.arch.nLayers }, () => src.arch.linears).flat(), accept);
   const format = r.format;
   const seqlen = o.seqlen ?? Math.min(2048, src.arch.maxPositions);
   if (seqlen > src.arch.maxPositions) throw new UsageError(`--seqlen ${seqlen} exceeds the model's context of ${src.arch.maxPositions}`);
   // RTN needs no activations: it calibrates only when asked to (--calib), to measure output errors.
-  const calibrate = METHODS[o.method].needsCalibration || o.calib !== undefined;
+  // Outliers are chosen by activation saliency, so they need calibration too.
+  const calibrate = METHODS[o.method].needsCalibration || o.calib !== undefined || o.outliers > 0;
   let windows: Int32Array = new Int32Array(0);
   let text: TextSource | null = null;
   let calibTokens = 0;
@@ -190,6 +203,7 @@ export function buildPlan(
     model: fileFingerprint(src.ckpt.files).join(", "),
     method: o.method, bits: r.bits, groupSize: r.groupSize, sym: r.sym, actOrder: o.actOrder, staticGroups: o.staticGroups, damp: o.damp,
     format: format.name, seqlen, nsamples: calibrate ? o.nsamples : 0, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads, propagate: o.propagate,
+    outliers: o.outliers, rules: JSON.stringify(rules),
     calib: text ? `sha256 ${sha(text.text)}` : "none",
     calibWindows: sha(new Uint8Array(windows.buffer, windows.byteOffset, windows.byteLength)),
   };
@@ -212,6 +226,8 @@ export function buildPlan(
     resume: o.resume,
     overwrite: o.overwrite,
     propagate: o.propagate,
+    rules,
+    outlierFraction: o.outliers,
     calibName: text?.name ?? null,
     calibTokens,
     seed: o.seed,
@@ -228,10 +244,13 @@ export function buildPlan(
 
 export function describePlan(plan: ReturnType<typeof buildPlan>): Record<string, unknown> {
   const a = plan.src.arch;
+  // Block 0's Linears as the example; the counts cover every block (--dynamic/--skip may differ per block).
   const layers = a.linears.map((l) => {
-    const reason = skipReason(plan, l);
+    const reason = skipReason(plan, l, a.blockPrefix(0) + l.name);
     return { name: l.name, shape: [l.out, l.in], quantized: reason === null, reason };
   });
+  let quantizedLinears = 0;
+  for (let b = 0; b < a.nLayers; b++) for (const l of a.linears) if (skipReason(plan, l, a.blockPrefix(b) + l.name) === null) quantizedLinears++;
   const actBytes = plan.nsamples * plan.seqlen * a.hidden * (plan.actDtype === "fp32" ? 4 : 2);
   const maxIn = Math.max(...a.linears.map((l) => l.in));
   const blockParams = a.linears.reduce((s, l) => s + l.out * l.in, 0);
@@ -248,8 +267,10 @@ export function describePlan(plan: ReturnType<typeof buildPlan>): Record<string,
       ? { text: plan.calibName, sha256: plan.provenance?.calibration?.sha256 ?? null, tokens: plan.calibTokens, nsamples: plan.nsamples, seqlen: plan.seqlen, seed: plan.seed }
       : null,
     linearsPerBlock: layers,
-    quantizedLinears: layers.filter((l) => l.quantized).length * a.nLayers,
-    skippedLinears: layers.filter((l) => !l.quantized).length * a.nLayers,
+    quantizedLinears,
+    skippedLinears: a.nLayers * a.linears.length - quantizedLinears,
+    rules: plan.rules ?? [],
+    outlierFraction: plan.outlierFraction ?? 0,
     memoryEstimateBytes: { activations: 2 * actBytes, blockWeights: blockParams * 4, hessian: maxIn * maxIn * 4 * 2 },
   };
 }
@@ -295,6 +316,9 @@ export function registerQuantize(program: Command): void {
     .option("--static-groups", "GPTQ: compute group scales up front from the unquantized weights", false)
     .option("--damp <fraction>", "GPTQ: dampening added to the Hessian diagonal, as a fraction of its mean", "0.01")
     .option("--block-size <n>", "GPTQ: lazy-batch block of columns", "128")
+    .option("--outliers <fraction>", "keep this fraction of each Linear's most salient weights exactly in fp16 (e.g. 0.005); needs --format quant4 (auto picks it)", "0")
+    .option("--dynamic <rule>", "per-module override, GPTQModel syntax: '[+:]<regex>=bits:8,group:64,sym:false' or '-:<regex>' (skip); regex re.match-ed on full module names; repeatable, first match wins", collect, [])
+    .option("--skip <regex>", "keep matching modules fp16 (same as --dynamic '-:<regex>'); repeatable", collect, [])
     .option("--propagate <quantized|fp>", "what feeds the next block during calibration: the quantized block's outputs (default, as GPTQ) or the fp block's (as llm-awq)", "quantized")
     .option("--calib <name|file>", "calibration text: c4, wikitext2-valid, tinystories (bundled) or a .txt/.jsonl file (default: c4 for GPTQ; RTN calibrates only when given, to measure output errors)")
     .option("--text-encoding <utf8|latin1|utf16le>", "encoding of a --calib file (invalid UTF-8 or NUL bytes are refused; latin1 reads any bytes)", "utf8")

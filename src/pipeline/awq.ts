@@ -92,7 +92,7 @@ export function prepareAwqBlock(
   backend: Backend,
   w: BlockWeights,
   acts: ActivationStore,
-  opts: QuantOptions,
+  optsOf: (l: LinearSpec) => QuantOptions,
   quantized: (l: LinearSpec) => boolean,
   steps: { clip: boolean } = { clip: true },
 ): Map<string, AwqLinearInfo> {
@@ -120,7 +120,7 @@ export function prepareAwqBlock(
       const cand: BlockWeights = new Map(w);
       for (const n of pair.linears) {
         const l = spec.get(n)!;
-        if (quantized(l)) cand.set(`${n}.weight`, scaledFakeQuant(w.get(`${n}.weight`)!, l.out, l.in, s, opts));
+        if (quantized(l)) cand.set(`${n}.weight`, scaledFakeQuant(w.get(`${n}.weight`)!, l.out, l.in, s, optsOf(l)));
       }
       const got = moduleOutput(ctx, cand, pair, X, nWin, T);
       return got.reduce((acc, y, k) => acc + mse(ref[k]!, y), 0) / got.length;
@@ -157,7 +157,7 @@ export function prepareAwqBlock(
     const n = Math.ceil(rows / stride);
     const sample = new Float32Array(n * l.in);
     for (let t = 0; t < n; t++) sample.set(X.subarray(t * stride * l.in, (t * stride + 1) * l.in), t * l.in);
-    const r = searchClip(backend, w.get(`${l.name}.weight`)!, l.out, l.in, sample, n, opts);
+    const r = searchClip(backend, w.get(`${l.name}.weight`)!, l.out, l.in, sample, n, optsOf(l));
     w.set(`${l.name}.weight`, r.clipped);
     info.get(l.name)!.clipShrink = r.meanShrink;
   }

@@ -35,6 +35,10 @@ const layerStatSchema = z.object({
   clipShrink: z.number().optional(),
   /** AWQ: the relative output error plain RTN would have had (before scaling and clipping). */
   relErrorBefore: z.number().nullable().optional(),
+  /** Bit width of this Linear's codes (differs from the run's with --dynamic/--target-bits overrides). */
+  bits: z.number().optional(),
+  /** Sensitivity probes (--probe-bits): the relative output error the same method gives at other widths. */
+  probes: z.array(z.object({ bits: z.number(), relError: z.number() })).optional(),
 });
 export type LayerStat = z.infer<typeof layerStatSchema>;
 

@@ -24,6 +24,8 @@ import { embedTokens, loadBlockWeights, readFloat, unpackLinear, type ModelSourc
 import { InterruptedError, OutputError } from "../util/errors.js";
 import { prepareAwqBlock } from "./awq.js";
 import { METHODS, type MethodName } from "./methods.js";
+import { matchRule, moduleSettings, overridesOf, type ModuleRule } from "./rules.js";
+import { activationSaliency, outlierBudget, topKMask } from "../../algorithms/outliers.js";
 import { ActivationStore, type ActDtype } from "./activations.js";
 import { Journal, type LayerStat, type RunSettings } from "./journal.js";
 
@@ -60,6 +62,16 @@ export interface QuantizePlan {
   resume: boolean;
   /** Replace an existing non-empty output directory (unset: never replace one). */
   overwrite?: boolean;
+  /** Per-module rules (--dynamic, --skip), first match wins. */
+  rules?: ModuleRule[];
+  /** Fraction of each quantized Linear's weights kept exactly in fp16 (--outliers); 0 = none. */
+  outlierFraction?: number;
+  /**
+   * Sensitivity probes: for every quantized Linear, also measure the relative output error the same
+   * method would give at each of these bit widths (on the same working weights and Hessian; nothing of
+   * it is written). Feeds `quant4 sensitivity`, --target-bits and the gate's fallback.
+   */
+  probeBits?: number[];
 }
 
 export interface QuantizeEvents {
@@ -90,8 +102,15 @@ export interface QuantizeReport {
 }
 
 /** Why a Linear is kept in fp16 under this format and settings (null ⇒ it is quantized). */
-export function skipReason(plan: Pick<QuantizePlan, "format" | "settings">, l: LinearSpec): string | null {
-  return plan.format.canHold({ out: l.out, in: l.in }, plan.settings);
+export function skipReason(plan: Pick<QuantizePlan, "format" | "settings" | "rules">, l: LinearSpec, module: string): string | null {
+  const s = layerSettings(plan, module);
+  if (!s) return `skipped by the rule "-:${matchRule(plan.rules ?? [], module)!.pattern}" (--skip/--dynamic)`;
+  return plan.format.canHold({ out: l.out, in: l.in }, s);
+}
+
+/** The settings of one module (full name): the run's, with the first matching --dynamic override; null if skipped. */
+export function layerSettings(plan: Pick<QuantizePlan, "settings" | "rules">, module: string): QuantizePlan["settings"] | null {
+  return moduleSettings(plan.settings, plan.rules ?? [], module);
 }
 
 /** fp16 copy of a stored float tensor (embeddings, norms, fp16-kept linears keep their stored layout). */
@@ -241,22 +260,26 @@ async function quantizeBlock(
   const stats: LayerStat[] = [];
   const byName = new Map(a.linears.map((l) => [l.name, l]));
   const method = METHODS[plan.settings.method];
-  const opts = { bits: plan.settings.bits, groupSize: plan.settings.groupSize, sym: plan.settings.sym };
+  const reasonOf = (l: LinearSpec): string | null => skipReason(plan, l, prefix + l.name);
+  const optsOf = (l: LinearSpec): QuantOptions => {
+    const s = layerSettings(plan, prefix + l.name) ?? plan.settings;
+    return { bits: s.bits, groupSize: s.groupSize, sym: s.sym };
+  };
   // AWQ rewrites the working block (scales folded, weights clipped) before anything is quantized.
-  const awq = method.awq ? prepareAwqBlock(ctx, backend, w, acts, opts, (l) => skipReason(plan, l) === null) : null;
+  const awq = method.awq ? prepareAwqBlock(ctx, backend, w, acts, optsOf, (l) => reasonOf(l) === null) : null;
   if (awq) await checkpoint(events, i, a.nLayers);
   let done = 0;
   for (const group of a.sequentialGroups) {
     // The Linears of a group share one input (q/k/v, gate/up), hence one Hessian, fed by the group's first Linear.
     const hessian = plan.calibrate ? new GptqHessian(backend, byName.get(group[0]!)!.in) : null;
-    if (hessian && group.some((n) => skipReason(plan, byName.get(n)!) === null))
+    if (hessian && group.some((n) => reasonOf(byName.get(n)!) === null))
       collectLinearInputs(ctx, w, acts, group[0]!, (x, rows) => hessian.addBatch(x, rows));
     for (const name of group) {
       await checkpoint(events, i, a.nLayers);
       const l = byName.get(name)!;
       const full = prefix + name;
       const t0 = performance.now();
-      const reason = skipReason(plan, l);
+      const reason = reasonOf(l);
       let stat: LayerStat;
       if (reason) {
         tensors.push(...fromWorkingBlock(a, prefix, w, `${name}.weight`, plan.src.ckpt.info(`${full}.weight`).shape));
@@ -266,11 +289,16 @@ async function quantizeBlock(
       } else {
         const W = w.get(`${name}.weight`)!;
         const H = hessian?.H ?? null;
+        const opts = optsOf(l);
+        const fraction = plan.outlierFraction ?? 0;
+        // RTN/AWQ outliers: the budget's most salient weights by |w|·‖xᵢ‖ (GPTQ picks its own in its loop).
+        const mask = fraction > 0 && !method.gptq ? topKMask(activationSaliency(W, l.out, l.in, H!), outlierBudget(fraction, l.out, l.in)) : undefined;
         // Every algorithm's result carries the format-neutral layer; the pipeline reads only that.
         const r = (
           method.gptq
             ? gptqQuantize(backend, W, H!.slice(), l.out, l.in, {
                 ...opts,
+                outlierFraction: fraction,
                 damp: plan.settings.damp ?? 0.01,
                 blockSize: plan.blockSize,
                 actOrder: plan.settings.actOrder,
@@ -278,29 +306,27 @@ async function quantizeBlock(
                 name: full,
                 onWarning: (m) => events.onWarning?.(m),
               })
-            : quantizeRtn(W, l.out, l.in, opts)
+            : quantizeRtn(W, l.out, l.in, opts, mask)
         ).layer;
         const bias = l.bias ? roundToF16InPlace(w.get(`${name}.bias`)!.slice()) : undefined;
-        const layer: QuantizedLinear = {
-          name: full,
-          outFeatures: l.out,
-          inFeatures: l.in,
-          bits: opts.bits,
-          groupSize: opts.groupSize,
-          sym: opts.sym,
-          codes: r.codes,
-          scales: r.scales,
-          zeros: r.zeros,
-          gIdx: r.gIdx,
-          bias,
-        };
+        const layer: QuantizedLinear = { ...r, name: full, ...(bias ? { bias } : {}) };
         // The forward uses exactly what a reader of the output gets, so a resumed run is bit-identical.
         const Q = dequantize(layer);
         const relError = H ? relativeError(backend, W, Q, H, l.out, l.in) : null;
+        // Probes at other widths, before w's entry is replaced by Q below.
+        const probes = H && plan.probeBits?.length
+          ? plan.probeBits.map((bits) => {
+              const o = { ...opts, bits };
+              const q = method.gptq
+                ? gptqQuantize(backend, W, H.slice(), l.out, l.in, { ...o, damp: plan.settings.damp ?? 0.01, blockSize: plan.blockSize, actOrder: plan.settings.actOrder, staticGroups: plan.settings.staticGroups ?? false, outlierFraction: fraction }).layer
+                : quantizeRtn(W, l.out, l.in, o, mask).layer;
+              return { bits, relError: relativeError(backend, W, dequantize(q), H, l.out, l.in) };
+            })
+          : undefined;
         w.set(`${name}.weight`, Q);
         if (bias) w.set(`${name}.bias`, bias);
         tensors.push(...plan.format.pack(layer));
-        stat = { name: full, status: "quantized", relError, seconds: (performance.now() - t0) / 1000 };
+        stat = { name: full, status: "quantized", relError, seconds: (performance.now() - t0) / 1000, bits: opts.bits, ...(probes ? { probes } : {}) };
         const ai = awq?.get(name);
         if (ai) {
           if (ai.alpha !== undefined) stat.awqAlpha = ai.alpha;
@@ -341,11 +367,11 @@ function companionFiles(dir: string): string[] {
   return fs.readdirSync(dir).filter((f) => COMPANION.test(f) && fs.statSync(path.join(dir, f)).isFile());
 }
 
-export function outputConfig(plan: Pick<QuantizePlan, "src" | "format" | "settings" | "provenance">, skipped: string[]): Record<string, unknown> {
+export function outputConfig(plan: Pick<QuantizePlan, "src" | "format" | "settings" | "provenance" | "rules">, skipped: string[]): Record<string, unknown> {
   return {
     ...plan.src.config,
     torch_dtype: "float16",
-    quantization_config: plan.format.quantizationConfig(plan.settings, skipped),
+    quantization_config: plan.format.quantizationConfig(plan.settings, skipped, overridesOf(plan.rules ?? [])),
     ...(plan.provenance ? { quant4: plan.provenance } : {}),
   };
 }
@@ -462,7 +488,7 @@ function assembleOutput(plan: QuantizePlan, journal: Journal, skipped: string[])
     throw e;
   }
   atomicWriteFile(path.join(staging, "config.json"), JSON.stringify(outputConfig(plan, skipped), null, 2) + "\n");
-  for (const [name, content] of Object.entries(plan.format.sidecarFiles(plan.settings, skipped)))
+  for (const [name, content] of Object.entries(plan.format.sidecarFiles(plan.settings, skipped, overridesOf(plan.rules ?? []))))
     atomicWriteFile(path.join(staging, name), content);
   for (const f of companionFiles(src.dir)) fs.copyFileSync(path.join(src.dir, f), path.join(staging, f));
   journal.assertLocked(); // only the lock holder moves its output into place

@@ -65,9 +65,17 @@ const gs = (g: number): string => (g === -1 ? "per row" : `g${g}`);
 export function chooseFormat(
   linears: readonly LinearDims[],
   s: Pick<QuantSettings, "bits" | "sym" | "actOrder">,
-  fixed: { format?: string; groupSize?: number },
+  fixed: { format?: string; groupSize?: number; accept?: (f: FormatSpec) => string | null },
 ): FormatChoice {
-  const formats = fixed.format !== undefined ? [getFormat(fixed.format)] : [...FORMATS];
+  // Formats that cannot hold what the run needs (outliers, per-module settings) are not candidates.
+  const why = (f: FormatSpec): string | null => fixed.accept?.(f) ?? null;
+  if (fixed.format !== undefined) {
+    const f = getFormat(fixed.format);
+    const no = why(f);
+    if (no) throw new UsageError(`--format ${f.name}: ${no}`);
+  }
+  const formats = fixed.format !== undefined ? [getFormat(fixed.format)] : FORMATS.filter((f) => why(f) === null);
+  if (formats.length === 0) throw new UsageError(`no output format can hold this run: ${FORMATS.map((f) => `${f.name}: ${why(f)}`).join("; ")}`);
   const groups = fixed.groupSize !== undefined ? [fixed.groupSize] : [...AUTO_GROUP_SIZES];
   const tried: { format: FormatSpec; groupSize: number; held: number }[] = [];
   for (const groupSize of groups)

@@ -1,6 +1,6 @@
 // What a quantize run produced, measured from the written files (not from the settings): size before
 // and after, bits per quantized weight (codes, scales, zeros, g_idx as stored, per the format's own
-// tensor declarations), bits per parameter of the whole checkpoint, and the worst layers.
+// tensors), bits per parameter of the whole checkpoint, and the worst layers.
 
 import fs from "node:fs";
 import { Checkpoint } from "../io/checkpoint.js";
@@ -35,13 +35,13 @@ export function measureOutput(sourceFiles: string[], outDir: string, format: For
       for (const l of arch.linears) {
         const prefix = arch.blockPrefix(b) + l.name;
         if (!format.isQuantized(prefix, (n) => ckpt.has(n))) continue;
-        const s = format.settingsFromConfig(quantConfig, prefix);
-        if (!s) continue;
-        for (const p of format.paramInfo(prefix, { out: l.out, in: l.in }, s)) {
-          if (!ckpt.has(p.name)) continue; // optional tensors (e.g. a g_idx a format may omit)
-          const info = ckpt.info(p.name);
+        if (!format.settingsFromConfig(quantConfig, prefix)) continue;
+        // Everything the module stores except its bias: codes, scales, zeros, g_idx, shape, outliers.
+        for (const n of ckpt.names()) {
+          if (!n.startsWith(`${prefix}.`) || n === `${prefix}.bias` || n.slice(prefix.length + 1).includes(".")) continue;
+          const info = ckpt.info(n);
           packedBits += 8 * info.shape.reduce((x, y) => x * y, 1) * DTYPE_SIZE[info.dtype];
-          packed.add(p.name);
+          packed.add(n);
         }
         quantizedWeights += l.out * l.in;
       }
