@@ -4,15 +4,14 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { DTYPES, DTYPE_SIZE, type DType, type TensorToWrite } from "../src/io/types.js";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, toFloat32, typedView } from "../src/io/dtype.js";
-import { SafetensorsFile, assertFinite } from "../src/io/safetensors.js";
+import { MAX_TENSORS, SafetensorsFile, assertFinite } from "../src/io/safetensors.js";
 import { Checkpoint } from "../src/io/checkpoint.js";
 import { ShardedWriter, atomicWriteFile, writeSafetensors } from "../src/io/writer.js";
 import { FileFormatError, ModelError, OutputError } from "../src/util/errors.js";
 import { mulberry32 } from "../src/calibration/sampler.js";
+import { BROWN, STORIES_SHARED, STORIES_VENDORED, hasShared, runCli, stderrLines, withShared } from "./helpers.js";
 
-const SHARED = path.resolve(import.meta.dirname, "../../shared");
-const STORIES = path.join(SHARED, "models/stories260K/model.safetensors");
-const BROWN = path.join(SHARED, "models/brown-llama/model.safetensors");
+const SINGLE = "model.safetensors";
 
 let root: string;
 let counter = 0;
@@ -408,8 +407,32 @@ describe("ShardedWriter + Checkpoint", () => {
 
 // ---------------------------------------------------------------------------------------------
 
-describe("real checkpoints", () => {
+describe("vendored checkpoint", () => {
+  it("stories260K opens, its tensors tile the data region exactly, and reads the same through Checkpoint", () => {
+    const file = path.join(STORIES_VENDORED, SINGLE);
+    const f = SafetensorsFile.open(file);
+    try {
+      expect(f.tensors.size).toBe(47);
+      const spans = [...f.tensors.values()].sort((a, b) => a.begin - b.begin);
+      expect(spans[0]!.begin).toBe(f.dataStart);
+      for (let i = 1; i < spans.length; i++) expect(spans[i]!.begin).toBe(spans[i - 1]!.end);
+      expect(spans.at(-1)!.end).toBe(f.size);
+      const ck = Checkpoint.open(STORIES_VENDORED);
+      try {
+        expect(ck.files).toEqual([file]);
+        for (const name of ["model.embed_tokens.weight", "model.norm.weight"]) expect(ck.readRaw(name)).toEqual(f.readRaw(name));
+      } finally {
+        ck.close();
+      }
+    } finally {
+      f.close();
+    }
+  });
+});
+
+describe.skipIf(!hasShared)(withShared("real checkpoints"), () => {
   it("reads stories260K (fp32)", () => {
+    const STORIES = path.join(STORIES_SHARED, SINGLE);
     const f = SafetensorsFile.open(STORIES);
     try {
       const info = f.tensors.get("model.embed_tokens.weight")!;
@@ -430,7 +453,7 @@ describe("real checkpoints", () => {
   });
 
   it("reads brown-llama (fp16) and decodes finite values", () => {
-    const ck = Checkpoint.open(path.dirname(BROWN));
+    const ck = Checkpoint.open(BROWN);
     try {
       expect(ck.info("model.embed_tokens.weight").shape).toEqual([4096, 256]);
       expect(ck.info("model.embed_tokens.weight").dtype).toBe("F16");
@@ -439,7 +462,7 @@ describe("real checkpoints", () => {
         const w = ck.readF32(name);
         const info = ck.info(name);
         expect(w.length).toBe(info.shape.reduce((a, b) => a * b, 1));
-        assertFinite(name, w, BROWN);
+        assertFinite(name, w, path.join(BROWN, SINGLE));
         for (const v of w) maxAbs = Math.max(maxAbs, Math.abs(v));
       }
       expect(maxAbs).toBeGreaterThan(0);
@@ -499,7 +522,7 @@ describe("corrupt files", () => {
     const p = craft(path.join(freshDir(), "j.safetensors"), '{"a": {"dtype": "F32",', 0);
     expectFormatError(() => SafetensorsFile.open(p), p, /header is not valid JSON: /);
     const q = craft(path.join(freshDir(), "k.safetensors"), "[1,2]", 0);
-    expectFormatError(() => SafetensorsFile.open(q), q, /header is not a JSON object/);
+    expectFormatError(() => SafetensorsFile.open(q), q, /header does not start with "\{" \(first byte 0x5b\)/);
     const r = path.join(freshDir(), "u.safetensors");
     const len = Buffer.alloc(8);
     len.writeBigUInt64LE(4n);
@@ -551,6 +574,328 @@ describe("corrupt files", () => {
     const nofile = path.join(root, "nope.safetensors");
     expectFormatError(() => SafetensorsFile.open(nofile), nofile, /file not found/);
   });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+/** Add `delta` to the u64 header length of `file` in place; returns the original length. */
+function shiftHeaderLen(file: string, delta: number): number {
+  const b = fs.readFileSync(file);
+  const n = Number(b.readBigUInt64LE(0));
+  b.writeBigUInt64LE(BigInt(n + delta), 0);
+  fs.writeFileSync(file, b);
+  return n;
+}
+
+describe("the tensors must tile the data region exactly", () => {
+  it("a header length n−k that the JSON's trailing spaces absorb is refused, not read k bytes early", () => {
+    const src = path.join(STORIES_VENDORED, SINGLE);
+    const orig = fs.readFileSync(src);
+    const n = Number(orig.readBigUInt64LE(0));
+    const pad = n - orig.subarray(8, 8 + n).toString("utf8").trimEnd().length;
+    expect(pad).toBe(4); // the vendored file's header ends in 4 spaces: n−1..n−4 still parse as JSON
+    for (let k = 1; k <= pad; k++) {
+      const p = path.join(freshDir(), SINGLE);
+      fs.copyFileSync(src, p);
+      shiftHeaderLen(p, -k);
+      const err = expectFormatError(
+        () => SafetensorsFile.open(p),
+        p,
+        new RegExp(`data region has ${k} trailing bytes not covered by any tensor`),
+        /tensors end at data offset 1040128/,
+        /wrong header length or offsets/,
+      );
+      expect(err.message).not.toMatch(/\n/);
+      expectFormatError(() => Checkpoint.open(path.dirname(p)), p, /trailing bytes not covered/);
+    }
+    // One byte more and the JSON itself is cut; a longer length swallows tensor bytes into the header.
+    for (const delta of [-(pad + 1), 1, 4, 8]) {
+      const p = path.join(freshDir(), SINGLE);
+      fs.copyFileSync(src, p);
+      shiftHeaderLen(p, delta);
+      expectFormatError(() => SafetensorsFile.open(p), p, /header is not valid (JSON|UTF-8)/);
+    }
+  });
+
+  it("a gap between tensors names both tensors and the gap", () => {
+    const p = craft(path.join(freshDir(), "gap.safetensors"), {
+      a: { dtype: "F32", shape: [4], data_offsets: [0, 16] },
+      b: { dtype: "F16", shape: [4], data_offsets: [20, 28] },
+    }, 28);
+    expectFormatError(() => SafetensorsFile.open(p), p, /gap of 4 bytes between tensors "a" \(data \[0, 16\)\) and "b" \(data \[20, 28\)\)/, /not covered by any tensor/);
+  });
+
+  it("a first tensor that does not start at offset 0", () => {
+    const p = craft(path.join(freshDir(), "first.safetensors"), {
+      b: { dtype: "F16", shape: [4], data_offsets: [24, 32] },
+      a: { dtype: "F32", shape: [4], data_offsets: [4, 20] },
+      c: { dtype: "I32", shape: [1], data_offsets: [20, 24] },
+    }, 32);
+    expectFormatError(() => SafetensorsFile.open(p), p, /first tensor "a" starts at data offset 4, not 0/, /4 bytes at the start of the data region are not covered/);
+  });
+
+  it("trailing bytes after the last tensor, and data with no tensors at all", () => {
+    const good = { a: { dtype: "F32", shape: [2, 2], data_offsets: [0, 16] }, b: { dtype: "F16", shape: [4], data_offsets: [16, 24] } };
+    const p = craft(path.join(freshDir(), "tail.safetensors"), good, 27);
+    expectFormatError(() => SafetensorsFile.open(p), p, /data region has 3 trailing bytes not covered by any tensor \(tensors end at data offset 24, the data region is 27 bytes/);
+    const q = craft(path.join(freshDir(), "none.safetensors"), { __metadata__: { format: "pt" } }, 5);
+    expectFormatError(() => SafetensorsFile.open(q), q, /5 trailing bytes not covered by any tensor \(the header lists no tensors/);
+  });
+
+  it("out-of-order entries and zero-size tensors at tensor boundaries are fine; a zero-size tensor inside another is not", () => {
+    const data = Buffer.from(Array.from({ length: 24 }, (_, i) => i + 1));
+    const len = (h: string): Buffer => {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64LE(BigInt(Buffer.byteLength(h)));
+      return b;
+    };
+    const header = JSON.stringify({
+      b: { dtype: "U8", shape: [8], data_offsets: [16, 24] },
+      e0: { dtype: "F32", shape: [0], data_offsets: [0, 0] },
+      a: { dtype: "F32", shape: [2, 2], data_offsets: [0, 16] },
+      e1: { dtype: "F16", shape: [3, 0], data_offsets: [16, 16] },
+      e2: { dtype: "I64", shape: [0], data_offsets: [24, 24] },
+    });
+    const p = path.join(freshDir(), "ok.safetensors");
+    fs.writeFileSync(p, Buffer.concat([len(header), Buffer.from(header), data]));
+    const f = SafetensorsFile.open(p);
+    try {
+      expect(f.names()).toEqual(["b", "e0", "a", "e1", "e2"]);
+      expect(f.readRaw("a")).toEqual(new Uint8Array(data.subarray(0, 16)));
+      expect(f.readRaw("b")).toEqual(new Uint8Array(data.subarray(16, 24)));
+      expect(f.readRaw("e1").length).toBe(0);
+      expect(f.readF32("e2").length).toBe(0);
+    } finally {
+      f.close();
+    }
+    const inside = JSON.stringify({
+      a: { dtype: "F32", shape: [2, 2], data_offsets: [0, 16] },
+      e: { dtype: "F32", shape: [0], data_offsets: [8, 8] },
+      b: { dtype: "U8", shape: [8], data_offsets: [16, 24] },
+    });
+    const q = path.join(freshDir(), "inside.safetensors");
+    fs.writeFileSync(q, Buffer.concat([len(inside), Buffer.from(inside), data]));
+    expectFormatError(() => SafetensorsFile.open(q), q, /tensors "a" and "e" overlap \(data \[0, 16\) and \[8, 8\)\)/);
+    // An empty tensor past the end of the data is past the end of the file.
+    const past = JSON.stringify({ a: { dtype: "U8", shape: [24], data_offsets: [0, 24] }, e: { dtype: "U8", shape: [0], data_offsets: [30, 30] } });
+    const r = path.join(freshDir(), "past.safetensors");
+    fs.writeFileSync(r, Buffer.concat([len(past), Buffer.from(past), data]));
+    expectFormatError(() => SafetensorsFile.open(r), r, /tensor "e" data \[30, 30\) extends past end of file/);
+  });
+
+  it("everything our writer produces tiles exactly: empty tensors first, between, last, and only empty tensors", () => {
+    const dir = freshDir();
+    const rnd = mulberry32(5);
+    const empty = (name: string, dtype: DType): TensorToWrite => ({ name, dtype, shape: [0, 3], data: new Uint8Array(0) });
+    const sets: TensorToWrite[][] = [
+      [empty("e0", "F32"), randomTensor("a", "F32", [3, 5], rnd), empty("e1", "BF16"), randomTensor("b", "I8", [7], rnd), empty("e2", "I64")],
+      [empty("only", "F16"), empty("only2", "U8")],
+      [randomTensor("x", "F16", [1], rnd)],
+    ];
+    sets.forEach((tensors, i) => {
+      const p = path.join(dir, `w${i}.safetensors`);
+      writeSafetensors(p, tensors, { format: "pt" });
+      const f = SafetensorsFile.open(p);
+      try {
+        for (const t of tensors) expect(f.readRaw(t.name)).toEqual(bytes(t.data));
+      } finally {
+        f.close();
+      }
+    });
+  });
+});
+
+describe("a directory where a .safetensors file is expected", () => {
+  it("SafetensorsFile.open and Checkpoint.open on a directory named model.safetensors", () => {
+    const dir = freshDir();
+    const p = path.join(dir, SINGLE);
+    fs.mkdirSync(p);
+    expectFormatError(() => SafetensorsFile.open(p), p, /^[^:]+: is a directory, expected a \.safetensors file$/);
+    expectFormatError(() => Checkpoint.open(dir), p, /is a directory, expected a \.safetensors file/);
+    expectFormatError(() => Checkpoint.open(p), p, /is a directory, expected a \.safetensors file/);
+    expectFormatError(() => Checkpoint.open(`${p}/`), `${p}/`, /is a directory, expected a \.safetensors file/);
+  });
+
+  it("a globbed *.safetensors that is a directory", () => {
+    const dir = freshDir();
+    writeSafetensors(path.join(dir, "a.safetensors"), [{ name: "w", dtype: "F32", shape: [1], data: Float32Array.of(1) }]);
+    fs.mkdirSync(path.join(dir, "b.safetensors"));
+    expectFormatError(() => Checkpoint.open(dir), path.join(dir, "b.safetensors"), /is a directory, expected a \.safetensors file/);
+  });
+
+  it("a shard in the index that is a directory, and an index that is a directory", () => {
+    const dir = freshDir();
+    const w = new ShardedWriter(dir, { maxShardBytes: 64 });
+    for (let i = 0; i < 3; i++) w.add({ name: `t${i}`, dtype: "F32", shape: [16], data: new Float32Array(16) });
+    const { files, index } = w.finish();
+    fs.unlinkSync(files[2]!);
+    fs.mkdirSync(files[2]!);
+    expectFormatError(() => Checkpoint.open(dir), files[2]!, /is a directory, expected a \.safetensors file/);
+
+    const dir2 = freshDir();
+    fs.mkdirSync(path.join(dir2, path.basename(index!)));
+    expectFormatError(() => Checkpoint.open(dir2), path.join(dir2, path.basename(index!)), /is a directory, expected a JSON shard index/);
+  });
+
+  it.skipIf(process.platform === "win32")("a FIFO is refused at once instead of blocking", async () => {
+    const { execFileSync } = await import("node:child_process");
+    const p = path.join(freshDir(), SINGLE);
+    try {
+      execFileSync("mkfifo", [p]);
+    } catch {
+      return; // no mkfifo on this system
+    }
+    // Hold the FIFO open read-write ourselves, so a reader that forgot to refuse FIFOs gets a wrong answer
+    // (and this test fails) instead of blocking the test run forever in open().
+    const holder = fs.openSync(p, "r+");
+    try {
+      expectFormatError(() => SafetensorsFile.open(p), p, /not a regular file/);
+    } finally {
+      fs.closeSync(holder);
+    }
+  });
+});
+
+describe("duplicate keys and header hygiene", () => {
+  const entry = (begin: number, end: number): string => `{"dtype":"F32","shape":[${(end - begin) / 4}],"data_offsets":[${begin},${end}]}`;
+
+  it("a tensor listed twice is refused (JSON.parse would keep only the last)", () => {
+    const p = craft(path.join(freshDir(), "dup.safetensors"), `{"a":${entry(0, 8)},"b":${entry(8, 16)},"a":${entry(0, 8)}}`, 16);
+    expectFormatError(() => SafetensorsFile.open(p), p, /tensor "a" is listed twice in the header/);
+    // The last copy is the consistent one here: without the check this file would open.
+    const q = craft(path.join(freshDir(), "dup2.safetensors"), `{"a":${entry(8, 16)},"b":${entry(8, 16)},"a":${entry(0, 8)}}`, 16);
+    expectFormatError(() => SafetensorsFile.open(q), q, /tensor "a" is listed twice/);
+  });
+
+  it("a key twice inside an entry or in __metadata__ is refused", () => {
+    const p = craft(path.join(freshDir(), "k.safetensors"), `{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,16],"data_offsets":[0,8]},"b":${entry(8, 16)}}`, 16);
+    expectFormatError(() => SafetensorsFile.open(p), p, /tensor "a": key "data_offsets" appears twice in its header entry/);
+    const q = craft(path.join(freshDir(), "m.safetensors"), `{"__metadata__":{"k":"1","k":"2"},"a":${entry(0, 8)}}`, 8);
+    expectFormatError(() => SafetensorsFile.open(q), q, /"__metadata__": key "k" appears twice/);
+    const r = craft(path.join(freshDir(), "mm.safetensors"), `{"__metadata__":{},"a":${entry(0, 8)},"__metadata__":{}}`, 8);
+    expectFormatError(() => SafetensorsFile.open(r), r, /"__metadata__" appears twice in the header/);
+  });
+
+  it("quotes, backslashes, colons and braces inside names and metadata do not confuse the duplicate check", () => {
+    const dir = freshDir();
+    const p = path.join(dir, "odd.safetensors");
+    const names = ['we"ird:{[name]}', "back\\slash\\", "ünï:cødé", "a,b:c"];
+    writeSafetensors(
+      p,
+      names.map((name, i) => ({ name, dtype: "I32" as const, shape: [i + 1], data: Int32Array.from({ length: i + 1 }, (_, j) => j * 7 - i) })),
+      { config: JSON.stringify({ a: { b: [1, 2, { c: "d:e" }] } }), "k\"ey:": "v\\\"al" },
+    );
+    const f = SafetensorsFile.open(p);
+    try {
+      expect(f.names()).toEqual(names);
+      expect(f.metadata["k\"ey:"]).toBe("v\\\"al");
+      expect([...f.readTyped("a,b:c")]).toEqual([-3, 4, 11, 18]);
+    } finally {
+      f.close();
+    }
+    // "__proto__" is an ordinary tensor name to the reader (JSON.parse makes it an own key).
+    const q = craft(path.join(dir, "proto.safetensors"), '{"__proto__":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"x":{"dtype":"U8","shape":[1],"data_offsets":[2,3]}}', 3);
+    const g = SafetensorsFile.open(q);
+    try {
+      expect(g.names()).toEqual(["__proto__", "x"]);
+      expect(g.info("__proto__").end - g.info("__proto__").begin).toBe(2);
+    } finally {
+      g.close();
+    }
+    const r = craft(path.join(dir, "proto2.safetensors"), '{"__proto__":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"__proto__":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', 1);
+    expectFormatError(() => SafetensorsFile.open(r), r, /tensor "__proto__" is listed twice/);
+  });
+
+  it("a header that does not start with '{' (leading space, byte-order mark)", () => {
+    const good = JSON.stringify({ a: { dtype: "F32", shape: [1], data_offsets: [0, 4] } });
+    const p = craft(path.join(freshDir(), "sp.safetensors"), ` ${good}`, 4);
+    expectFormatError(() => SafetensorsFile.open(p), p, /header does not start with "\{" \(first byte 0x20\)/);
+    const q = craft(path.join(freshDir(), "bom.safetensors"), `\ufeff${good}`, 4);
+    expectFormatError(() => SafetensorsFile.open(q), q, /first byte 0xef/);
+  });
+
+  it("malformed entries get one line naming the tensor and the field, even with a newline in the name", () => {
+    const cases: [unknown, RegExp][] = [
+      [{ "x\ny": { dtype: "F32", shape: [1], data_offsets: [0, 4] }, z: 3 }, /tensor "z": header entry must be an object with "dtype", "shape" and "data_offsets" \(got 3\)/],
+      [{ "x\ny": { shape: [1], data_offsets: [0, 4] } }, /tensor "x\\ny": header entry has no "dtype"/],
+      [{ w: { dtype: 32, shape: [1], data_offsets: [0, 4] } }, /unknown dtype 32 for tensor "w"/],
+      [{ w: { dtype: "toString", shape: [1], data_offsets: [0, 4] } }, /unknown dtype "toString"/],
+      [{ w: { dtype: "F32", shape: [1.5], data_offsets: [0, 4] } }, /tensor "w": shape must be an array of non-negative integers \(got \[1.5\]\)/],
+      [{ w: { dtype: "F32", shape: "1", data_offsets: [0, 4] } }, /tensor "w": shape must be/],
+      [{ w: { dtype: "F32", shape: [1], data_offsets: [0, 4, 8] } }, /tensor "w": data_offsets must be \[begin, end\]/],
+      [{ w: { dtype: "F32", shape: [1], data_offsets: [0, 2 ** 60] } }, /tensor "w": data_offsets must be/],
+      [{ w: { dtype: "F32", shape: [2 ** 30, 2 ** 30, 2 ** 30], data_offsets: [0, 4] } }, /tensor "w" shape \[1073741824, 1073741824, 1073741824\] is too large/],
+      [{ w: { dtype: "F32", shape: Array(40).fill(1), data_offsets: [0, 8] } }, /\[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, \.\.\. \(40 dims\)\] F32 \(4 bytes\)/],
+      [{ w: { dtype: "F32", shape: [0], data_offsets: [0, 4] } }, /shape \[0\] F32 \(0 bytes\) but data_offsets \[0, 4\) span 4 bytes/],
+      [{ __metadata__: ["a"], w: { dtype: "F32", shape: [1], data_offsets: [0, 4] } }, /"__metadata__" must be an object mapping strings to strings \(got \["a"\]\)/],
+      [{ __metadata__: { n: null }, w: { dtype: "F32", shape: [1], data_offsets: [0, 4] } }, /value of "n" is null/],
+    ];
+    for (const [header, re] of cases) {
+      const p = craft(path.join(freshDir(), "m.safetensors"), header, 4);
+      const err = expectFormatError(() => SafetensorsFile.open(p), p, re);
+      expect(err.message).not.toMatch(/[\n\r]/);
+    }
+    const q = craft(path.join(freshDir(), "nl.safetensors"), '{"a":\n tru\n}', 0);
+    const err = expectFormatError(() => SafetensorsFile.open(q), q, /header is not valid JSON/);
+    expect(err.message).not.toMatch(/[\n\r]/);
+  });
+});
+
+describe("tensor count limit", () => {
+  it(`a header declaring more than ${MAX_TENSORS} entries is refused fast, before parsing`, () => {
+    const p = path.join(freshDir(), "many.safetensors");
+    // 1.2M members of 5 bytes each ("":0,): the count is checked on the raw bytes, before JSON.parse.
+    const header = Buffer.from(`{${'"":0,'.repeat(1_200_000)}"":0}`);
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(header.length));
+    fs.writeFileSync(p, Buffer.concat([len, header]));
+    const t0 = performance.now();
+    expectFormatError(() => SafetensorsFile.open(p), p, new RegExp(`header lists more than ${MAX_TENSORS} tensors \\(the limit per file`));
+    expect(performance.now() - t0).toBeLessThan(2000); // ~60 ms here; seconds and gigabytes before the limit
+  });
+});
+
+describe("CLI: a damaged checkpoint is one error line", () => {
+  function snapshot(dir: string): string[] {
+    return fs.readdirSync(dir, { recursive: true, encoding: "utf8" }).sort().map((f) => {
+      const full = path.join(dir, f);
+      const st = fs.statSync(full);
+      return `${f} ${st.isDirectory() ? "dir" : `${st.size} ${st.mtimeMs}`}`;
+    });
+  }
+  function copyVendored(): string {
+    const dir = path.join(freshDir(), "stories260K");
+    fs.cpSync(STORIES_VENDORED, dir, { recursive: true });
+    return dir;
+  }
+  async function expectOneLine(dir: string, file: string, detail: RegExp): Promise<void> {
+    const before = snapshot(dir);
+    const r = await runCli(["inspect", dir]);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe("");
+    const lines = stderrLines(r);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]!.startsWith(`quant4: error: ${file}: `)).toBe(true);
+    expect(lines[0]).toMatch(detail);
+    expect(r.stderr).not.toMatch(/^\s+at /m);
+    expect(r.stderr).not.toMatch(/internal error/);
+    expect(snapshot(dir)).toEqual(before);
+  }
+
+  it("inspect on stories260K with the header length rewritten as n−4", async () => {
+    const dir = copyVendored();
+    const file = path.join(dir, SINGLE);
+    shiftHeaderLen(file, -4);
+    await expectOneLine(dir, file, /data region has 4 trailing bytes not covered by any tensor/);
+  }, 60_000);
+
+  it("inspect on stories260K whose model.safetensors is a directory", async () => {
+    const dir = copyVendored();
+    const file = path.join(dir, SINGLE);
+    fs.rmSync(file);
+    fs.mkdirSync(file);
+    await expectOneLine(dir, file, /is a directory, expected a \.safetensors file$/);
+  }, 60_000);
 });
 
 // ---------------------------------------------------------------------------------------------

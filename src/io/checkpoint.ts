@@ -44,8 +44,12 @@ export class Checkpoint {
     let st: fs.Stats;
     try {
       st = fs.statSync(dir);
-    } catch {
-      throw new FileFormatError(dir, `checkpoint directory does not exist; ${EXPECTED}`);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "ENOENT" || code === "ENOTDIR") {
+        throw new FileFormatError(dir, `checkpoint directory does not exist; ${EXPECTED}`);
+      }
+      throw new FileFormatError(dir, `cannot access (${code === "EACCES" || code === "EPERM" ? "permission denied" : (e as Error).message})`);
     }
     if (st.isFile()) {
       if (!dir.endsWith(".safetensors")) throw new FileFormatError(dir, `not a checkpoint directory; ${EXPECTED}`);
@@ -66,6 +70,10 @@ export class Checkpoint {
       throw new FileFormatError(dir, `cannot list directory (${(e as Error).message})`);
     }
     const found = entries.filter((f) => f.endsWith(".safetensors")).sort();
+    if (found.length === 0 && dir.replace(/[\\/]+$/, "").endsWith(".safetensors")) {
+      // A directory where a .safetensors file was meant (e.g. a failed download left model.safetensors/).
+      throw new FileFormatError(dir, "is a directory, expected a .safetensors file");
+    }
     if (found.length === 0) {
       const bins = entries.filter((f) => /\.(bin|pt|pth)$/.test(f));
       const seen = bins.length ? ` (found ${bins.slice(0, 3).join(", ")}${bins.length > 3 ? ", ..." : ""})` : "";
@@ -97,9 +105,21 @@ export class Checkpoint {
   }
 
   private static fromIndex(dir: string, indexPath: string): Checkpoint {
+    let text: string;
+    try {
+      text = fs.readFileSync(indexPath, "utf8");
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new FileFormatError(
+        indexPath,
+        code === "EISDIR" ? "is a directory, expected a JSON shard index"
+        : code === "EACCES" || code === "EPERM" ? "permission denied"
+        : `cannot read (${(e as Error).message})`,
+      );
+    }
     let json: unknown;
     try {
-      json = JSON.parse(fs.readFileSync(indexPath, "utf8"));
+      json = JSON.parse(text);
     } catch (e) {
       throw new FileFormatError(indexPath, `not valid JSON: ${(e as Error).message}`);
     }
