@@ -7,6 +7,7 @@ import { registerEvalPpl } from "../src/cli/eval-ppl.js";
 import { registerGenerate } from "../src/cli/generate.js";
 import { registerInspect } from "../src/cli/inspect.js";
 import { registerQuantize } from "../src/cli/quantize.js";
+import { registerSensitivity } from "../src/cli/sensitivity.js";
 import { EXIT_ERROR, EXIT_OK, reportStdoutError } from "../src/cli/common.js";
 import { VERSION } from "../src/version.js";
 
@@ -30,6 +31,7 @@ registerInspect(program);
 registerGenerate(program);
 registerEvalPpl(program);
 registerQuantize(program);
+registerSensitivity(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -12,7 +12,7 @@ import { VERSION } from "../version.js";
 import { formatNames, getFormat, type FormatSpec } from "../../formats/index.js";
 import { chooseFormat, getScheme, SCHEMES, schemeNames } from "../pipeline/schemes.js";
 import { METHOD_NAMES, METHODS, type MethodName } from "../pipeline/methods.js";
-import { overridesOf, parseDynamic, parseSkip } from "../pipeline/rules.js";
+import { overridesOf, parseDynamic, parseSkip, type ModuleRule } from "../pipeline/rules.js";
 import { openModel } from "../model/model.js";
 import { outputConfig, runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
 import { measureOutput, worstLayers, type OutputMeasure } from "../pipeline/summary.js";
@@ -20,7 +20,8 @@ import type { LayerStat } from "../pipeline/journal.js";
 import { settingsKeyOf } from "../pipeline/journal.js";
 import { loadTokenizer } from "../tokenizer/index.js";
 import { OutputError, UsageError } from "../util/errors.js";
-import { progressMode, restoreCursor, startDualProgress, startStatus } from "../util/progress.js";
+import { progressMode, restoreCursor, startDualProgress, startStatus, type ProgressMode } from "../util/progress.js";
+import type { Backend } from "../compute/backend.js";
 import { action, EXIT_INTERRUPTED, writeStdout, resolveModelArg, deviceSchema, fmtBytes, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
 
 /** commander collector for repeatable options. */
@@ -37,8 +38,11 @@ export function parseSize(s: string, flag = "--max-shard-size"): number {
   return Math.floor(v);
 }
 
-const optionsSchema = z
-  .object({
+/**
+ * Options shared by `quantize` and `sensitivity` (method, scheme, calibration, format…): declared once
+ * here, as schema fields (methodOptionFields) and as commander options (addMethodOptions).
+ */
+const methodOptionFields = {
     method: z.enum(METHOD_NAMES as [MethodName, ...MethodName[]]).default("gptq"),
     propagate: z.enum(["quantized", "fp"]).default("quantized"),
     outliers: numOpt().min(0).max(0.2).default(0),
@@ -59,14 +63,25 @@ const optionsSchema = z
     seed: intOpt(0).default(0),
     format: z.string().default("auto"),
     actDtype: z.enum(["fp32", "fp16"]).default("fp32"),
-    maxShardSize: z.string().default("4GB"),
     maxMemory: z.string().optional(),
-    resume: z.boolean().default(false),
-    overwrite: z.boolean().default(false),
     json: z.boolean().default(false),
-    dryRun: z.boolean().default(false),
     device: deviceSchema,
     threads: intOpt(1).optional(),
+};
+
+const optionsSchema = z
+  .object({
+    ...methodOptionFields,
+    maxShardSize: z.string().default("4GB"),
+    resume: z.boolean().default(false),
+    overwrite: z.boolean().default(false),
+    dryRun: z.boolean().default(false),
+    targetBits: numOpt().min(2).max(16).optional(),
+    gateText: z.string().optional(),
+    gateSeqlen: intOpt(2).optional(),
+    gateMaxWindows: intOpt(1).optional(),
+    gateMaxIncrease: numOpt().min(0).optional(),
+    gateRetries: intOpt(0).default(3),
   })
   .strict();
 export type QuantizeCliOptions = z.infer<typeof optionsSchema>;
@@ -276,7 +291,7 @@ export function describePlan(plan: ReturnType<typeof buildPlan>): Record<string,
 }
 
 /** The dry-run plan for a terminal: one line per fact, one per Linear of a block. */
-function formatPlan(plan: ReturnType<typeof buildPlan>, d: ReturnType<typeof describePlan>): string {
+export function formatPlan(plan: ReturnType<typeof buildPlan>, d: ReturnType<typeof describePlan>): string {
   const a = plan.src.arch;
   const s = plan.settings;
   const mem = d["memoryEstimateBytes"] as Record<string, number>;
@@ -300,14 +315,14 @@ function formatPlan(plan: ReturnType<typeof buildPlan>, d: ReturnType<typeof des
   return lines.join("\n") + "\n";
 }
 
-export function registerQuantize(program: Command): void {
-  program
-    .command("quantize")
-    .description("Quantize every decoder Linear to INT4 (RTN or GPTQ) and write a packed checkpoint engines load")
-    .argument("<model-dir>", "fp16/bf16/fp32 Hugging Face model directory")
-    .argument("<out-dir>", "output directory (written atomically; an interrupted run leaves <out-dir>.partial/ for --resume)")
+/**
+ * The options `quantize` and `sensitivity` share (one declaration; parsed by the same schema). `calibHelp`
+ * says how the command calibrates by default; `work` names where --max-memory spills.
+ */
+export function addMethodOptions(cmd: Command, text: { calibHelp: string; work: string; json: string }): Command {
+  return cmd
     .option("--method <name>", `quantization algorithm: ${METHOD_NAMES.map((m) => `${m} (${METHODS[m].description})`).join("; ")}`, "gptq")
-    .option("--scheme <name>", `named bits/group/symmetry setting: ${schemeNames().join(", ")} (see below); explicit flags override it`)
+    .option("--scheme <name>", `named bits/group/symmetry setting: ${schemeNames().join(", ")} (see quantize --help); explicit flags override it`)
     .option("--bits <n>", "bits per weight: 2, 3, 4 or 8 (formats: gptq 2/3/4/8, compressed-tensors 4/8) (default: 4)")
     .option("--group-size <n>", "weights per scale along the input dim; -1 = one group per row (default: the largest of 128/64/32/per-row that holds the most Linears)")
     .option("--sym", "symmetric quantization (zero point fixed at 2^(bits-1)); the default")
@@ -320,21 +335,50 @@ export function registerQuantize(program: Command): void {
     .option("--dynamic <rule>", "per-module override, GPTQModel syntax: '[+:]<regex>=bits:8,group:64,sym:false' or '-:<regex>' (skip); regex re.match-ed on full module names; repeatable, first match wins", collect, [])
     .option("--skip <regex>", "keep matching modules fp16 (same as --dynamic '-:<regex>'); repeatable", collect, [])
     .option("--propagate <quantized|fp>", "what feeds the next block during calibration: the quantized block's outputs (default, as GPTQ) or the fp block's (as llm-awq)", "quantized")
-    .option("--calib <name|file>", "calibration text: c4, wikitext2-valid, tinystories (bundled) or a .txt/.jsonl file (default: c4 for GPTQ; RTN calibrates only when given, to measure output errors)")
+    .option("--calib <name|file>", `calibration text: c4, wikitext2-valid, tinystories (bundled) or a .txt/.jsonl file (${text.calibHelp})`)
     .option("--text-encoding <utf8|latin1|utf16le>", "encoding of a --calib file (invalid UTF-8 or NUL bytes are refused; latin1 reads any bytes)", "utf8")
     .option("--nsamples <n>", "number of calibration windows", "128")
     .option("--seqlen <n>", "tokens per calibration window (default: min(2048, model context))")
     .option("--seed <n>", "seed of the window sampler", "0")
     .option("--format <name>", `output format: auto, ${formatNames().join(", ")} (auto: the one that holds the most Linears, said in the output)`, "auto")
     .option("--act-dtype <fp32|fp16>", "storage of calibration activations between blocks (fp16 halves memory)", "fp32")
-    .option("--max-memory <size>", "budget for calibration activations; above it they are spilled to a temp file in <out-dir>.partial/ (default: keep in memory)")
+    .option("--max-memory <size>", `budget for calibration activations; above it they are spilled to a temp file in ${text.work} (default: keep in memory)`)
+    .option("--json", text.json, false)
+    .option("--device <cpu|cuda>", "compute device", "cpu")
+    .option("--threads <n>", "BLAS threads (default: all cores)");
+}
+
+/** Parse a command's raw options (--sym/--asym folded into `sym`); `explicit` = the options typed on the command line. */
+export function parseQuantOptions(raw: Record<string, unknown>, cmd: Command): { o: QuantizeCliOptions; explicit: Set<string> } {
+  const { asym, sym, ...rest } = raw;
+  if (asym && sym) throw new UsageError("--sym and --asym contradict each other; give one");
+  const o = parseOptions(optionsSchema, { ...rest, sym: asym ? false : sym ? true : undefined });
+  // What the user typed (not commander defaults): explicit flags win over schemes, and conflict checks apply to them.
+  const explicit = new Set(Object.keys(raw).filter((k) => cmd.getOptionValueSource(k) === "cli"));
+  return { o, explicit };
+}
+
+export function registerQuantize(program: Command): void {
+  const cmd = program
+    .command("quantize")
+    .description("Quantize every decoder Linear to INT4 (RTN or GPTQ) and write a packed checkpoint engines load")
+    .argument("<model-dir>", "fp16/bf16/fp32 Hugging Face model directory")
+    .argument("<out-dir>", "output directory (written atomically; an interrupted run leaves <out-dir>.partial/ for --resume)");
+  addMethodOptions(cmd, {
+    calibHelp: "default: c4 for GPTQ/AWQ; RTN calibrates only when given, to measure output errors, or for --target-bits/--gate-text, on c4",
+    work: "<out-dir>.partial/",
+    json: "print a JSON summary (per-layer error, time, peak memory) on stdout",
+  })
     .option("--max-shard-size <size>", "split the output into shards of at most this size", "4GB")
     .option("--resume", "continue an interrupted run from its last finished block", false)
     .option("--overwrite", "replace a non-empty output directory", false)
     .option("--dry-run", "validate everything and print the plan; write nothing", false)
-    .option("--json", "print a JSON summary (per-layer error, time, peak memory) on stdout", false)
-    .option("--device <cpu|cuda>", "compute device", "cpu")
-    .option("--threads <n>", "BLAS threads (default: all cores)")
+    .option("--target-bits <avg>", "mixed precision: raise the Linears whose extra bits lower the output error most (to 4, then 8 bits, or fp16 where the format cannot hold 8) until the average code bits per Linear weight reaches <avg> (fp16 counts 16); costs one extra calibration pass (a sensitivity run)")
+    .option("--gate-text <name|file>", "quality gate: after quantizing, compare perplexity with the fp model on this text (bundled name or file); too high ⇒ raise the most sensitive Linears and quantize again")
+    .option("--gate-max-increase <percent>", "gate: largest allowed perplexity increase over the fp model, in percent (needed with --gate-text)")
+    .option("--gate-seqlen <n>", "gate: window length in tokens (default: min(2048, model context), as eval-ppl)")
+    .option("--gate-max-windows <k>", "gate: score only the first k windows (default: the whole text)")
+    .option("--gate-retries <n>", "gate: attempts after the first, each with more Linears raised", "3")
     .addHelpText("after", () => `
 Schemes (--scheme; explicit --bits/--group-size/--sym/--asym override their parts):
 ${Object.entries(SCHEMES).map(([n, sc]) => `  ${n.padEnd(15)} ${sc.bits}-bit, ${sc.groupSize === -1 ? "per row" : `group ${sc.groupSize}`}, ${sc.sym ? "sym" : "asym"}: ${sc.use}`).join("\n")}
@@ -342,21 +386,35 @@ Without --scheme and --group-size, quant4 uses 4-bit symmetric weights with the 
 (128, 64, 32, per row) at which an output format holds the most Linears; --format auto (the default)
 picks that format and says why. Layers the chosen format cannot hold stay fp16 (listed as skipped).
 
+Mixed precision and the quality gate (README "Sensitivity, --target-bits, the gate"):
+  --target-bits <avg> first runs a sensitivity pass (the same pipeline, one extra calibration pass,
+  nothing written) measuring each Linear's output error at --bits and at 4/8 bits, then raises the
+  Linears with the best error reduction per extra bit until the average code bits per Linear weight
+  (fp16 = 16) reaches <avg>; the raises are exact-name --dynamic rules written into the config.
+  --gate-text evaluates the fp model (once) and each quantized attempt with eval-ppl's protocol; over
+  --gate-max-increase, the most sensitive remaining Linears are raised and every block is quantized
+  again (up to --gate-retries). Attempts are built in <out-dir>.gate-attempt-k/; only a passing one
+  becomes <out-dir>, and its config.json records the gate under "quant4". A gate that never passes
+  writes nothing and exits 1.
+
 Examples:
   quant4 quantize models/stories260K out/s260k                 # GPTQ, automatic scheme and format
   quant4 quantize models/stories260K out/s260k-rtn --method rtn --scheme w4-perrow-asym
   quant4 quantize ./Llama-2-7b-hf out/llama2-7b-w4 --scheme w4-g128 --format gptq --nsamples 128 --seqlen 2048
   quant4 quantize ./Llama-2-7b-hf out/llama2-7b-w4 --resume    # after an interruption (Ctrl-C, crash)
+  quant4 quantize ./Llama-2-7b-hf out/llama2-7b-mix --scheme w3-g128 --format gptq --target-bits 3.5
+  quant4 quantize ./Llama-2-7b-hf out/llama2-7b-w4 --gate-text wikitext2 --gate-max-increase 5
 
-Exit codes: 0 ok, 2 bad input or usage, 3 internal error, 130 interrupted (finished blocks are kept
-in <out-dir>.partial/; --resume continues).`)
+Exit codes: 0 ok, 1 the quality gate failed (nothing written), 2 bad input or usage, 3 internal error,
+130 interrupted (finished blocks are kept in <out-dir>.partial/; --resume continues).`)
     .action(
       action(async (spec: string, outDir: string, raw: Record<string, unknown>, cmd: Command) => {
-        const { asym, sym, ...rest } = raw;
-        if (asym && sym) throw new UsageError("--sym and --asym contradict each other; give one");
-        const o = parseOptions(optionsSchema, { ...rest, sym: asym ? false : sym ? true : undefined });
-        // What the user typed (not commander defaults): explicit flags win over schemes, and conflict checks apply to them.
-        const explicit = new Set(Object.keys(raw).filter((k) => cmd.getOptionValueSource(k) === "cli"));
+        let { o, explicit } = parseQuantOptions(raw, cmd);
+        const gate = o.gateText !== undefined;
+        const tuned = gate || o.targetBits !== undefined;
+        checkTunedOptions(o, explicit);
+        // The sensitivity measurements need calibration inputs: RTN then calibrates too (on c4 unless --calib).
+        if (tuned && o.calib === undefined && !METHODS[o.method].needsCalibration) o = { ...o, calib: "c4" };
         const modelDir = await resolveModelArg(spec, { json: o.json });
         const backend = setupBackend(o.device, o.threads);
         const mode = progressMode(o.json);
@@ -369,59 +427,23 @@ in <out-dir>.partial/; --resume continues).`)
           status.stop();
         }
         if (plan.formatWhy && !o.json) process.stderr.write(`quant4: ${plan.formatWhy}\n`);
+        if (tuned) {
+          // --target-bits and the gate: src/cli/quantize-tuned.ts (loaded only for them).
+          const { quantizeTuned } = await import("./quantize-tuned.js");
+          await quantizeTuned(plan, o, { modelDir, backend, mode });
+          return;
+        }
         if (o.dryRun) {
           const d = describePlan(plan);
           if (o.json) printJson({ dryRun: true, ...d });
           else writeStdout(formatPlan(plan, d));
           return;
         }
-        const a = plan.src.arch;
-        const bars = startDualProgress(mode, "blocks", a.nLayers);
-        let inner = bars.inner("layers", a.linears.length);
-        const warnings: string[] = [];
-        // Ctrl-C: the pipeline stops at its next yield (between Linears) and keeps the finished blocks; a
-        // second Ctrl-C exits at once.
-        let interrupted = false;
-        const onSigint = (): void => {
-          if (interrupted) {
-            bars.stop();
-            restoreCursor();
-            process.stderr.write("\nquant4: interrupted again; exiting now (finished blocks are kept for --resume)\n");
-            process.exit(EXIT_INTERRUPTED);
-          }
-          interrupted = true;
-        };
-        process.on("SIGINT", onSigint);
-        let report: QuantizeReport;
-        try {
-          report = await runQuantize(plan, backend, {
-            onBlockStart: (i) => {
-              inner = bars.inner(`block ${i}`, a.linears.length);
-            },
-            onLayerDone: (_i, stat, done) => inner.update(done, { info: stat.name }),
-            onBlockDone: (i) => bars.outer.update(i + 1),
-            onWarning: (m) => warnings.push(m),
-            onResume: (k, n) => {
-              if (!o.json) process.stderr.write(`quant4: resuming at block ${k}/${n} (blocks before it are reused from the interrupted run)\n`);
-            },
-            afterBlockJournaled: (i) => {
-              // Test hooks: simulate a crash (kill -9) or a Ctrl-C right after block i is journaled.
-              if (process.env["QUANT4_KILL_AFTER_BLOCK"] === String(i)) process.kill(process.pid, "SIGKILL");
-              if (process.env["QUANT4_SIGINT_AFTER_BLOCK"] === String(i)) process.kill(process.pid, "SIGINT");
-            },
-            shouldStop: () => interrupted,
-          });
-        } finally {
-          process.off("SIGINT", onSigint);
-          bars.stop();
-          restoreCursor();
-        }
-        const uniqueWarnings = [...new Set(warnings.map((w) => w.replace(/\.layers\.\d+\./, ".layers.*.")))];
-        if (!o.json) for (const w of uniqueWarnings) process.stderr.write(`quant4: warning: ${w}\n`);
-        const measured = measureOutput(plan.src.ckpt.files, outDir, plan.format, outputConfig(plan, report.skipped).quantization_config, a);
+        const { report, warnings } = await runWithProgress(plan, backend, o.json, mode);
+        const measured = measureOutput(plan.src.ckpt.files, outDir, plan.format, outputConfig(plan, report.skipped).quantization_config, plan.src.arch);
         const worst = worstLayers(report.layers);
         if (o.json) {
-          printJson({ ...describePlan(plan), report, output: measured, worstLayers: worst, warnings: uniqueWarnings });
+          printJson({ ...describePlan(plan), report, output: measured, worstLayers: worst, warnings });
         } else {
           writeStdout(formatSummary(plan, report, measured, worst));
         }
@@ -429,8 +451,88 @@ in <out-dir>.partial/; --resume continues).`)
     );
 }
 
+/** Gate and budget flags need each other as documented; refused one line each (exit 2). */
+function checkTunedOptions(o: QuantizeCliOptions, explicit: ReadonlySet<string>): void {
+  const gateOnly = (["gateSeqlen", "gateMaxWindows", "gateMaxIncrease", "gateRetries"] as const).filter((k) => explicit.has(k));
+  if (o.gateText === undefined && gateOnly.length > 0) throw new UsageError(`${flag(gateOnly[0]!)} needs --gate-text`);
+  if (o.gateText !== undefined && o.gateMaxIncrease === undefined)
+    throw new UsageError("--gate-text needs --gate-max-increase <percent> (the largest perplexity increase over the fp model that passes)");
+  if (o.targetBits !== undefined && o.bits !== undefined && o.targetBits < o.bits)
+    throw new UsageError(`--target-bits ${o.targetBits} is below --bits ${o.bits}: the budget only raises Linears above the base width`);
+}
+
+export type Plan = ReturnType<typeof buildPlan>;
+
+/**
+ * The same run with other per-module rules, output, probes or flags: the settings that define the run
+ * for --resume (the rules among them) are rehashed, nothing else is recomputed (no second tokenization).
+ */
+export function derivePlan(
+  plan: Plan,
+  change: { outDir?: string; rules?: ModuleRule[]; probeBits?: number[]; dryOutput?: boolean; overwrite?: boolean; resume?: boolean },
+): Plan {
+  const rules = change.rules ?? plan.rules ?? [];
+  const runSettings = { ...plan.runSettings!, rules: JSON.stringify(rules) };
+  return { ...plan, ...change, rules, runSettings, settingsKey: settingsKeyOf(runSettings) };
+}
+
+/**
+ * One pipeline run with the progress bars, Ctrl-C handling (stop between Linears, keep finished blocks
+ * for --resume; a second Ctrl-C exits at once) and the warnings collected (one per module kind).
+ */
+export async function runWithProgress(
+  plan: Plan,
+  backend: Backend,
+  json: boolean,
+  mode: ProgressMode,
+  say: { warnings?: boolean } = {},
+): Promise<{ report: QuantizeReport; warnings: string[] }> {
+  const a = plan.src.arch;
+  const bars = startDualProgress(mode, "blocks", a.nLayers);
+  let inner = bars.inner("layers", a.linears.length);
+  const warnings: string[] = [];
+  let interrupted = false;
+  const onSigint = (): void => {
+    if (interrupted) {
+      bars.stop();
+      restoreCursor();
+      process.stderr.write("\nquant4: interrupted again; exiting now (finished blocks are kept for --resume)\n");
+      process.exit(EXIT_INTERRUPTED);
+    }
+    interrupted = true;
+  };
+  process.on("SIGINT", onSigint);
+  let report: QuantizeReport;
+  try {
+    report = await runQuantize(plan, backend, {
+      onBlockStart: (i) => {
+        inner = bars.inner(`block ${i}`, a.linears.length);
+      },
+      onLayerDone: (_i, stat, done) => inner.update(done, { info: stat.name }),
+      onBlockDone: (i) => bars.outer.update(i + 1),
+      onWarning: (m) => warnings.push(m),
+      onResume: (k, n) => {
+        if (!json) process.stderr.write(`quant4: resuming at block ${k}/${n} (blocks before it are reused from the interrupted run)\n`);
+      },
+      afterBlockJournaled: (i) => {
+        // Test hooks: simulate a crash (kill -9) or a Ctrl-C right after block i is journaled.
+        if (process.env["QUANT4_KILL_AFTER_BLOCK"] === String(i)) process.kill(process.pid, "SIGKILL");
+        if (process.env["QUANT4_SIGINT_AFTER_BLOCK"] === String(i)) process.kill(process.pid, "SIGINT");
+      },
+      shouldStop: () => interrupted,
+    });
+  } finally {
+    process.off("SIGINT", onSigint);
+    bars.stop();
+    restoreCursor();
+  }
+  const uniqueWarnings = [...new Set(warnings.map((w) => w.replace(/\.layers\.\d+\./, ".layers.*.")))];
+  if (!json && say.warnings !== false) for (const w of uniqueWarnings) process.stderr.write(`quant4: warning: ${w}\n`);
+  return { report, warnings: uniqueWarnings };
+}
+
 /** The human summary after a run: what was written, how big, how good, how long. */
-function formatSummary(plan: ReturnType<typeof buildPlan>, report: QuantizeReport, m: OutputMeasure, worst: LayerStat[]): string {
+export function formatSummary(plan: ReturnType<typeof buildPlan>, report: QuantizeReport, m: OutputMeasure, worst: LayerStat[]): string {
   const s = plan.settings;
   const q = report.layers.filter((l) => l.status === "quantized");
   const lines = [

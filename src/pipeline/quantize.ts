@@ -72,6 +72,12 @@ export interface QuantizePlan {
    * it is written). Feeds `quant4 sensitivity`, --target-bits and the gate's fallback.
    */
   probeBits?: number[];
+  /**
+   * Measure only (`quant4 sensitivity`, --target-bits' sensitivity run): every block is quantized and
+   * journaled as usual, but no output is assembled; the work dir is removed at the end and
+   * report.files is empty.
+   */
+  dryOutput?: boolean;
 }
 
 export interface QuantizeEvents {
@@ -448,7 +454,7 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
   acts.close();
   next.close();
   const skipped = journal.state.layers.filter((l) => l.status === "skipped").map((l) => l.name);
-  const files = assembleOutput(plan, journal, skipped);
+  const files = plan.dryOutput ? [] : assembleOutput(plan, journal, skipped);
   journal.remove();
   return {
     outDir: plan.outDir,
