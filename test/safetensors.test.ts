@@ -955,3 +955,25 @@ describe("writer failures", () => {
     expect(fs.readdirSync(dir)).toEqual(["config.json"]);
   });
 });
+
+describe("writer: any tensor name becomes a header key", () => {
+  it('a tensor named "__proto__" round-trips (the header object has no prototype)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "quant4-proto-"));
+    try {
+      const file = path.join(dir, "p.safetensors");
+      writeSafetensors(file, [
+        { name: "__proto__", dtype: "F32", shape: [2], data: Float32Array.from([1, 2]) },
+        { name: "w", dtype: "F32", shape: [1], data: Float32Array.from([3]) },
+      ]);
+      const f = SafetensorsFile.open(file);
+      try {
+        expect(f.names().sort()).toEqual(["__proto__", "w"]);
+        expect(Array.from(f.readF32("__proto__"))).toEqual([1, 2]);
+      } finally {
+        f.close();
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -117,7 +117,8 @@ interface HeaderEntry {
 
 /** The 8-byte length prefix plus the JSON header, padded with spaces so data starts 8-aligned. */
 function encodeHeader(entries: HeaderEntry[], metadata?: Record<string, string>): Uint8Array {
-  const obj: Record<string, unknown> = {};
+  // No prototype: a tensor named "__proto__" must become a key, not replace the prototype.
+  const obj: Record<string, unknown> = Object.create(null);
   if (metadata && Object.keys(metadata).length > 0) obj.__metadata__ = { ...metadata };
   let offset = 0;
   for (const e of entries) {
