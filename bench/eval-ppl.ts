@@ -185,9 +185,14 @@ for (const dir of args.models) {
   log(`tokens/s: ${best.toFixed(0)} (best of ${args.reps}: ${all.map((x) => x.toFixed(0)).join(", ")}); ppl ${ppl.toFixed(4)} over ${args.windows} windows`);
 
   // 2. instrumented run
+  // (Packed Linears of a quantized model run on their own kernels, not through gemm: not timed here.)
   const weights = new Set<Float32Array>();
-  for (const bw of model.blocks) for (const l of a.linears) weights.add(bw.get(`${l.name}.weight`)!);
-  const timed = new TimingBackend(be, weights, model.globals.lmHead);
+  for (const bw of model.blocks) for (const l of a.linears) {
+    const t = bw.get(`${l.name}.weight`)!;
+    if (t instanceof Float32Array) weights.add(t);
+  }
+  const lmHead = model.globals.lmHead;
+  const timed = new TimingBackend(be, weights, lmHead instanceof Float32Array ? lmHead : new Float32Array(0));
   const ctx = model.ctx as { backend: Backend };
   ctx.backend = timed;
   const win = new Int32Array(seqlen);

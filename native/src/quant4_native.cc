@@ -9,10 +9,19 @@
 //   ssyrk(n, rows, alpha, X, beta, H)                      H = beta*H + alpha*X^T X, full matrix
 //   spotrf(A, n, upper) -> boolean                         in-place Cholesky, other triangle zeroed
 //   spotri(A, n) -> boolean                                in-place SPD inverse, full matrix
-//   setThreads(n), getThreads() -> number
+//   setThreads(n), getThreads() -> number                  BLAS threads and the kernel pool's threads
 //   blasInfo() -> string
+// Packed runtime weights (qkernels.h), held by an External that frees them when collected:
+//   qpack(out, in, bits, groupSize, codes, scales, zeros, gIdx|null, olPtr|null, olIdx|null, olVal|null) -> handle
+//   qpackF16(out, in, Uint16Array) -> handle
+//   qlinear(handle, x, rows, y, bias|null, mode)           y = x·Wᵀ (+ bias); mode 0 auto, 1 GEMV, 2 GEMM
+//   qdequant(handle, r0, r1, dst)                          rows r0..r1 of the fp32 weight
+//   qbytes(handle) -> number                               resident bytes
+//   kernelInfo() -> {simd, simdAvailable, threads}; setSimd(on) -> boolean
 
 #include <napi.h>
+
+#include "qkernels.h"
 
 #include <algorithm>
 #include <climits>
@@ -281,6 +290,7 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 #else
   openblas_set_num_threads(static_cast<int>(n));
 #endif
+  q4::SetThreads(static_cast<int>(n));
   return env.Undefined();
 }
 
@@ -301,6 +311,189 @@ Napi::Value BlasInfo(const Napi::CallbackInfo& info) {
 #endif
 }
 
+// ---------------------------------------------------------------------------------------------
+// Packed runtime weights
+
+const napi_type_tag kPackedTag = {0x7175616e74347071ULL, 0x61636b65646c696eULL};  // "quant4pq" "ackedlin"
+
+template <typename T, napi_typedarray_type TT>
+bool GetTyped(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, int64_t expected, bool optional,
+              const T** out, const char* tname) {
+  Napi::Value v = info[i];
+  if (optional && (v.IsNull() || v.IsUndefined())) {
+    *out = nullptr;
+    return true;
+  }
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != TT) {
+    ThrowTypeError(info.Env(), std::string(fn) + ": " + name + " must be a " + tname);
+    return false;
+  }
+  Napi::TypedArrayOf<T> arr = v.As<Napi::TypedArrayOf<T>>();
+  if (expected >= 0 && static_cast<int64_t>(arr.ElementLength()) != expected) {
+    ThrowError(info.Env(), std::string(fn) + ": " + name + " has " + std::to_string(arr.ElementLength()) + " elements, expected " +
+                               std::to_string(expected));
+    return false;
+  }
+  *out = arr.Data();
+  return true;
+}
+
+Napi::Value WrapPacked(Napi::Env env, std::unique_ptr<q4::PackedLinear> L) {
+  const int64_t bytes = static_cast<int64_t>(L->Bytes());
+  auto ext = Napi::External<q4::PackedLinear>::New(env, L.release(), [](Napi::Env e, q4::PackedLinear* p) {
+    Napi::MemoryManagement::AdjustExternalMemory(e, -static_cast<int64_t>(p->Bytes()));
+    delete p;
+  });
+  napi_type_tag_object(env, ext, &kPackedTag);
+  Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+  return ext;
+}
+
+q4::PackedLinear* GetPacked(const Napi::CallbackInfo& info, size_t i, const char* fn) {
+  Napi::Value v = info[i];
+  bool ok = false;
+  if (v.IsExternal()) napi_check_object_type_tag(info.Env(), v, &kPackedTag, &ok);
+  if (!ok) {
+    ThrowTypeError(info.Env(), std::string(fn) + ": handle is not a packed weight");
+    return nullptr;
+  }
+  return v.As<Napi::External<q4::PackedLinear>>().Data();
+}
+
+// qpack(out, in, bits, groupSize, codes, scales, zeros, gIdx|null, olPtr|null, olIdx|null, olVal|null)
+Napi::Value QPack(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "qpack";
+  if (!CheckArgCount(info, 11, fn)) return env.Undefined();
+  int64_t out, in, bits;
+  if (!GetDim(info, 0, fn, "out", &out) || !GetDim(info, 1, fn, "in", &in) || !GetDim(info, 2, fn, "bits", &bits))
+    return env.Undefined();
+  if (!info[3].IsNumber()) {
+    ThrowTypeError(env, "qpack: groupSize must be a number");
+    return env.Undefined();
+  }
+  const int64_t groupSize = info[3].As<Napi::Number>().Int64Value();
+  if (!info[5].IsTypedArray()) {
+    ThrowTypeError(env, "qpack: scales must be a Float32Array");
+    return env.Undefined();
+  }
+  const int64_t nScales = static_cast<int64_t>(info[5].As<Napi::TypedArray>().ElementLength());
+  if (out < 1 || nScales % out != 0) {
+    ThrowError(env, "qpack: scales has " + std::to_string(nScales) + " elements, not a multiple of out=" + std::to_string(out));
+    return env.Undefined();
+  }
+  const int64_t nG = nScales / out;
+  q4::PackInput p{};
+  p.out = out;
+  p.in = in;
+  p.bits = static_cast<int>(bits);
+  p.groupSize = static_cast<int>(std::max<int64_t>(-1, std::min<int64_t>(groupSize, INT_MAX)));
+  p.nG = nG;
+  if (!GetTyped<uint8_t, napi_uint8_array>(info, 4, fn, "codes", out * in, false, &p.codes, "Uint8Array") ||
+      !GetTyped<float, napi_float32_array>(info, 5, fn, "scales", out * nG, false, &p.scales, "Float32Array") ||
+      !GetTyped<uint8_t, napi_uint8_array>(info, 6, fn, "zeros", out * nG, false, &p.zeros, "Uint8Array") ||
+      !GetTyped<int32_t, napi_int32_array>(info, 7, fn, "gIdx", in, true, &p.gIdx, "Int32Array") ||
+      !GetTyped<int32_t, napi_int32_array>(info, 8, fn, "olPtr", out + 1, true, &p.olPtr, "Int32Array"))
+    return env.Undefined();
+  if (p.olPtr) {
+    const int64_t nnz = p.olPtr[out];
+    if (nnz < 0 || !GetTyped<int32_t, napi_int32_array>(info, 9, fn, "olIdx", nnz, false, &p.olIdx, "Int32Array") ||
+        !GetTyped<float, napi_float32_array>(info, 10, fn, "olVal", nnz, false, &p.olVal, "Float32Array")) {
+      if (nnz < 0) ThrowError(env, "qpack: olPtr ends negative");
+      return env.Undefined();
+    }
+  }
+  std::string err;
+  auto L = q4::Pack(p, &err);
+  if (!L) {
+    ThrowError(env, "qpack: " + err);
+    return env.Undefined();
+  }
+  return WrapPacked(env, std::move(L));
+}
+
+// qpackF16(out, in, Uint16Array)
+Napi::Value QPackF16(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "qpackF16";
+  if (!CheckArgCount(info, 3, fn)) return env.Undefined();
+  int64_t out, in;
+  if (!GetDim(info, 0, fn, "out", &out) || !GetDim(info, 1, fn, "in", &in)) return env.Undefined();
+  const uint16_t* w;
+  if (!GetTyped<uint16_t, napi_uint16_array>(info, 2, fn, "w", out * in, false, &w, "Uint16Array")) return env.Undefined();
+  if (out < 1 || in < 1) {
+    ThrowError(env, "qpackF16: empty weight");
+    return env.Undefined();
+  }
+  return WrapPacked(env, q4::PackF16(w, out, in));
+}
+
+// qlinear(handle, x, rows, y, bias|null, mode)
+Napi::Value QLinear(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "qlinear";
+  if (!CheckArgCount(info, 6, fn)) return env.Undefined();
+  q4::PackedLinear* L = GetPacked(info, 0, fn);
+  if (!L) return env.Undefined();
+  int64_t rows, mode;
+  if (!GetDim(info, 2, fn, "rows", &rows) || !GetDim(info, 5, fn, "mode", &mode)) return env.Undefined();
+  F32View X, Y;
+  if (!GetF32(info, 1, fn, "x", rows * L->in, "rows*in", &X) || !GetF32(info, 3, fn, "y", rows * L->out, "rows*out", &Y))
+    return env.Undefined();
+  const float* bias = nullptr;
+  if (!GetTyped<float, napi_float32_array>(info, 4, fn, "bias", L->out, true, &bias, "Float32Array")) return env.Undefined();
+  if (Overlaps(X, Y)) {
+    ThrowError(env, "qlinear: y must not share memory with x");
+    return env.Undefined();
+  }
+  q4::Linear(*L, X.data, rows, Y.data, bias, static_cast<int>(mode));
+  return env.Undefined();
+}
+
+// qdequant(handle, r0, r1, dst)
+Napi::Value QDequant(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "qdequant";
+  if (!CheckArgCount(info, 4, fn)) return env.Undefined();
+  q4::PackedLinear* L = GetPacked(info, 0, fn);
+  if (!L) return env.Undefined();
+  int64_t r0, r1;
+  if (!GetDim(info, 1, fn, "r0", &r0) || !GetDim(info, 2, fn, "r1", &r1)) return env.Undefined();
+  if (r0 > r1 || r1 > L->out) {
+    ThrowError(env, "qdequant: rows [" + std::to_string(r0) + ", " + std::to_string(r1) + ") outside [0, " + std::to_string(L->out) + "]");
+    return env.Undefined();
+  }
+  F32View D;
+  if (!GetF32(info, 3, fn, "dst", (r1 - r0) * L->in, "(r1-r0)*in", &D)) return env.Undefined();
+  q4::DequantRows(*L, r0, r1, D.data);
+  return env.Undefined();
+}
+
+Napi::Value QBytes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgCount(info, 1, "qbytes")) return env.Undefined();
+  q4::PackedLinear* L = GetPacked(info, 0, "qbytes");
+  if (!L) return env.Undefined();
+  return Napi::Number::New(env, static_cast<double>(L->Bytes()));
+}
+
+Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("simd", Napi::String::New(env, q4::SimdInUse() ? "avx2" : "scalar"));
+  o.Set("simdAvailable", Napi::Boolean::New(env, q4::SimdAvailable()));
+  o.Set("threads", Napi::Number::New(env, q4::Threads()));
+  return o;
+}
+
+Napi::Value SetSimd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckArgCount(info, 1, "setSimd")) return env.Undefined();
+  bool on;
+  if (!GetBool(info, 0, "setSimd", "on", &on)) return env.Undefined();
+  return Napi::Boolean::New(env, q4::SetSimd(on));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sgemm", Napi::Function::New(env, Sgemm, "sgemm"));
   exports.Set("ssyrk", Napi::Function::New(env, Ssyrk, "ssyrk"));
@@ -309,6 +502,16 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
   exports.Set("getThreads", Napi::Function::New(env, GetThreads, "getThreads"));
   exports.Set("blasInfo", Napi::Function::New(env, BlasInfo, "blasInfo"));
+  exports.Set("qpack", Napi::Function::New(env, QPack, "qpack"));
+  exports.Set("qpackF16", Napi::Function::New(env, QPackF16, "qpackF16"));
+  exports.Set("qlinear", Napi::Function::New(env, QLinear, "qlinear"));
+  exports.Set("qdequant", Napi::Function::New(env, QDequant, "qdequant"));
+  exports.Set("qbytes", Napi::Function::New(env, QBytes, "qbytes"));
+  exports.Set("kernelInfo", Napi::Function::New(env, KernelInfo, "kernelInfo"));
+  exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
+#ifndef QUANT4_ACCELERATE
+  q4::SetThreads(openblas_get_num_threads());
+#endif
   return exports;
 }
 

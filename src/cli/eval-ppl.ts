@@ -23,6 +23,7 @@ const optionsSchema = z.object({
   maxPpl: numOpt().positive().optional(),
   device: deviceSchema,
   threads: intOpt(1).optional(),
+  dequantize: z.boolean().default(false),
 });
 
 /**
@@ -140,7 +141,8 @@ export function registerEvalPpl(program: Command): void {
     .option("--max-increase <percent>", "gate: fail (exit 1) when perplexity exceeds the baseline by more than this")
     .option("--max-ppl <x>", "gate: fail (exit 1) when perplexity exceeds x")
     .option("--device <cpu|cuda>", "compute device", "cpu")
-    .option("--threads <n>", "BLAS threads (default: all cores)")
+    .option("--threads <n>", "BLAS and kernel threads (default: all cores)")
+    .option("--dequantize", "run a packed checkpoint dequantized to fp32 (the pre-runtime path) instead of on the packed kernels", false)
     .addHelpText("after", `
 Protocol: the text is tokenized once (BOS prepended when the model has one), cut into
 non-overlapping windows of --seqlen tokens (tail dropped), and every next-token prediction in each
@@ -163,7 +165,7 @@ Examples:
         const mode = progressMode(o.json);
         const status = startStatus(mode);
         status.set(`loading ${dir}…`);
-        const model = Model.load(dir, backend);
+        const model = Model.load(dir, backend, undefined, { dequantize: o.dequantize });
         const tok = await loadTokenizer(dir);
         status.set(`tokenizing ${o.text}…`);
         const src = resolveText(o.text, o.textEncoding);

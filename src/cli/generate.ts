@@ -13,6 +13,7 @@ const optionsSchema = z.object({
   json: z.boolean().default(false),
   device: deviceSchema,
   threads: intOpt(1).optional(),
+  dequantize: z.boolean().default(false),
 });
 
 export function registerGenerate(program: Command): void {
@@ -24,7 +25,8 @@ export function registerGenerate(program: Command): void {
     .option("--max-tokens <n>", "number of tokens to generate (stops early at EOS)", "256")
     .option("--json", "print {text, tokens, tokensPerSecond} as JSON", false)
     .option("--device <cpu|cuda>", "compute device", "cpu")
-    .option("--threads <n>", "BLAS threads (default: all cores)")
+    .option("--threads <n>", "BLAS and kernel threads (default: all cores)")
+    .option("--dequantize", "run a packed checkpoint dequantized to fp32 (the pre-runtime path) instead of on the packed kernels", false)
     .addHelpText("after", `
 Examples:
   quant4 generate models/stories260K --max-tokens 256
@@ -34,7 +36,7 @@ Examples:
         const o = parseOptions(optionsSchema, raw);
         const dir = await resolveModelArg(spec, { json: o.json });
         const backend = setupBackend(o.device, o.threads);
-        const model = Model.load(dir, backend);
+        const model = Model.load(dir, backend, undefined, { dequantize: o.dequantize });
         const tok = await loadTokenizer(dir);
         const bos = tok.bosId ?? model.arch.bosId;
         const prompt = [...(bos !== null ? [bos] : []), ...(o.prompt ? tok.encode(o.prompt) : [])];

@@ -1,6 +1,34 @@
 // The compute interface that the forward pass and the algorithms call. Implementations: the CPU
 // backend over the native BLAS/LAPACK addon (cpu.ts) and, later, a CUDA backend. Model and
-// algorithm code never touches an addon directly. All matrices are dense, ROW-MAJOR, Float32Array.
+// algorithm code never touches an addon directly. All matrices are dense, ROW-MAJOR, Float32Array,
+// except resident Linear weights (LinearHandle): packed INT2..8 or fp16 weights in the backend's own
+// runtime layout, made once at load, that compute y = x·Wᵀ straight from that layout.
+
+import type { QuantizedLinear } from "../../formats/types.js";
+
+/** What a backend needs of a quantized Linear to hold it packed (the format-neutral QuantizedLinear). */
+export type PackableLinear = Pick<QuantizedLinear, "outFeatures" | "inFeatures" | "bits" | "groupSize" | "codes" | "scales" | "zeros" | "gIdx" | "outliers"> & {
+  name?: string;
+};
+
+/**
+ * A Linear weight [out, in] resident in a backend (packed integer codes with their scales, or fp16),
+ * repacked once at load from any on-disk format. The forward pass calls linear() on it instead of a GEMM
+ * on an fp32 matrix; every format goes through the same runtime layout and kernels.
+ */
+export interface LinearHandle {
+  readonly kind: "packed" | "f16";
+  readonly out: number;
+  readonly in: number;
+  /** Bytes the backend holds for this weight (codes, scales, zero points, index maps, outliers). */
+  readonly bytes: number;
+  /** e.g. "int4 g128", "int3 g128 act-order +52 outliers", "fp16". */
+  readonly label: string;
+  /** y[rows, out] = x[rows, in] · Wᵀ (+ bias[out] on every row). y must not share memory with x. */
+  linear(x: Float32Array, rows: number, y: Float32Array, bias?: Float32Array): void;
+  /** Rows [r0, r1) of the weight as fp32 into dst [(r1 − r0)·in] (embedding lookups, tests). */
+  rows(r0: number, r1: number, dst: Float32Array): void;
+}
 
 export interface Backend {
   readonly name: string;
@@ -39,4 +67,13 @@ export interface Backend {
    * Returns false when A is not positive definite.
    */
   choleskyInverse(A: Float32Array, n: number): boolean;
+
+  /**
+   * A resident packed weight for a quantized Linear (outliers included). Absent on a backend without a
+   * packed runtime: callers then dequantize to fp32 (formats/dequant.ts) and use gemm.
+   */
+  packLinear?(q: PackableLinear): LinearHandle;
+
+  /** A resident fp16 weight [out, in] from raw IEEE half bits. Absent: callers widen to fp32. */
+  f16Linear?(w: Uint16Array, out: number, inF: number): LinearHandle;
 }

@@ -8,7 +8,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { BackendError } from "../util/errors.js";
-import type { Backend } from "./backend.js";
+import type { Backend, LinearHandle, PackableLinear } from "./backend.js";
 
 /** The raw addon surface (native/src/quant4_native.cc). */
 export interface NativeAddon {
@@ -22,7 +22,33 @@ export interface NativeAddon {
   setThreads(n: number): void;
   getThreads(): number;
   blasInfo(): string;
+  // Packed runtime weights (native/src/qkernels.h). A handle is an opaque External owning native memory.
+  qpack(
+    out: number, inF: number, bits: number, groupSize: number, codes: Uint8Array, scales: Float32Array, zeros: Uint8Array,
+    gIdx: Int32Array | null, olPtr: Int32Array | null, olIdx: Int32Array | null, olVal: Float32Array | null,
+  ): NativeWeight;
+  qpackF16(out: number, inF: number, w: Uint16Array): NativeWeight;
+  qlinear(h: NativeWeight, x: Float32Array, rows: number, y: Float32Array, bias: Float32Array | null, mode: number): void;
+  qdequant(h: NativeWeight, r0: number, r1: number, dst: Float32Array): void;
+  qbytes(h: NativeWeight): number;
+  kernelInfo(): KernelInfo;
+  setSimd(on: boolean): boolean;
 }
+
+/** An addon-owned weight (napi External). */
+export type NativeWeight = { readonly __nativeWeight: unique symbol };
+
+export interface KernelInfo {
+  /** Kernels in use: "avx2" (AVX2/FMA/F16C) or "scalar" (portable; QUANT4_NO_SIMD=1 or a CPU without AVX2). */
+  simd: "avx2" | "scalar";
+  simdAvailable: boolean;
+  /** Threads of the packed kernels' pool (set with setThreads, like the BLAS threads). */
+  threads: number;
+}
+
+/** Which kernel a packed linear() runs: auto = GEMV for a few rows, dequantized tiles + sgemm above. */
+export type KernelPath = "auto" | "gemv" | "gemm";
+const KERNEL_MODE: Record<KernelPath, number> = { auto: 0, gemv: 1, gemm: 2 };
 
 const ADDON_REL = path.join("native", "build", "Release", "quant4_native.node");
 
@@ -89,6 +115,35 @@ function call<T>(fn: () => T): T {
   }
 }
 
+/** A Linear weight held by the native addon in its runtime layout (native/src/qkernels.h). */
+export class CpuLinearHandle implements LinearHandle {
+  readonly in: number;
+  constructor(
+    private readonly addon: NativeAddon,
+    private readonly native: NativeWeight,
+    readonly kind: "packed" | "f16",
+    readonly out: number,
+    inF: number,
+    readonly bytes: number,
+    readonly label: string,
+  ) {
+    this.in = inF;
+  }
+
+  linear(x: Float32Array, rows: number, y: Float32Array, bias?: Float32Array, path: KernelPath = "auto"): void {
+    call(() => this.addon.qlinear(this.native, x, rows, y, bias ?? null, KERNEL_MODE[path]));
+  }
+
+  rows(r0: number, r1: number, dst: Float32Array): void {
+    call(() => this.addon.qdequant(this.native, r0, r1, dst));
+  }
+}
+
+function packedLabel(q: PackableLinear): string {
+  const nnz = q.outliers ? q.outliers.indptr[q.outFeatures]! : 0;
+  return `int${q.bits} ${q.groupSize > 0 ? `g${q.groupSize}` : "per-row"}${q.gIdx ? " act-order" : ""}${nnz > 0 ? ` +${nnz} outliers` : ""}`;
+}
+
 export class CpuBackend implements Backend {
   readonly name = "cpu";
   private readonly addon: NativeAddon;
@@ -129,5 +184,31 @@ export class CpuBackend implements Backend {
 
   choleskyInverse(A: Float32Array, n: number): boolean {
     return call(() => this.addon.spotri(A, n));
+  }
+
+  packLinear(q: PackableLinear): CpuLinearHandle {
+    const ol = q.outliers;
+    const h = call(() =>
+      this.addon.qpack(q.outFeatures, q.inFeatures, q.bits, q.groupSize, q.codes, q.scales, q.zeros, q.gIdx ?? null, ol?.indptr ?? null, ol?.indices ?? null, ol?.values ?? null),
+    );
+    return new CpuLinearHandle(this.addon, h, "packed", q.outFeatures, q.inFeatures, this.addon.qbytes(h), packedLabel(q));
+  }
+
+  f16Linear(w: Uint16Array, out: number, inF: number): CpuLinearHandle {
+    const h = call(() => this.addon.qpackF16(out, inF, w));
+    return new CpuLinearHandle(this.addon, h, "f16", out, inF, this.addon.qbytes(h), "fp16");
+  }
+
+  /** The packed kernels in use (SIMD level, pool threads). */
+  kernelInfo(): KernelInfo {
+    return this.addon.kernelInfo();
+  }
+
+  /**
+   * Use the AVX2 kernels (when the CPU has them) or the portable scalar ones; returns whether AVX2 is now
+   * in use. QUANT4_NO_SIMD=1 in the environment starts with the scalar ones. For tests and benches.
+   */
+  setSimd(on: boolean): boolean {
+    return this.addon.setSimd(on);
   }
 }

@@ -2,12 +2,21 @@
 // generate/eval (with an optional KV cache) and by the quantize pipeline (with a hook that sees the
 // input of every Linear, which is how calibration statistics are collected).
 
-import type { Backend } from "../compute/backend.js";
+import type { Backend, LinearHandle } from "../compute/backend.js";
 import type { ArchSpec, NormSpec } from "./architectures.js";
 import { RopeTables, activate, activateMul, layerNorm, rmsNorm, softmaxCausalUnscaled } from "./ops.js";
 
 /** A block's tensors keyed relative to its prefix ("self_attn.q_proj.weight"); Linear weights are fp32 [out, in]. */
 export type BlockWeights = Map<string, Float32Array>;
+
+/** A Linear weight as the forward pass runs it: dense fp32 [out, in], or a backend-resident handle (packed INT, fp16). */
+export type Weight = Float32Array | LinearHandle;
+
+/**
+ * The tensors one forward call reads: the pipeline's BlockWeights (fp32, mutable) or an inference block
+ * whose Linear weights are resident handles (Model.load of a packed checkpoint). Norms and biases are fp32.
+ */
+export type BlockTensors = ReadonlyMap<string, Weight>;
 
 export interface ForwardContext {
   arch: ArchSpec;
@@ -35,10 +44,17 @@ export function createContext(arch: ArchSpec, backend: Backend, maxPositions = a
   return { arch, backend, rope };
 }
 
-function weight(w: BlockWeights, name: string): Float32Array {
+function weight(w: BlockTensors, name: string): Weight {
   const t = w.get(name);
   if (!t) throw new Error(`internal: block weight "${name}" not loaded`);
   return t;
+}
+
+/** A tensor that must be a dense fp32 array (norm weights, biases); undefined when absent. */
+export function denseTensor(w: BlockTensors, name: string): Float32Array | undefined {
+  const t = w.get(name);
+  if (t === undefined || t instanceof Float32Array) return t;
+  throw new Error(`internal: block tensor "${name}" is a ${t.kind} handle, expected an fp32 array`);
 }
 
 /**
@@ -68,8 +84,17 @@ function scratch(ctx: ForwardContext): Scratch {
   return s;
 }
 
-/** y[rows, out] = x[rows, in] · Wᵀ + b   (into `y` when given, else a new array) */
-export function linear(backend: Backend, x: Float32Array, rows: number, W: Float32Array, out: number, inF: number, bias?: Float32Array, y: Float32Array = new Float32Array(rows * out)): Float32Array {
+/**
+ * y[rows, out] = x[rows, in] · Wᵀ + b   (into `y` when given, else a new array). W is dense fp32 (a GEMM
+ * on the backend) or a resident handle (its own kernels: packed GEMV/GEMM, fp16): the one place a
+ * Linear's storage matters.
+ */
+export function linear(backend: Backend, x: Float32Array, rows: number, W: Weight, out: number, inF: number, bias?: Float32Array, y: Float32Array = new Float32Array(rows * out)): Float32Array {
+  if (!(W instanceof Float32Array)) {
+    if (W.out !== out || W.in !== inF) throw new Error(`internal: ${W.label} weight is [${W.out}, ${W.in}], expected [${out}, ${inF}]`);
+    W.linear(x, rows, y, bias);
+    return y;
+  }
   if (bias) for (let r = 0; r < rows; r++) y.set(bias, r * out);
   backend.gemm(false, true, rows, out, inF, 1, x, W, bias ? 1 : 0, y);
   return y;
@@ -84,10 +109,10 @@ export function applyNorm(arch: ArchSpec, get: (name: string) => Float32Array | 
 }
 
 /** Runs Linear `name` on x into y (a new array when y is omitted). */
-function runLinear(ctx: ForwardContext, w: BlockWeights, name: string, x: Float32Array, rows: number, opts: BlockRunOptions, y?: Float32Array): Float32Array {
+function runLinear(ctx: ForwardContext, w: BlockTensors, name: string, x: Float32Array, rows: number, opts: BlockRunOptions, y?: Float32Array): Float32Array {
   const spec = ctx.arch.linears.find((l) => l.name === name)!;
   opts.onLinearInput?.(name, x, rows);
-  return linear(ctx.backend, x, rows, weight(w, `${name}.weight`), spec.out, spec.in, spec.bias ? w.get(`${name}.bias`) : undefined, y ?? new Float32Array(rows * spec.out));
+  return linear(ctx.backend, x, rows, weight(w, `${name}.weight`), spec.out, spec.in, spec.bias ? denseTensor(w, `${name}.bias`) : undefined, y ?? new Float32Array(rows * spec.out));
 }
 
 /** Query rows per causal chunk: a chunk's scores span only the keys it can see (about half the work at T ≫ CHUNK). */
@@ -176,7 +201,7 @@ function inputBuffer(ctx: ForwardContext, opts: BlockRunOptions): (role: string,
  * The attention half of a block on its normed input h [B*T, hidden]: q/k/v, RoPE, causal attention and
  * the output projection; returns o [B*T, hidden] (a scratch view: copy it to keep it). No residual.
  */
-export function attentionModule(ctx: ForwardContext, w: BlockWeights, h: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
+export function attentionModule(ctx: ForwardContext, w: BlockTensors, h: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
   const { arch } = ctx;
   const rows = B * T;
   const pos0 = opts.pos0 ?? 0;
@@ -215,7 +240,7 @@ export function attentionModule(ctx: ForwardContext, w: BlockWeights, h: Float32
 }
 
 /** The MLP half of a block on its normed input h [rows, hidden]; returns [rows, hidden] (a scratch view). No residual. */
-export function mlpModule(ctx: ForwardContext, w: BlockWeights, h: Float32Array, rows: number, opts: BlockRunOptions = {}): Float32Array {
+export function mlpModule(ctx: ForwardContext, w: BlockTensors, h: Float32Array, rows: number, opts: BlockRunOptions = {}): Float32Array {
   const { arch } = ctx;
   const sc = scratch(ctx);
   const input = inputBuffer(ctx, opts);
@@ -244,10 +269,10 @@ export function inAttention(arch: ArchSpec, name: string): boolean {
  * the context's scratch buffers, except the inputs handed to onLinearInput, which are always fresh
  * arrays (a hook may keep them, or tell inputs apart by identity).
  */
-export function blockForward(ctx: ForwardContext, w: BlockWeights, x: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
+export function blockForward(ctx: ForwardContext, w: BlockTensors, x: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
   const { arch } = ctx;
   const rows = B * T;
-  const get = (n: string) => w.get(n);
+  const get = (n: string) => denseTensor(w, n);
   const input = inputBuffer(ctx, opts);
   const h1 = applyNorm(arch, get, arch.attnNorm, x, rows, input("h1", rows * arch.hidden));
   const o = attentionModule(ctx, w, h1, B, T, opts);
@@ -264,10 +289,10 @@ export function blockForward(ctx: ForwardContext, w: BlockWeights, x: Float32Arr
  * first Linears of each half see a norm's output; the later ones run their half (whose last Linear is
  * the only work past the wanted input). Returns a fresh array.
  */
-export function linearInput(ctx: ForwardContext, w: BlockWeights, x: Float32Array, B: number, T: number, name: string): Float32Array {
+export function linearInput(ctx: ForwardContext, w: BlockTensors, x: Float32Array, B: number, T: number, name: string): Float32Array {
   const { arch } = ctx;
   const rows = B * T;
-  const get = (n: string) => w.get(n);
+  const get = (n: string) => denseTensor(w, n);
   let seen: Float32Array | null = null;
   const hook = { onLinearInput: (n: string, inp: Float32Array) => void (n === name && seen === null && (seen = inp)) };
   const h1 = applyNorm(arch, get, arch.attnNorm, x, rows);

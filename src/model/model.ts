@@ -1,10 +1,16 @@
 // Opening a checkpoint directory as a model: config.json → ArchSpec, tensor presence and shape checks,
-// per-block weight loading (fp16/bf16/fp32, or packed INT4 dequantized through the format registry),
-// and the whole-model forward (embeddings → blocks → final norm → LM head) used by generate and eval.
+// per-block weight loading, and the whole-model forward (embeddings → blocks → final norm → LM head)
+// used by generate, eval and bench. Two ways to load a block:
+//   - loadBlockWeights: every Linear as an fp32 [out, in] matrix (packed ones dequantized through the
+//     format registry): the quantize pipeline's working copy, and inference with --dequantize;
+//   - loadBlockTensors: inference. A packed Linear is unpacked by its format (the same validation) and
+//     repacked once into the backend's runtime layout (Backend.packLinear), so it stays packed in memory
+//     and runs on the packed kernels; fp Linears stay fp32. Embeddings and the LM head of a packed
+//     checkpoint stay fp16 when stored so (Backend.f16Linear).
 
 import fs from "node:fs";
 import path from "node:path";
-import type { Backend } from "../compute/backend.js";
+import type { Backend, LinearHandle } from "../compute/backend.js";
 import { Checkpoint } from "../io/checkpoint.js";
 import { assertFinite } from "../io/safetensors.js";
 import { detectFormat } from "../../formats/index.js";
@@ -13,7 +19,7 @@ import type { FormatSpec, LinearShape, QuantizedLinear, QuantSettings, TensorGet
 import type { DType, TensorInfo } from "../io/types.js";
 import { FileFormatError, ModelError } from "../util/errors.js";
 import { resolveArchitecture, type ArchSpec, type LinearSpec } from "./architectures.js";
-import { applyNorm, blockForward, createContext, linear, type BlockWeights, type ForwardContext, type LayerCache } from "./forward.js";
+import { applyNorm, blockForward, createContext, linear, type BlockTensors, type BlockWeights, type ForwardContext, type LayerCache, type Weight } from "./forward.js";
 
 export interface QuantInfo {
   format: FormatSpec;
@@ -185,6 +191,74 @@ export function loadBlockWeights(src: ModelSource, i: number): BlockWeights {
   return w;
 }
 
+/** How inference holds its weights. */
+export interface LoadOptions {
+  /** Dequantize packed Linears to fp32 and widen fp16 tensors (the pre-runtime path, for comparison). */
+  dequantize?: boolean;
+}
+
+/** Does this load keep packed Linears packed (a packed checkpoint, a backend with a packed runtime, no --dequantize)? */
+function keepsPacked(src: ModelSource, backend: Backend, opts: LoadOptions): boolean {
+  return src.quant !== null && !opts.dequantize && backend.packLinear !== undefined;
+}
+
+/**
+ * Block i for inference: norms and biases fp32; each packed Linear unpacked and validated by its format
+ * (as loadBlockWeights does) and then held by the backend in its runtime layout; fp Linears as in
+ * loadBlockWeights (fp32), or fp16 handles when the checkpoint is packed and stores them as F16.
+ * With opts.dequantize (or a backend without packed kernels) this is loadBlockWeights.
+ */
+export function loadBlockTensors(src: ModelSource, i: number, backend: Backend, opts: LoadOptions = {}): BlockTensors {
+  if (!keepsPacked(src, backend, opts)) return loadBlockWeights(src, i);
+  const a = src.arch;
+  const p = a.blockPrefix(i);
+  const w = new Map<string, Weight>();
+  for (const n of [a.attnNorm, a.mlpNorm]) {
+    expectShape(src, p + n.weight, [a.hidden]);
+    w.set(n.weight, readFloat(src, p + n.weight));
+    if (n.bias) w.set(n.bias, readFloat(src, p + n.bias));
+  }
+  for (const l of a.linears) {
+    const full = p + l.name;
+    const settings = linearQuantSettings(src, full);
+    if (settings) {
+      const q = unpackLinear(src.ckpt, src.quant!.format, full, settings, { out: l.out, in: l.in });
+      w.set(`${l.name}.weight`, backend.packLinear!(q));
+      if (l.bias) w.set(`${l.name}.bias`, q.bias ?? readFloat(src, `${full}.bias`));
+    } else {
+      const wn = `${full}.weight`;
+      expectFpLinear(src, full, l);
+      w.set(`${l.name}.weight`, (!a.transposedLinears && readF16Handle(src, wn, backend)) || loadFpLinear(src, wn, l));
+      if (l.bias) {
+        expectShape(src, `${full}.bias`, [l.out]);
+        w.set(`${l.name}.bias`, readFloat(src, `${full}.bias`));
+      }
+    }
+  }
+  return w;
+}
+
+function loadFpLinear(src: ModelSource, wn: string, l: LinearSpec): Float32Array {
+  const raw = readFloat(src, wn);
+  return src.arch.transposedLinears ? transpose(raw, l.in, l.out) : raw;
+}
+
+/**
+ * A 2-D tensor stored as F16 as a resident fp16 handle (NaN/Inf refused as readFloat does); null when
+ * it is stored in another dtype or the backend has no fp16 weights.
+ */
+function readF16Handle(src: ModelSource, name: string, backend: Backend): LinearHandle | null {
+  const info = floatInfo(src, name);
+  if (info.dtype !== "F16" || info.shape.length !== 2 || !backend.f16Linear) return null;
+  const raw = src.ckpt.readRaw(name);
+  const n = info.shape[0]! * info.shape[1]!;
+  const h = raw.byteOffset % 2 === 0 ? new Uint16Array(raw.buffer, raw.byteOffset, n) : new Uint16Array(raw.slice().buffer, 0, n);
+  for (let k = 0; k < n; k++) {
+    if ((h[k]! & 0x7c00) === 0x7c00) throw new ModelError(`${info.file}: tensor "${name}" contains NaN/Inf at index ${k}`);
+  }
+  return backend.f16Linear(h, info.shape[0]!, info.shape[1]!);
+}
+
 /**
  * Check a checkpoint without running it (inspect): every packed Linear through unpackLinear (the same
  * validation inference uses, without dequantizing), every float tensor the model reads for its dtype and shape.
@@ -227,6 +301,29 @@ export interface GlobalWeights {
   lmHead: Float32Array;
 }
 
+/** The globals inference runs: embeddings and LM head may be resident handles (fp16 as stored). */
+export interface RuntimeGlobals {
+  embed: Weight;
+  positions: Float32Array | null;
+  finalNorm: Map<string, Float32Array>;
+  lmHead: Weight;
+}
+
+/** Globals for inference: as loadGlobalWeights, but a packed checkpoint's F16 embeddings / LM head stay fp16. */
+export function loadRuntimeGlobals(src: ModelSource, backend: Backend, opts: LoadOptions = {}): RuntimeGlobals {
+  if (!keepsPacked(src, backend, opts)) return loadGlobalWeights(src);
+  const a = src.arch;
+  const embed = readF16Handle(src, a.embedTokens, backend) ?? readFloat(src, a.embedTokens);
+  const finalNorm = new Map<string, Float32Array>([[a.finalNorm.weight, readFloat(src, a.finalNorm.weight)]]);
+  if (a.finalNorm.bias) finalNorm.set(a.finalNorm.bias, readFloat(src, a.finalNorm.bias));
+  return {
+    embed,
+    positions: a.positional.kind === "learned" ? readFloat(src, a.positional.tensor) : null,
+    finalNorm,
+    lmHead: a.tiedLmHead ? embed : (readF16Handle(src, a.lmHead, backend) ?? readFloat(src, a.lmHead)),
+  };
+}
+
 export function loadGlobalWeights(src: ModelSource): GlobalWeights {
   const a = src.arch;
   const embed = readFloat(src, a.embedTokens);
@@ -241,13 +338,15 @@ export function loadGlobalWeights(src: ModelSource): GlobalWeights {
 }
 
 /** Token (and learned position) embeddings for B sequences of T tokens starting at pos0. */
-export function embedTokens(arch: ArchSpec, g: Pick<GlobalWeights, "embed" | "positions">, tokens: ArrayLike<number>, T: number, pos0 = 0): Float32Array {
+export function embedTokens(arch: ArchSpec, g: Pick<RuntimeGlobals, "embed" | "positions">, tokens: ArrayLike<number>, T: number, pos0 = 0): Float32Array {
   const h = arch.hidden;
   const x = new Float32Array(tokens.length * h);
+  const table = g.embed;
   for (let r = 0; r < tokens.length; r++) {
     const id = tokens[r]!;
     if (id < 0 || id >= arch.vocabSize) throw new ModelError(`token id ${id} is outside the vocabulary (size ${arch.vocabSize})`);
-    x.set(g.embed.subarray(id * h, id * h + h), r * h);
+    if (table instanceof Float32Array) x.set(table.subarray(id * h, id * h + h), r * h);
+    else table.rows(id, id + 1, x.subarray(r * h, r * h + h));
     if (g.positions && arch.positional.kind === "learned") {
       const p = pos0 + (r % T) + arch.positional.offset;
       for (let i = 0; i < h; i++) x[r * h + i] = x[r * h + i]! + g.positions[p * h + i]!;
@@ -257,34 +356,73 @@ export function embedTokens(arch: ArchSpec, g: Pick<GlobalWeights, "embed" | "po
 }
 
 /** Final norm + LM head: logits [rows, vocab]. */
-export function logitsOf(ctx: ForwardContext, g: GlobalWeights, x: Float32Array, rows: number): Float32Array {
+export function logitsOf(ctx: ForwardContext, g: Pick<RuntimeGlobals, "finalNorm" | "lmHead">, x: Float32Array, rows: number): Float32Array {
   const a = ctx.arch;
   const n = applyNorm(a, (k) => g.finalNorm.get(k), a.finalNorm, x, rows);
   return linear(ctx.backend, n, rows, g.lmHead, a.vocabSize, a.hidden);
 }
 
-/** A fully loaded model for inference (all blocks in memory as fp32). */
+/** Resident weight memory of a loaded model, by storage. */
+export interface WeightMemory {
+  /** Bytes of packed Linears (codes, scales, zero points, index maps, outliers). */
+  packed: number;
+  /** Bytes of fp16 handles (embeddings, LM head, unquantized Linears of a packed checkpoint). */
+  f16: number;
+  /** Bytes of fp32 arrays (norms, biases, fp Linears; everything with --dequantize). */
+  f32: number;
+  total: number;
+  packedLinears: number;
+  denseLinears: number;
+}
+
+/** A fully loaded model for inference: packed Linears stay packed (see loadBlockTensors), the rest fp32. */
 export class Model {
   readonly ctx: ForwardContext;
   private constructor(
     readonly src: ModelSource,
-    readonly globals: GlobalWeights,
-    readonly blocks: BlockWeights[],
+    readonly globals: RuntimeGlobals,
+    readonly blocks: BlockTensors[],
     backend: Backend,
   ) {
     this.ctx = createContext(src.arch, backend);
   }
 
-  static load(dir: string, backend: Backend, onBlock?: (i: number, n: number) => void): Model {
+  static load(dir: string, backend: Backend, onBlock?: (i: number, n: number) => void, opts: LoadOptions = {}): Model {
     const src = openModel(dir);
-    const globals = loadGlobalWeights(src);
-    const blocks: BlockWeights[] = [];
+    const globals = loadRuntimeGlobals(src, backend, opts);
+    const blocks: BlockTensors[] = [];
     for (let i = 0; i < src.arch.nLayers; i++) {
-      blocks.push(loadBlockWeights(src, i));
+      blocks.push(loadBlockTensors(src, i, backend, opts));
       onBlock?.(i + 1, src.arch.nLayers);
     }
     src.ckpt.close();
     return new Model(src, globals, blocks, backend);
+  }
+
+  /** Bytes the loaded weights occupy (each distinct tensor once: a tied LM head is the embedding). */
+  weightMemory(): WeightMemory {
+    const m: WeightMemory = { packed: 0, f16: 0, f32: 0, total: 0, packedLinears: 0, denseLinears: 0 };
+    const seen = new Set<Weight>();
+    const add = (t: Weight, isLinear: boolean) => {
+      if (seen.has(t)) return;
+      seen.add(t);
+      if (t instanceof Float32Array) m.f32 += t.byteLength;
+      else if (t.kind === "packed") m.packed += t.bytes;
+      else m.f16 += t.bytes;
+      if (isLinear) {
+        if (!(t instanceof Float32Array) && t.kind === "packed") m.packedLinears++;
+        else m.denseLinears++;
+      }
+    };
+    const g = this.globals;
+    add(g.embed, false);
+    add(g.lmHead, false);
+    if (g.positions) add(g.positions, false);
+    for (const t of g.finalNorm.values()) add(t, false);
+    const linearKeys = new Set(this.arch.linears.map((l) => `${l.name}.weight`));
+    for (const b of this.blocks) for (const [k, t] of b) add(t, linearKeys.has(k));
+    m.total = m.packed + m.f16 + m.f32;
+    return m;
   }
 
   get arch(): ArchSpec {

@@ -1,0 +1,644 @@
+// quant4 runtime kernels: see qkernels.h for the layout. AVX2/FMA(/F16C) versions are compiled per
+// function with __attribute__((target(...))) and chosen at run time (__builtin_cpu_supports), so the addon
+// itself stays baseline x86-64; every kernel has a portable scalar version (QUANT4_NO_SIMD=1 forces it).
+
+#include "qkernels.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define Q4_X86 1
+#include <immintrin.h>
+#endif
+
+#ifdef QUANT4_ACCELERATE
+#include <Accelerate/Accelerate.h>
+#else
+#include <cblas.h>
+#endif
+
+namespace q4 {
+
+void FreeDeleter::operator()(void* p) const { std::free(p); }
+
+namespace {
+
+void* AlignedAlloc(size_t bytes) {
+  size_t n = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+  return std::aligned_alloc(64, n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run-time choices
+
+bool CpuHasAvx2() {
+#ifdef Q4_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+const bool g_simdAvailable = CpuHasAvx2();
+bool EnvNoSimd() {
+  const char* v = std::getenv("QUANT4_NO_SIMD");
+  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
+}
+std::atomic<bool> g_simd{g_simdAvailable && !EnvNoSimd()};
+
+int EnvInt(const char* name, int dflt) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return dflt;
+  int x = std::atoi(v);
+  return x > 0 ? x : dflt;
+}
+
+// Rows up to which a multi-row call runs the GEMV once per row (above: dequantized tiles + sgemm).
+const int g_gemvMaxRows = EnvInt("QUANT4_GEMV_MAX_ROWS", 4);
+// fp32 bytes of one dequantized GEMM tile.
+const int64_t g_tileBytes = static_cast<int64_t>(EnvInt("QUANT4_TILE_KB", 4096)) * 1024;
+// Weights (out·in) below which a call stays on one thread (waking a worker costs more).
+const int64_t g_parallelMin = EnvInt("QUANT4_PARALLEL_MIN", 1 << 16);
+// Microseconds a pool worker spins for the next job before sleeping.
+const int g_spinUs = EnvInt("QUANT4_SPIN_US", 200);
+
+// ---------------------------------------------------------------------------------------------
+// A small thread pool with dynamic chunks: a job is cut into chunks that the caller and the workers claim
+// one at a time, so the caller never waits for a worker the OS has not scheduled (the machine may be
+// shared) beyond the chunk that worker already holds. Workers spin briefly for the next job (decoding
+// calls come back-to-back), then sleep. A claim is a CAS on (generation, next chunk): a worker waking
+// late for a finished job sees another generation and claims nothing, so it never touches a job whose
+// caller has returned.
+
+class Pool {
+ public:
+  void SetThreads(int n) { threads_.store(std::max(1, std::min(n, 256))); }
+  int Threads() const { return threads_.load(); }
+
+  /** Runs fn(chunk, chunks) for every chunk in [0, chunks), on up to Threads() threads. */
+  void Run(int chunks, const std::function<void(int, int)>& fn) {
+    const int threads = Threads();
+    if (chunks <= 1 || threads <= 1) {
+      for (int c = 0; c < chunks; c++) fn(c, chunks);
+      return;
+    }
+    std::lock_guard<std::mutex> run(runM_);  // one job at a time
+    Ensure(threads - 1);
+    uint64_t gen;
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      job_ = &fn;
+      chunks_ = chunks;
+      completed_.store(0, std::memory_order_relaxed);
+      gen = (word_.load() >> 32) + 1;
+      word_.store(gen << 32, std::memory_order_release);
+    }
+    cv_.notify_all();
+    Work(gen);
+    while (completed_.load(std::memory_order_acquire) < chunks) Pause();
+  }
+
+ private:
+  static void Pause() {
+#ifdef Q4_X86
+    _mm_pause();
+#else
+    std::this_thread::yield();
+#endif
+  }
+
+  /** Claims and runs chunks of generation `gen` until none is left. */
+  void Work(uint64_t gen) {
+    uint64_t w = word_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((w >> 32) != gen) return;
+      const int next = static_cast<int>(w & 0xffffffffu);
+      if (next >= chunks_) return;
+      if (!word_.compare_exchange_weak(w, w + 1, std::memory_order_acq_rel)) continue;
+      (*job_)(next, chunks_);
+      completed_.fetch_add(1, std::memory_order_acq_rel);
+      w = word_.load(std::memory_order_acquire);
+    }
+  }
+
+  void Ensure(int n) {
+    while (static_cast<int>(workers_.size()) < n) {
+      const uint64_t seen = word_.load() >> 32;
+      workers_.emplace_back([this, seen] { Loop(seen); });
+      workers_.back().detach();
+    }
+  }
+
+  void Loop(uint64_t seen) {
+    for (;;) {
+      uint64_t g = word_.load(std::memory_order_acquire) >> 32;
+      if (g == seen) {
+        const auto t0 = std::chrono::steady_clock::now();
+        int spins = 0;
+        while ((g = word_.load(std::memory_order_acquire) >> 32) == seen) {
+          Pause();
+          if (++spins % 256 == 0 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(g_spinUs)) {
+            std::unique_lock<std::mutex> lk(m_);
+            cv_.wait(lk, [&] { return (word_.load() >> 32) != seen; });
+            g = word_.load() >> 32;
+            break;
+          }
+        }
+      }
+      seen = g;
+      Work(g);
+    }
+  }
+
+  std::mutex runM_, m_;
+  std::condition_variable cv_;
+  std::vector<std::thread> workers_;
+  std::atomic<uint64_t> word_{0};  // generation << 32 | next chunk
+  std::atomic<int> completed_{0};
+  const std::function<void(int, int)>* job_ = nullptr;
+  int chunks_ = 0;
+  std::atomic<int> threads_{static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))};
+};
+
+Pool& ThePool() {
+  static Pool* pool = new Pool();  // never destroyed (detached workers sleep in it at exit)
+  return *pool;
+}
+
+/** [lo, hi) of part p of n items split into `parts`, boundaries multiples of `align`. */
+void Split(int64_t n, int p, int parts, int64_t align, int64_t* lo, int64_t* hi) {
+  int64_t units = (n + align - 1) / align;
+  *lo = std::min(n, units * p / parts * align);
+  *hi = std::min(n, units * (p + 1) / parts * align);
+}
+
+// ---------------------------------------------------------------------------------------------
+// fp16 <-> fp32 (scalar)
+
+float HalfToFloat(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t man = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalize
+      int e = -1;
+      do {
+        man <<= 1;
+        e++;
+      } while ((man & 0x400) == 0);
+      bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (man & 0x3ff) << 13;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | man << 13;
+  } else {
+    bits = sign | (exp + 127 - 15) << 23 | man << 13;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar kernels (the portable fallback; also the reference the SIMD ones are tested against)
+
+inline int CodeAt(const uint8_t* row, int cw, int64_t c) {
+  const int bw = 64 / cw;
+  const uint8_t byte = row[c / bw * 8 + (c % 8)];
+  const int k = static_cast<int>(c % bw) / 8;
+  return (byte >> (k * cw)) & ((1 << cw) - 1);
+}
+
+/** y[r] for r in [r0, r1): dense part only. xp: group-ordered, padded input. */
+void GemvScalar(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
+  const int cw = L.cw, K = 8 / cw, bw = 64 / cw, mask = (1 << cw) - 1;
+  for (int64_t r = r0; r < r1; r++) {
+    const uint8_t* row = L.codes.get() + r * L.rowBytes;
+    float tot = 0;
+    for (int g = 0; g < L.nG; g++) {
+      const int64_t cs = L.segStart[g], ce = L.segStart[g + 1];
+      if (cs == ce) continue;
+      const float z = static_cast<float>(L.zeros[r * L.nG + g]);
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t c = cs; c < ce; c += bw) {
+        const uint8_t* blk = row + c / bw * 8;
+        for (int k = 0; k < K; k++) {
+          const float* xk = xp + c + 8 * k;
+          for (int j = 0; j < 8; j++) acc[j] += (static_cast<float>((blk[j] >> (k * cw)) & mask) - z) * xk[j];
+        }
+      }
+      float a = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+      tot += L.scales[r * L.nG + g] * a;
+    }
+    y[r] = tot;
+  }
+}
+
+void GemvF16Scalar(const PackedLinear& L, const float* x, int64_t r0, int64_t r1, float* y) {
+  for (int64_t r = r0; r < r1; r++) {
+    const uint16_t* w = L.half.get() + r * L.in;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= L.in; i += 8)
+      for (int j = 0; j < 8; j++) acc[j] += HalfToFloat(w[i + j]) * x[i + j];
+    for (; i < L.in; i++) acc[0] += HalfToFloat(w[i]) * x[i];
+    y[r] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  }
+}
+
+/** Row r of the fp32 weight into dst[in] (group-ordered codes scattered back to their columns). */
+void DequantRowScalar(const PackedLinear& L, int64_t r, float* dst) {
+  if (L.kind == PackedLinear::F16) {
+    const uint16_t* w = L.half.get() + r * L.in;
+    for (int64_t i = 0; i < L.in; i++) dst[i] = HalfToFloat(w[i]);
+    return;
+  }
+  const uint8_t* row = L.codes.get() + r * L.rowBytes;
+  for (int g = 0; g < L.nG; g++) {
+    const float s = L.scales[r * L.nG + g];
+    const float z = static_cast<float>(L.zeros[r * L.nG + g]);
+    for (int64_t c = L.segStart[g]; c < L.segStart[g + 1]; c++) {
+      const int64_t col = L.identity ? c : L.srcCol[c];
+      if (col < 0) continue;
+      dst[col] = s * (static_cast<float>(CodeAt(row, L.cw, c)) - z);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 / FMA / F16C kernels
+
+#ifdef Q4_X86
+#define Q4_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+Q4_AVX2 inline float Hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/** Column vector k (8 columns) of an 8-byte block already widened to 8 × u32 lanes. */
+template <int CW, int k>
+Q4_AVX2 inline __m256 Slot(__m256i d, __m256i mask) {
+  constexpr int K = 8 / CW;
+  if (K == 1) return _mm256_cvtepi32_ps(d);
+  if (k == K - 1) return _mm256_cvtepi32_ps(_mm256_srli_epi32(d, k * CW));
+  if (k == 0) return _mm256_cvtepi32_ps(_mm256_and_si256(d, mask));
+  return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(d, k * CW), mask));
+}
+
+template <int CW, int k, int R>
+Q4_AVX2 inline void SlotFma(const __m256i* d, __m256i mask, const __m256* zv, __m256 xv, __m256* acc) {
+  for (int j = 0; j < R; j++) acc[j] = _mm256_fmadd_ps(_mm256_sub_ps(Slot<CW, k>(d[j], mask), zv[j]), xv, acc[j]);
+}
+
+/** R rows starting at r: y[r..r+R) (dense part). */
+template <int CW, int R>
+Q4_AVX2 void GemvBlockAvx2(const PackedLinear& L, const float* xp, int64_t r, float* y) {
+  constexpr int K = 8 / CW;
+  constexpr int BW = 8 * K;
+  const __m256i mask = _mm256_set1_epi32((1 << CW) - 1);
+  const uint8_t* rows[R];
+  for (int j = 0; j < R; j++) rows[j] = L.codes.get() + (r + j) * L.rowBytes;
+  const int nG = L.nG;
+  __m256 tot[R];
+  for (int j = 0; j < R; j++) tot[j] = _mm256_setzero_ps();
+  for (int g = 0; g < nG; g++) {
+    const int64_t cs = L.segStart[g], ce = L.segStart[g + 1];
+    if (cs == ce) continue;
+    __m256 zv[R], acc[R];
+    for (int j = 0; j < R; j++) {
+      zv[j] = _mm256_set1_ps(static_cast<float>(L.zeros[(r + j) * nG + g]));
+      acc[j] = _mm256_setzero_ps();
+    }
+    for (int64_t c = cs; c < ce; c += BW) {
+      const int64_t bo = c / BW * 8;
+      __m256i d[R];
+      for (int j = 0; j < R; j++) d[j] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + bo)));
+      SlotFma<CW, 0, R>(d, mask, zv, _mm256_loadu_ps(xp + c), acc);
+      if constexpr (K > 1) SlotFma<CW, 1, R>(d, mask, zv, _mm256_loadu_ps(xp + c + 8), acc);
+      if constexpr (K > 2) {
+        SlotFma<CW, 2, R>(d, mask, zv, _mm256_loadu_ps(xp + c + 16), acc);
+        SlotFma<CW, 3, R>(d, mask, zv, _mm256_loadu_ps(xp + c + 24), acc);
+      }
+    }
+    for (int j = 0; j < R; j++) tot[j] = _mm256_fmadd_ps(acc[j], _mm256_set1_ps(L.scales[(r + j) * nG + g]), tot[j]);
+  }
+  for (int j = 0; j < R; j++) y[r + j] = Hsum(tot[j]);
+}
+
+template <int CW>
+Q4_AVX2 void GemvAvx2T(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) GemvBlockAvx2<CW, 4>(L, xp, r, y);
+  for (; r < r1; r++) GemvBlockAvx2<CW, 1>(L, xp, r, y);
+}
+
+Q4_AVX2 void GemvAvx2(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
+  switch (L.cw) {
+    case 2: GemvAvx2T<2>(L, xp, r0, r1, y); break;
+    case 4: GemvAvx2T<4>(L, xp, r0, r1, y); break;
+    default: GemvAvx2T<8>(L, xp, r0, r1, y); break;
+  }
+}
+
+Q4_AVX2 void GemvF16Avx2(const PackedLinear& L, const float* x, int64_t r0, int64_t r1, float* y) {
+  const int64_t in = L.in;
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const uint16_t* w[4];
+    __m256 acc[4];
+    for (int j = 0; j < 4; j++) {
+      w[j] = L.half.get() + (r + j) * in;
+      acc[j] = _mm256_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 8 <= in; i += 8) {
+      const __m256 xv = _mm256_loadu_ps(x + i);
+      for (int j = 0; j < 4; j++)
+        acc[j] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[j] + i))), xv, acc[j]);
+    }
+    for (int j = 0; j < 4; j++) {
+      float s = Hsum(acc[j]);
+      for (int64_t t = i; t < in; t++) s += HalfToFloat(w[j][t]) * x[t];
+      y[r + j] = s;
+    }
+  }
+  for (; r < r1; r++) {
+    const uint16_t* w = L.half.get() + r * in;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= in; i += 8)
+      acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i))), _mm256_loadu_ps(x + i), acc);
+    float s = Hsum(acc);
+    for (; i < in; i++) s += HalfToFloat(w[i]) * x[i];
+    y[r] = s;
+  }
+}
+
+/** Identity-layout row dequantization (the common case), 8 columns per slot. */
+template <int CW>
+Q4_AVX2 void DequantRowAvx2T(const PackedLinear& L, int64_t r, float* dst) {
+  constexpr int K = 8 / CW;
+  constexpr int BW = 8 * K;
+  const __m256i mask = _mm256_set1_epi32((1 << CW) - 1);
+  const uint8_t* row = L.codes.get() + r * L.rowBytes;
+  for (int g = 0; g < L.nG; g++) {
+    const __m256 sv = _mm256_set1_ps(L.scales[r * L.nG + g]);
+    const __m256 zv = _mm256_set1_ps(static_cast<float>(L.zeros[r * L.nG + g]));
+    for (int64_t c = L.segStart[g]; c < L.segStart[g + 1]; c += BW) {
+      const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / BW * 8)));
+      _mm256_storeu_ps(dst + c, _mm256_mul_ps(sv, _mm256_sub_ps(Slot<CW, 0>(d, mask), zv)));
+      if constexpr (K > 1) _mm256_storeu_ps(dst + c + 8, _mm256_mul_ps(sv, _mm256_sub_ps(Slot<CW, 1>(d, mask), zv)));
+      if constexpr (K > 2) {
+        _mm256_storeu_ps(dst + c + 16, _mm256_mul_ps(sv, _mm256_sub_ps(Slot<CW, 2>(d, mask), zv)));
+        _mm256_storeu_ps(dst + c + 24, _mm256_mul_ps(sv, _mm256_sub_ps(Slot<CW, 3>(d, mask), zv)));
+      }
+    }
+  }
+}
+
+Q4_AVX2 void DequantRowF16Avx2(const PackedLinear& L, int64_t r, float* dst) {
+  const uint16_t* w = L.half.get() + r * L.in;
+  int64_t i = 0;
+  for (; i + 8 <= L.in; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i))));
+  for (; i < L.in; i++) dst[i] = HalfToFloat(w[i]);
+}
+
+Q4_AVX2 void DequantRowAvx2(const PackedLinear& L, int64_t r, float* dst) {
+  if (L.kind == PackedLinear::F16) return DequantRowF16Avx2(L, r, dst);
+  if (!L.identity) return DequantRowScalar(L, r, dst);
+  switch (L.cw) {
+    case 2: DequantRowAvx2T<2>(L, r, dst); break;
+    case 4: DequantRowAvx2T<4>(L, r, dst); break;
+    default: DequantRowAvx2T<8>(L, r, dst); break;
+  }
+}
+#endif  // Q4_X86
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch
+
+void GemvRows(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
+#ifdef Q4_X86
+  if (g_simd.load(std::memory_order_relaxed)) {
+    if (L.kind == PackedLinear::F16) GemvF16Avx2(L, xp, r0, r1, y);
+    else GemvAvx2(L, xp, r0, r1, y);
+    return;
+  }
+#endif
+  if (L.kind == PackedLinear::F16) GemvF16Scalar(L, xp, r0, r1, y);
+  else GemvScalar(L, xp, r0, r1, y);
+}
+
+void DequantRow(const PackedLinear& L, int64_t r, float* dst) {
+#ifdef Q4_X86
+  if (g_simd.load(std::memory_order_relaxed)) {
+    DequantRowAvx2(L, r, dst);
+  } else
+#endif
+  {
+    DequantRowScalar(L, r, dst);
+  }
+  if (!L.olPtr.empty())
+    for (int32_t k = L.olPtr[r]; k < L.olPtr[r + 1]; k++) dst[L.olIdx[k]] = L.olVal[k];
+}
+
+void OutlierGemv(const PackedLinear& L, const float* x, int64_t r0, int64_t r1, float* y) {
+  if (L.olPtr.empty()) return;
+  for (int64_t r = r0; r < r1; r++) {
+    float s = 0;
+    for (int32_t k = L.olPtr[r]; k < L.olPtr[r + 1]; k++) s += L.olDelta[k] * x[L.olIdx[k]];
+    y[r] += s;
+  }
+}
+
+/** The group-ordered, padded copy of one input row (or the row itself when the layout is the identity). */
+const float* GatherX(const PackedLinear& L, const float* x, std::vector<float>& buf) {
+  if (L.kind == PackedLinear::F16 || L.identity) return x;
+  buf.resize(L.inP);
+  for (int64_t c = 0; c < L.inP; c++) {
+    const int32_t s = L.srcCol[c];
+    buf[c] = s >= 0 ? x[s] : 0.0f;
+  }
+  return buf.data();
+}
+
+void GemvOne(const PackedLinear& L, const float* x, float* y, const float* bias, std::vector<float>& xbuf) {
+  const float* xp = GatherX(L, x, xbuf);
+  // Chunks of ≥ 64 rows (≥ ~128 KiB of 4-bit codes at 4096 inputs), about 8 per thread.
+  const int chunks = L.out * L.in >= g_parallelMin ? static_cast<int>(std::min<int64_t>(8 * ThePool().Threads(), (L.out + 63) / 64)) : 1;
+  ThePool().Run(chunks, [&](int p, int n) {
+    int64_t lo, hi;
+    Split(L.out, p, n, 16, &lo, &hi);
+    if (lo >= hi) return;
+    GemvRows(L, xp, lo, hi, y);
+    OutlierGemv(L, x, lo, hi, y);
+    if (bias)
+      for (int64_t r = lo; r < hi; r++) y[r] += bias[r];
+  });
+}
+
+void GemmTiles(const PackedLinear& L, const float* x, int64_t rows, float* y, const float* bias) {
+  const int64_t out = L.out, in = L.in;
+  if (bias)
+    for (int64_t i = 0; i < rows; i++) std::memcpy(y + i * out, bias, sizeof(float) * out);
+  int64_t nb = std::max<int64_t>(16, g_tileBytes / (4 * std::max<int64_t>(in, 1)) / 16 * 16);
+  nb = std::min(nb, out);
+  std::unique_ptr<float, FreeDeleter> tile(static_cast<float*>(AlignedAlloc(sizeof(float) * nb * in)));
+  for (int64_t r0 = 0; r0 < out; r0 += nb) {
+    const int64_t n = std::min(nb, out - r0);
+    float* t = tile.get();
+    const int chunks = n * in >= g_parallelMin ? static_cast<int>(std::min<int64_t>(8 * ThePool().Threads(), (n + 7) / 8)) : 1;
+    ThePool().Run(chunks, [&](int p, int np) {
+      int64_t lo, hi;
+      Split(n, p, np, 1, &lo, &hi);
+      for (int64_t r = lo; r < hi; r++) DequantRow(L, r0 + r, t + r * in);
+    });
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(n), static_cast<int>(in),
+                1.0f, x, static_cast<int>(in), t, static_cast<int>(in), bias ? 1.0f : 0.0f, y + r0, static_cast<int>(out));
+  }
+}
+
+}  // namespace
+
+size_t PackedLinear::Bytes() const {
+  size_t b = 0;
+  if (kind == F16) return sizeof(uint16_t) * out * in;
+  b += static_cast<size_t>(out * rowBytes);
+  b += scales.size() * sizeof(float) + zeros.size();
+  b += (segStart.size() + srcCol.size() + olPtr.size() + olIdx.size()) * sizeof(int32_t);
+  b += (olVal.size() + olDelta.size()) * sizeof(float);
+  return b;
+}
+
+std::unique_ptr<PackedLinear> Pack(const PackInput& p, std::string* err) {
+  auto fail = [&](const std::string& m) {
+    *err = m;
+    return std::unique_ptr<PackedLinear>();
+  };
+  if (p.out < 1 || p.in < 1) return fail("empty layer");
+  if (p.bits != 2 && p.bits != 3 && p.bits != 4 && p.bits != 8) return fail("bits must be 2, 3, 4 or 8, got " + std::to_string(p.bits));
+  if (p.nG < 1 || p.nG > p.in) return fail("bad group count " + std::to_string(p.nG));
+  auto L = std::make_unique<PackedLinear>();
+  L->kind = PackedLinear::INT;
+  L->out = p.out;
+  L->in = p.in;
+  L->bits = p.bits;
+  L->cw = p.bits == 2 ? 2 : p.bits <= 4 ? 4 : 8;
+  L->nG = static_cast<int>(p.nG);
+  const int bw = 64 / L->cw;
+  // Group of every input column, and the group-ordered padded order.
+  std::vector<int32_t> grp(p.in);
+  for (int64_t i = 0; i < p.in; i++) {
+    int64_t g = p.gIdx ? p.gIdx[i] : (p.groupSize <= 0 ? 0 : i / p.groupSize);
+    if (g < 0 || g >= p.nG) return fail("group of input column " + std::to_string(i) + " is " + std::to_string(g) + ", outside [0, " + std::to_string(p.nG) + ")");
+    grp[i] = static_cast<int32_t>(g);
+  }
+  std::vector<int64_t> cnt(p.nG, 0);
+  for (int64_t i = 0; i < p.in; i++) cnt[grp[i]]++;
+  L->segStart.assign(p.nG + 1, 0);
+  for (int64_t g = 0; g < p.nG; g++) L->segStart[g + 1] = static_cast<int32_t>(L->segStart[g] + (cnt[g] + bw - 1) / bw * bw);
+  L->inP = L->segStart[p.nG];
+  L->rowBytes = L->inP / bw * 8;
+  std::vector<int32_t> src(L->inP, -1);
+  {
+    std::vector<int64_t> fill(L->segStart.begin(), L->segStart.end() - 1);
+    for (int64_t i = 0; i < p.in; i++) src[fill[grp[i]]++] = static_cast<int32_t>(i);
+  }
+  L->identity = L->inP == p.in;
+  for (int64_t c = 0; L->identity && c < L->inP; c++) L->identity = src[c] == c;
+  if (!L->identity) L->srcCol = std::move(src);
+  // Codes.
+  L->codes.reset(static_cast<uint8_t*>(AlignedAlloc(static_cast<size_t>(p.out * L->rowBytes))));
+  const int maxq = (1 << p.bits) - 1;
+  for (int64_t r = 0; r < p.out; r++) {
+    uint8_t* row = L->codes.get() + r * L->rowBytes;
+    std::memset(row, 0, L->rowBytes);
+    const uint8_t* q = p.codes + r * p.in;
+    for (int64_t c = 0; c < L->inP; c++) {
+      const int64_t col = L->identity ? c : L->srcCol[c];
+      if (col < 0) continue;
+      const int v = q[col];
+      if (v > maxq) return fail("code " + std::to_string(v) + " at (" + std::to_string(r) + ", " + std::to_string(col) + ") exceeds " + std::to_string(p.bits) + " bits");
+      row[c / bw * 8 + (c % 8)] |= static_cast<uint8_t>(v << ((c % bw) / 8 * L->cw));
+    }
+  }
+  L->scales.assign(p.scales, p.scales + p.out * p.nG);
+  L->zeros.assign(p.zeros, p.zeros + p.out * p.nG);
+  for (int64_t k = 0; k < p.out * p.nG; k++)
+    if (L->zeros[k] > maxq) return fail("zero point " + std::to_string(L->zeros[k]) + " exceeds " + std::to_string(p.bits) + " bits");
+  // Outliers.
+  if (p.olPtr) {
+    if (p.olPtr[0] != 0) return fail("outlier indptr must start at 0");
+    for (int64_t r = 0; r < p.out; r++)
+      if (p.olPtr[r + 1] < p.olPtr[r]) return fail("outlier indptr decreases at row " + std::to_string(r));
+    const int64_t nnz = p.olPtr[p.out];
+    L->olPtr.assign(p.olPtr, p.olPtr + p.out + 1);
+    L->olIdx.assign(p.olIdx, p.olIdx + nnz);
+    L->olVal.assign(p.olVal, p.olVal + nnz);
+    L->olDelta.resize(nnz);
+    for (int64_t r = 0; r < p.out; r++) {
+      for (int32_t k = L->olPtr[r]; k < L->olPtr[r + 1]; k++) {
+        const int32_t c = L->olIdx[k];
+        if (c < 0 || c >= p.in) return fail("outlier column " + std::to_string(c) + " outside [0, " + std::to_string(p.in) + ")");
+        const int64_t gi = r * p.nG + grp[c];
+        const float w = L->scales[gi] * (static_cast<float>(p.codes[r * p.in + c]) - static_cast<float>(L->zeros[gi]));
+        L->olDelta[k] = L->olVal[k] - w;
+      }
+    }
+  }
+  return L;
+}
+
+std::unique_ptr<PackedLinear> PackF16(const uint16_t* w, int64_t out, int64_t in) {
+  auto L = std::make_unique<PackedLinear>();
+  L->kind = PackedLinear::F16;
+  L->out = out;
+  L->in = in;
+  L->bits = 16;
+  L->inP = in;
+  L->half.reset(static_cast<uint16_t*>(AlignedAlloc(sizeof(uint16_t) * out * in)));
+  std::memcpy(L->half.get(), w, sizeof(uint16_t) * out * in);
+  return L;
+}
+
+void Linear(const PackedLinear& L, const float* x, int64_t rows, float* y, const float* bias, int mode) {
+  if (rows <= 0) return;
+  const bool gemm = mode == 2 || (mode == 0 && rows > g_gemvMaxRows);
+  if (!gemm) {
+    std::vector<float> xbuf;
+    for (int64_t i = 0; i < rows; i++) GemvOne(L, x + i * L.in, y + i * L.out, bias, xbuf);
+    return;
+  }
+  GemmTiles(L, x, rows, y, bias);
+}
+
+void Dequantize(const PackedLinear& L, float* w) { DequantRows(L, 0, L.out, w); }
+
+void DequantRows(const PackedLinear& L, int64_t r0, int64_t r1, float* dst) {
+  for (int64_t r = r0; r < r1; r++) DequantRow(L, r, dst + (r - r0) * L.in);
+}
+
+void SetThreads(int n) { ThePool().SetThreads(n); }
+int Threads() { return ThePool().Threads(); }
+bool SetSimd(bool on) {
+  g_simd.store(on && g_simdAvailable);
+  return g_simd.load();
+}
+bool SimdAvailable() { return g_simdAvailable; }
+bool SimdInUse() { return g_simd.load(); }
+
+}  // namespace q4
