@@ -3,7 +3,8 @@
 // 1, one line per attempt on stderr, the attempts table, no output directory and no attempt or work
 // dirs left); a limit that a fallback can meet passes after retries (exit 0, the passing attempt
 // renamed into place, `quant4.gate` in its config.json with the fp and quantized perplexities, which
-// eval-ppl reproduces on the output); and the flag combinations it refuses.
+// eval-ppl reproduces on the output); an attempt interrupted by Ctrl-C resumes with --resume (a plain
+// rerun is refused before the fp evaluation); and the flag combinations it refuses.
 
 import fs from "node:fs";
 import path from "node:path";
@@ -82,6 +83,25 @@ describe("quantize --gate-text", () => {
     const ej = JSON.parse(e.stdout);
     expect(ej.protocol).toEqual(g.protocol);
     expect(ej.ppl).toBeCloseTo(g.ppl, 10);
+  });
+
+  it("an interrupted attempt keeps its work dir; a plain rerun is refused up front, --resume continues it", async () => {
+    const parent = makeTmpDir("quant4-gate-resume-");
+    const out = path.join(parent, "out");
+    const args = ["quantize", STORIES_VENDORED, out, ...BASE, "--gate-max-increase", "1000"];
+    const r1 = await runCli(args, { env: { QUANT4_SIGINT_AFTER_BLOCK: "1" } });
+    expect(r1.code, r1.stderr).toBe(130);
+    expect(fs.readdirSync(parent)).toEqual(["out.gate-attempt-1.partial"]);
+    const r2 = await runCli(args);
+    expect(r2.code).toBe(2);
+    expect(stderrLines(r2).at(-1)).toBe(`quant4: error: an interrupted run exists at ${out}.gate-attempt-1.partial; rerun with --resume to continue it, or delete that directory to start over`);
+    expect(stderrLines(r2).some((l) => l.startsWith("quant4: gate:"))).toBe(false); // before the fp evaluation
+    const r3 = await runCli([...args, "--resume"]);
+    expect(r3.code, r3.stderr).toBe(0);
+    expect(r3.stderr).toMatch(/quant4: resuming at block 2\/5/);
+    expect(stderrLines(r3).filter((l) => ATTEMPT_LINE.test(l)).map((l) => ATTEMPT_LINE.exec(l)![7])).toEqual(["pass"]);
+    expect(fs.readdirSync(parent)).toEqual(["out"]);
+    expect(JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")).quant4.gate.attempt).toBe(1);
   });
 
   it("refuses incomplete gate flags (exit 2, one line)", async () => {

@@ -158,6 +158,16 @@ export async function quantizeTuned(plan0: Plan, o: QuantizeCliOptions, ctx: Ctx
   if (top <= start && o.targetBits !== undefined)
     throw new UsageError(`--target-bits: no Linear of this run can be raised (every quantized Linear is already at 8 bits, or none is quantized)`);
   const gate = o.gateText !== undefined ? prepareGate(plan0, o, ctx.modelDir) : null;
+  // An interrupted sensitivity pass or attempt needs --resume: said now, not after the fp evaluation.
+  if (!o.resume && !o.dryRun) {
+    const parent = path.dirname(out);
+    const base = path.basename(out);
+    const left = fs.existsSync(parent)
+      ? fs.readdirSync(parent).filter((f) => f.startsWith(`${base}.`) && (gate ? /^\.(sensitivity|gate-attempt-\d+)\.partial$/ : /^\.(sensitivity\.)?partial$/).test(f.slice(base.length)))
+      : [];
+    if (left.length > 0)
+      throw new UsageError(`an interrupted run exists at ${path.join(parent, left[0]!)}; rerun with --resume to continue it, or delete that directory to start over`);
+  }
   const targetInfo = o.targetBits !== undefined ? { target: o.targetBits, startBits: start, maxBits: top } : null;
   const gateInfo = gate ? { protocol: gate.protocol, maxIncreasePercent: o.gateMaxIncrease!, retries: o.gateRetries } : null;
 
