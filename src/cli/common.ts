@@ -94,11 +94,4 @@ export function printJson(obj: unknown): void {
   writeStdout(JSON.stringify(obj, null, 2) + "\n");
 }
 
-export function fmtBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  const u = ["KiB", "MiB", "GiB", "TiB"];
-  let v = n / 1024;
-  let i = 0;
-  while (v >= 1024 && i < u.length - 1) { v /= 1024; i++; }
-  return `${v.toFixed(v < 10 ? 2 : 1)} ${u[i]}`;
-}
+export { fmtBytes } from "../util/format.js";

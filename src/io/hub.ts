@@ -19,6 +19,7 @@ import path from "node:path";
 import type { ListFileEntry } from "@huggingface/hub";
 import { INDEX_FILE, SINGLE_FILE } from "./checkpoint.js";
 import { HubError, NetworkError, Quant4Error, UsageError } from "../util/errors.js";
+import { fmtBytes } from "../util/format.js";
 import { progressMode, startProgress, type ProgressMode } from "../util/progress.js";
 
 export const DEFAULT_ENDPOINT = "https://huggingface.co";
@@ -191,15 +192,6 @@ function causeOf(e: unknown): string {
   const c = (e as { cause?: { code?: string; message?: string } })?.cause;
   const msg = c?.code && c.message && !c.message.includes(c.code) ? `${c.code} ${c.message}` : (c?.message ?? c?.code ?? (e as Error)?.message ?? String(e));
   return msg.replace(/\s+/g, " ").trim();
-}
-
-function fmtBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  const u = ["KiB", "MiB", "GiB", "TiB"];
-  let v = n / 1024;
-  let i = 0;
-  while (v >= 1024 && i < u.length - 1) { v /= 1024; i++; }
-  return `${v.toFixed(v < 10 ? 2 : 1)} ${u[i]}`;
 }
 
 function makeFetch(ctx: Omit<Ctx, "fetch">): typeof fetch {
