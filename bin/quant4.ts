@@ -3,6 +3,7 @@
 // 0 ok, 1 a quality gate failed, 2 bad input / usage / I/O error, 3 internal error, 130 interrupted.
 
 import { Command, CommanderError } from "commander";
+import { registerBench } from "../src/cli/bench.js";
 import { registerEvalPpl } from "../src/cli/eval-ppl.js";
 import { registerGenerate } from "../src/cli/generate.js";
 import { registerInspect } from "../src/cli/inspect.js";
@@ -32,6 +33,7 @@ registerGenerate(program);
 registerEvalPpl(program);
 registerQuantize(program);
 registerSensitivity(program);
+registerBench(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -14,6 +14,10 @@
 #include <mutex>
 #include <thread>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #define Q4_X86 1
 #include <immintrin.h>
@@ -31,7 +35,29 @@ void FreeDeleter::operator()(void* p) const { std::free(p); }
 
 namespace {
 
+/** A non-negative integer tuning knob from the environment (benchmarks); dflt when unset or invalid. */
+int EnvInt(const char* name, int dflt) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return dflt;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  return *end == '\0' && x >= 0 && x <= (1L << 30) ? static_cast<int>(x) : dflt;
+}
+
+/**
+ * 64-byte aligned memory; a large block is 2 MiB aligned and advised as huge pages (Linux THP "madvise"
+ * mode), so streaming a layer's codes does not walk a page table every 4 KiB.
+ */
 void* AlignedAlloc(size_t bytes) {
+  const size_t kHuge = size_t(2) << 20;
+  if (bytes >= 2 * kHuge) {
+    const size_t n = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = std::aligned_alloc(kHuge, n);
+#ifdef __linux__
+    if (p && EnvInt("QUANT4_HUGEPAGES", 1) == 1) madvise(p, n, MADV_HUGEPAGE);
+#endif
+    return p;
+  }
   size_t n = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
   return std::aligned_alloc(64, n);
 }
@@ -55,17 +81,11 @@ bool EnvNoSimd() {
 }
 std::atomic<bool> g_simd{g_simdAvailable && !EnvNoSimd()};
 
-int EnvInt(const char* name, int dflt) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return dflt;
-  int x = std::atoi(v);
-  return x > 0 ? x : dflt;
-}
-
 // Rows up to which a multi-row call runs the GEMV once per row (above: dequantized tiles + sgemm).
-const int g_gemvMaxRows = EnvInt("QUANT4_GEMV_MAX_ROWS", 4);
-// fp32 bytes of one dequantized GEMM tile.
+const int g_gemvMaxRows = EnvInt("QUANT4_GEMV_MAX_ROWS", 16);
+// fp32 bytes of one dequantized GEMM tile, and its fewest rows (sgemm is slow on narrow N).
 const int64_t g_tileBytes = static_cast<int64_t>(EnvInt("QUANT4_TILE_KB", 4096)) * 1024;
+const int64_t g_tileMinRows = EnvInt("QUANT4_TILE_MIN_ROWS", 256);
 // Weights (out·in) below which a call stays on one thread (waking a worker costs more).
 const int64_t g_parallelMin = EnvInt("QUANT4_PARALLEL_MIN", 1 << 16);
 // Microseconds a pool worker spins for the next job before sleeping.
@@ -213,18 +233,19 @@ float HalfToFloat(uint16_t h) {
 // ---------------------------------------------------------------------------------------------
 // Scalar kernels (the portable fallback; also the reference the SIMD ones are tested against)
 
-inline int CodeAt(const uint8_t* row, int cw, int64_t c) {
+inline int CodeAt(const uint8_t* row, int64_t stride, int cw, int64_t c) {
   const int bw = 64 / cw;
-  const uint8_t byte = row[c / bw * 8 + (c % 8)];
+  const uint8_t byte = row[c / bw * stride + (c % 8)];
   const int k = static_cast<int>(c % bw) / 8;
   return (byte >> (k * cw)) & ((1 << cw) - 1);
 }
 
-/** y[r] for r in [r0, r1): dense part only. xp: group-ordered, padded input. */
+/** y[r] for r in [r0, r1): dense part only. xp: group-ordered, padded input. Subtracts z per weight. */
 void GemvScalar(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
   const int cw = L.cw, K = 8 / cw, bw = 64 / cw, mask = (1 << cw) - 1;
   for (int64_t r = r0; r < r1; r++) {
-    const uint8_t* row = L.codes.get() + r * L.rowBytes;
+    const uint8_t* row = L.RowBase(r);
+    const int64_t stride = L.ChunkStride(r);
     float tot = 0;
     for (int g = 0; g < L.nG; g++) {
       const int64_t cs = L.segStart[g], ce = L.segStart[g + 1];
@@ -232,7 +253,7 @@ void GemvScalar(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, 
       const float z = static_cast<float>(L.zeros[r * L.nG + g]);
       float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       for (int64_t c = cs; c < ce; c += bw) {
-        const uint8_t* blk = row + c / bw * 8;
+        const uint8_t* blk = row + c / bw * stride;
         for (int k = 0; k < K; k++) {
           const float* xk = xp + c + 8 * k;
           for (int j = 0; j < 8; j++) acc[j] += (static_cast<float>((blk[j] >> (k * cw)) & mask) - z) * xk[j];
@@ -264,14 +285,15 @@ void DequantRowScalar(const PackedLinear& L, int64_t r, float* dst) {
     for (int64_t i = 0; i < L.in; i++) dst[i] = HalfToFloat(w[i]);
     return;
   }
-  const uint8_t* row = L.codes.get() + r * L.rowBytes;
+  const uint8_t* row = L.RowBase(r);
+  const int64_t stride = L.ChunkStride(r);
   for (int g = 0; g < L.nG; g++) {
     const float s = L.scales[r * L.nG + g];
     const float z = static_cast<float>(L.zeros[r * L.nG + g]);
     for (int64_t c = L.segStart[g]; c < L.segStart[g + 1]; c++) {
       const int64_t col = L.identity ? c : L.srcCol[c];
       if (col < 0) continue;
-      dst[col] = s * (static_cast<float>(CodeAt(row, L.cw, c)) - z);
+      dst[col] = s * (static_cast<float>(CodeAt(row, stride, L.cw, c)) - z);
     }
   }
 }
@@ -304,53 +326,84 @@ Q4_AVX2 inline void SlotFma(const __m256i* d, __m256i mask, const __m256* zv, __
   for (int j = 0; j < R; j++) acc[j] = _mm256_fmadd_ps(_mm256_sub_ps(Slot<CW, k>(d[j], mask), zv[j]), xv, acc[j]);
 }
 
-/** R rows starting at r: y[r..r+R) (dense part). */
+/** Σ q·x without the zero point (2/4-bit codes: z·Σx is subtracted once per group instead). */
+template <int CW, int k, int R>
+Q4_AVX2 inline void SlotFmaNoZero(const __m256i* d, __m256i mask, __m256 xv, __m256* acc) {
+  for (int j = 0; j < R; j++) acc[j] = _mm256_fmadd_ps(Slot<CW, k>(d[j], mask), xv, acc[j]);
+}
+
+/**
+ * R rows starting at r: y[r..r+R) (dense part). For 2/4-bit codes Σ(q − z)·x = Σq·x − z·Σx per group
+ * (xsum[g] = Σx over the group, once per call), which saves a subtraction per 8 weights; |q|, |z| < 16, so
+ * the cancellation costs at most a few bits (measured: the relative error stays ~1e-7). 8-bit codes
+ * (z up to 255) subtract in registers.
+ */
+// Software prefetch distance (bytes) of the 4-row GEMV stream; 0 = off.
+const int64_t kPrefetch = EnvInt("QUANT4_PREFETCH", 2048);
+
 template <int CW, int R>
-Q4_AVX2 void GemvBlockAvx2(const PackedLinear& L, const float* xp, int64_t r, float* y) {
+Q4_AVX2 void GemvBlockAvx2(const PackedLinear& L, const float* xp, const float* xsum, int64_t r, float* y) {
   constexpr int K = 8 / CW;
   constexpr int BW = 8 * K;
+  constexpr bool kZeroSum = CW < 8;
   const __m256i mask = _mm256_set1_epi32((1 << CW) - 1);
+  // R = 4: a 4-row block (chunks interleaved, stride 32); R = 1: any row.
   const uint8_t* rows[R];
-  for (int j = 0; j < R; j++) rows[j] = L.codes.get() + (r + j) * L.rowBytes;
+  for (int j = 0; j < R; j++) rows[j] = L.RowBase(r + j);
+  const int64_t stride = L.ChunkStride(r);
   const int nG = L.nG;
   __m256 tot[R];
-  for (int j = 0; j < R; j++) tot[j] = _mm256_setzero_ps();
+  float corr[R];
+  for (int j = 0; j < R; j++) {
+    tot[j] = _mm256_setzero_ps();
+    corr[j] = 0;
+  }
   for (int g = 0; g < nG; g++) {
     const int64_t cs = L.segStart[g], ce = L.segStart[g + 1];
     if (cs == ce) continue;
     __m256 zv[R], acc[R];
     for (int j = 0; j < R; j++) {
-      zv[j] = _mm256_set1_ps(static_cast<float>(L.zeros[(r + j) * nG + g]));
+      if constexpr (!kZeroSum) zv[j] = _mm256_set1_ps(static_cast<float>(L.zeros[(r + j) * nG + g]));
       acc[j] = _mm256_setzero_ps();
     }
+    if (R == 4 && kPrefetch > 0)
+      for (int64_t pf = cs / BW * 32; pf < ce / BW * 32; pf += 64) _mm_prefetch(reinterpret_cast<const char*>(rows[0] + pf + kPrefetch), _MM_HINT_T0);
     for (int64_t c = cs; c < ce; c += BW) {
-      const int64_t bo = c / BW * 8;
+      const int64_t bo = c / BW * stride;
       __m256i d[R];
       for (int j = 0; j < R; j++) d[j] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + bo)));
-      SlotFma<CW, 0, R>(d, mask, zv, _mm256_loadu_ps(xp + c), acc);
-      if constexpr (K > 1) SlotFma<CW, 1, R>(d, mask, zv, _mm256_loadu_ps(xp + c + 8), acc);
-      if constexpr (K > 2) {
-        SlotFma<CW, 2, R>(d, mask, zv, _mm256_loadu_ps(xp + c + 16), acc);
-        SlotFma<CW, 3, R>(d, mask, zv, _mm256_loadu_ps(xp + c + 24), acc);
+      if constexpr (kZeroSum) {
+        SlotFmaNoZero<CW, 0, R>(d, mask, _mm256_loadu_ps(xp + c), acc);
+        SlotFmaNoZero<CW, 1, R>(d, mask, _mm256_loadu_ps(xp + c + 8), acc);
+        if constexpr (K > 2) {
+          SlotFmaNoZero<CW, 2, R>(d, mask, _mm256_loadu_ps(xp + c + 16), acc);
+          SlotFmaNoZero<CW, 3, R>(d, mask, _mm256_loadu_ps(xp + c + 24), acc);
+        }
+      } else {
+        SlotFma<CW, 0, R>(d, mask, zv, _mm256_loadu_ps(xp + c), acc);
       }
     }
-    for (int j = 0; j < R; j++) tot[j] = _mm256_fmadd_ps(acc[j], _mm256_set1_ps(L.scales[(r + j) * nG + g]), tot[j]);
+    for (int j = 0; j < R; j++) {
+      const float sc = L.scales[(r + j) * nG + g];
+      tot[j] = _mm256_fmadd_ps(acc[j], _mm256_set1_ps(sc), tot[j]);
+      if constexpr (kZeroSum) corr[j] += sc * static_cast<float>(L.zeros[(r + j) * nG + g]) * xsum[g];
+    }
   }
-  for (int j = 0; j < R; j++) y[r + j] = Hsum(tot[j]);
+  for (int j = 0; j < R; j++) y[r + j] = Hsum(tot[j]) - corr[j];
 }
 
 template <int CW>
-Q4_AVX2 void GemvAvx2T(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
+Q4_AVX2 void GemvAvx2T(const PackedLinear& L, const float* xp, const float* xsum, int64_t r0, int64_t r1, float* y) {
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) GemvBlockAvx2<CW, 4>(L, xp, r, y);
-  for (; r < r1; r++) GemvBlockAvx2<CW, 1>(L, xp, r, y);
+  for (; r + 4 <= r1; r += 4) GemvBlockAvx2<CW, 4>(L, xp, xsum, r, y);
+  for (; r < r1; r++) GemvBlockAvx2<CW, 1>(L, xp, xsum, r, y);
 }
 
-Q4_AVX2 void GemvAvx2(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
+Q4_AVX2 void GemvAvx2(const PackedLinear& L, const float* xp, const float* xsum, int64_t r0, int64_t r1, float* y) {
   switch (L.cw) {
-    case 2: GemvAvx2T<2>(L, xp, r0, r1, y); break;
-    case 4: GemvAvx2T<4>(L, xp, r0, r1, y); break;
-    default: GemvAvx2T<8>(L, xp, r0, r1, y); break;
+    case 2: GemvAvx2T<2>(L, xp, xsum, r0, r1, y); break;
+    case 4: GemvAvx2T<4>(L, xp, xsum, r0, r1, y); break;
+    default: GemvAvx2T<8>(L, xp, xsum, r0, r1, y); break;
   }
 }
 
@@ -394,12 +447,13 @@ Q4_AVX2 void DequantRowAvx2T(const PackedLinear& L, int64_t r, float* dst) {
   constexpr int K = 8 / CW;
   constexpr int BW = 8 * K;
   const __m256i mask = _mm256_set1_epi32((1 << CW) - 1);
-  const uint8_t* row = L.codes.get() + r * L.rowBytes;
+  const uint8_t* row = L.RowBase(r);
+  const int64_t stride = L.ChunkStride(r);
   for (int g = 0; g < L.nG; g++) {
     const __m256 sv = _mm256_set1_ps(L.scales[r * L.nG + g]);
     const __m256 zv = _mm256_set1_ps(static_cast<float>(L.zeros[r * L.nG + g]));
     for (int64_t c = L.segStart[g]; c < L.segStart[g + 1]; c += BW) {
-      const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / BW * 8)));
+      const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / BW * stride)));
       _mm256_storeu_ps(dst + c, _mm256_mul_ps(sv, _mm256_sub_ps(Slot<CW, 0>(d, mask), zv)));
       if constexpr (K > 1) _mm256_storeu_ps(dst + c + 8, _mm256_mul_ps(sv, _mm256_sub_ps(Slot<CW, 1>(d, mask), zv)));
       if constexpr (K > 2) {
@@ -419,26 +473,36 @@ Q4_AVX2 void DequantRowF16Avx2(const PackedLinear& L, int64_t r, float* dst) {
 
 Q4_AVX2 void DequantRowAvx2(const PackedLinear& L, int64_t r, float* dst) {
   if (L.kind == PackedLinear::F16) return DequantRowF16Avx2(L, r, dst);
-  if (!L.identity) return DequantRowScalar(L, r, dst);
-  switch (L.cw) {
-    case 2: DequantRowAvx2T<2>(L, r, dst); break;
-    case 4: DequantRowAvx2T<4>(L, r, dst); break;
-    default: DequantRowAvx2T<8>(L, r, dst); break;
+  // Group order ≠ column order (act-order, padding): dequantize in group order, then scatter.
+  thread_local std::vector<float> tmp;
+  float* d = dst;
+  if (!L.identity) {
+    tmp.resize(L.inP);
+    d = tmp.data();
   }
+  switch (L.cw) {
+    case 2: DequantRowAvx2T<2>(L, r, d); break;
+    case 4: DequantRowAvx2T<4>(L, r, d); break;
+    default: DequantRowAvx2T<8>(L, r, d); break;
+  }
+  if (!L.identity)
+    for (int64_t c = 0; c < L.inP; c++)
+      if (L.srcCol[c] >= 0) dst[L.srcCol[c]] = d[c];
 }
 #endif  // Q4_X86
 
 // ---------------------------------------------------------------------------------------------
 // Dispatch
 
-void GemvRows(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
+void GemvRows(const PackedLinear& L, const float* xp, const float* xsum, int64_t r0, int64_t r1, float* y) {
 #ifdef Q4_X86
   if (g_simd.load(std::memory_order_relaxed)) {
     if (L.kind == PackedLinear::F16) GemvF16Avx2(L, xp, r0, r1, y);
-    else GemvAvx2(L, xp, r0, r1, y);
+    else GemvAvx2(L, xp, xsum, r0, r1, y);
     return;
   }
 #endif
+  (void)xsum;
   if (L.kind == PackedLinear::F16) GemvF16Scalar(L, xp, r0, r1, y);
   else GemvScalar(L, xp, r0, r1, y);
 }
@@ -476,15 +540,23 @@ const float* GatherX(const PackedLinear& L, const float* x, std::vector<float>& 
   return buf.data();
 }
 
-void GemvOne(const PackedLinear& L, const float* x, float* y, const float* bias, std::vector<float>& xbuf) {
+void GemvOne(const PackedLinear& L, const float* x, float* y, const float* bias, std::vector<float>& xbuf, std::vector<float>& xsum) {
   const float* xp = GatherX(L, x, xbuf);
+  if (L.kind == PackedLinear::INT) {
+    xsum.resize(L.nG);
+    for (int g = 0; g < L.nG; g++) {
+      float sv = 0;
+      for (int64_t c = L.segStart[g]; c < L.segStart[g + 1]; c++) sv += xp[c];
+      xsum[g] = sv;
+    }
+  }
   // Chunks of ≥ 64 rows (≥ ~128 KiB of 4-bit codes at 4096 inputs), about 8 per thread.
   const int chunks = L.out * L.in >= g_parallelMin ? static_cast<int>(std::min<int64_t>(8 * ThePool().Threads(), (L.out + 63) / 64)) : 1;
   ThePool().Run(chunks, [&](int p, int n) {
     int64_t lo, hi;
     Split(L.out, p, n, 16, &lo, &hi);
     if (lo >= hi) return;
-    GemvRows(L, xp, lo, hi, y);
+    GemvRows(L, xp, xsum.data(), lo, hi, y);
     OutlierGemv(L, x, lo, hi, y);
     if (bias)
       for (int64_t r = lo; r < hi; r++) y[r] += bias[r];
@@ -495,7 +567,7 @@ void GemmTiles(const PackedLinear& L, const float* x, int64_t rows, float* y, co
   const int64_t out = L.out, in = L.in;
   if (bias)
     for (int64_t i = 0; i < rows; i++) std::memcpy(y + i * out, bias, sizeof(float) * out);
-  int64_t nb = std::max<int64_t>(16, g_tileBytes / (4 * std::max<int64_t>(in, 1)) / 16 * 16);
+  int64_t nb = std::max<int64_t>({16, g_tileMinRows / 16 * 16, g_tileBytes / (4 * std::max<int64_t>(in, 1)) / 16 * 16});
   nb = std::min(nb, out);
   std::unique_ptr<float, FreeDeleter> tile(static_cast<float*>(AlignedAlloc(sizeof(float) * nb * in)));
   for (int64_t r0 = 0; r0 < out; r0 += nb) {
@@ -504,7 +576,7 @@ void GemmTiles(const PackedLinear& L, const float* x, int64_t rows, float* y, co
     const int chunks = n * in >= g_parallelMin ? static_cast<int>(std::min<int64_t>(8 * ThePool().Threads(), (n + 7) / 8)) : 1;
     ThePool().Run(chunks, [&](int p, int np) {
       int64_t lo, hi;
-      Split(n, p, np, 1, &lo, &hi);
+      Split(n, p, np, 4, &lo, &hi);  // whole 4-row blocks per chunk (they share cache lines)
       for (int64_t r = lo; r < hi; r++) DequantRow(L, r0 + r, t + r * in);
     });
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(n), static_cast<int>(in),
@@ -564,16 +636,17 @@ std::unique_ptr<PackedLinear> Pack(const PackInput& p, std::string* err) {
   // Codes.
   L->codes.reset(static_cast<uint8_t*>(AlignedAlloc(static_cast<size_t>(p.out * L->rowBytes))));
   const int maxq = (1 << p.bits) - 1;
+  std::memset(L->codes.get(), 0, static_cast<size_t>(p.out * L->rowBytes));
   for (int64_t r = 0; r < p.out; r++) {
-    uint8_t* row = L->codes.get() + r * L->rowBytes;
-    std::memset(row, 0, L->rowBytes);
+    uint8_t* row = const_cast<uint8_t*>(L->RowBase(r));
+    const int64_t stride = L->ChunkStride(r);
     const uint8_t* q = p.codes + r * p.in;
     for (int64_t c = 0; c < L->inP; c++) {
       const int64_t col = L->identity ? c : L->srcCol[c];
       if (col < 0) continue;
       const int v = q[col];
       if (v > maxq) return fail("code " + std::to_string(v) + " at (" + std::to_string(r) + ", " + std::to_string(col) + ") exceeds " + std::to_string(p.bits) + " bits");
-      row[c / bw * 8 + (c % 8)] |= static_cast<uint8_t>(v << ((c % bw) / 8 * L->cw));
+      row[c / bw * stride + (c % 8)] |= static_cast<uint8_t>(v << ((c % bw) / 8 * L->cw));
     }
   }
   L->scales.assign(p.scales, p.scales + p.out * p.nG);
@@ -619,8 +692,8 @@ void Linear(const PackedLinear& L, const float* x, int64_t rows, float* y, const
   if (rows <= 0) return;
   const bool gemm = mode == 2 || (mode == 0 && rows > g_gemvMaxRows);
   if (!gemm) {
-    std::vector<float> xbuf;
-    for (int64_t i = 0; i < rows; i++) GemvOne(L, x + i * L.in, y + i * L.out, bias, xbuf);
+    std::vector<float> xbuf, xsum;
+    for (int64_t i = 0; i < rows; i++) GemvOne(L, x + i * L.in, y + i * L.out, bias, xbuf, xsum);
     return;
   }
   GemmTiles(L, x, rows, y, bias);

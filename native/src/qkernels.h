@@ -8,10 +8,13 @@
 //     block-aligned segment [segStart[g], segStart[g+1]) shared by all rows. Without act-order and with
 //     block-aligned groups this order is the identity (no gather of x at run time); otherwise srcCol maps a
 //     padded position to its original column (−1 = padding) and x is gathered once per call.
-//   - codes of one output row are packed along the input dim in 8-byte blocks of BW = 64/cw columns: byte j
-//     of a block holds column j + 8k at bit k·cw (k < 8/cw), so one 8-byte load widened to eight 32-bit
+//   - codes of one output row are packed along the input dim in 8-byte chunks of BW = 64/cw columns: byte j
+//     of a chunk holds column j + 8k at bit k·cw (k < 8/cw), so one 8-byte load widened to eight 32-bit
 //     lanes gives 8/cw vectors of 8 consecutive columns with a shift and a mask each.
-//     Code width cw: 4 for 3/4-bit layers, 2 for 2-bit, 8 for 8-bit.
+//     Code width cw: 4 for 3/4-bit layers, 2 for 2-bit, 8 for 8-bit. Rows go in blocks of 4 whose chunks
+//     are interleaved (chunk b of rows 4i..4i+3 in 32 consecutive bytes), so the GEMV, which runs 4 rows
+//     at a time, reads the whole matrix as one sequential stream (a plain row of 2 KiB is too short a
+//     stream for hardware prefetchers); the last out mod 4 rows are plain.
 //   - per (row, group): fp32 scale and u8 zero point; w = scale·(q − zero), exactly the formats' dequantize.
 //   - outliers: CSR by row with the original column, the exact value (GEMM tiles) and value − grid weight
 //     (the GEMV adds delta·x after the dense part).
@@ -55,6 +58,12 @@ struct PackedLinear {
   std::vector<float> olDelta;     // nnz, value − scale·(q − zero)
   std::unique_ptr<uint16_t, FreeDeleter> half;  // F16: out*in, 64-byte aligned
   size_t Bytes() const;
+  /** Chunk 0 of row r, and the byte distance between its chunks (32 in a 4-row block, 8 for the tail rows). */
+  const uint8_t* RowBase(int64_t r) const {
+    const int64_t blocked = out / 4 * 4;
+    return r < blocked ? codes.get() + (r / 4) * 4 * rowBytes + (r % 4) * 8 : codes.get() + r * rowBytes;
+  }
+  int64_t ChunkStride(int64_t r) const { return r < out / 4 * 4 ? 32 : 8; }
 };
 
 struct PackInput {
