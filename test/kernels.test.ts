@@ -335,6 +335,30 @@ describe("quantized stories260K on the packed kernels vs --dequantize", () => {
     });
   }
 
+  it("quant4 bench --baseline: both models measured side by side (--json), packed vs fp32, --dequantize", async () => {
+    const k = Object.keys(variants)[0]!;
+    const r = await runCli(["bench", dirs[k]!, "--baseline", STORIES_VENDORED, "--prompt-len", "16", "--gen", "4", "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.model.runtime).toBe("packed");
+    expect(j.model.linears).toEqual(["fp16", "int4 per-row"]); // gptq keeps the 172-wide down_proj fp16
+    expect(j.baseline.runtime).toBe("fp32");
+    for (const m of [j.model, j.baseline]) {
+      expect(m.promptTokens).toBe(16);
+      expect(m.genTokens).toBe(4);
+      for (const f of ["timeToFirstTokenSeconds", "promptTokensPerSecond", "decodeTokensPerSecond", "decodeMsPerTokenMedian", "peakRssBytes"]) expect(m[f], f).toBeGreaterThan(0);
+      expect(typeof m.residentWeightBytes).toBe("number");
+    }
+    expect(j.model.weightMemory.total).toBeLessThan(j.baseline.weightMemory.total / 2); // fp16 down_proj and embeddings
+    const d = await runCli(["bench", dirs[k]!, "--prompt-len", "8", "--gen", "2", "--dequantize"]);
+    expect(d.code, d.stderr).toBe(0);
+    expect(d.stdout).toMatch(/linears\s+fp32/);
+    expect(d.stdout).toMatch(/decode tokens\/s/);
+    const bad = await runCli(["bench", dirs[k]!, "--prompt-len", "500", "--gen", "100"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/exceeds the model's context of 512 tokens/);
+  });
+
   it("generate: the same greedy text with and without --dequantize", async () => {
     const k = Object.keys(variants)[0]!;
     const gen = async (extra: string[]) => {
