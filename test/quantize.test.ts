@@ -814,7 +814,7 @@ describe("first run: defaults, schemes and the automatic format choice", () => {
     const cfg = readConfig(out);
     expect(cfg.quant4.calibration).toMatchObject({ text: "c4", nsamples: 128, seqlen: 512, seed: 0 });
     expect(cfg.quant4.calibration.sha256).toMatch(/^[0-9a-f]{64}$/);
-  });
+  }, 360_000); // the full default calibration (128 × 512): ~45 s on a quiet 2-core machine
 
   it("RTN runs no calibration unless --calib asks for output errors", async () => {
     const out = path.join(makeTmpDir("quant4-rtn-nocal-"), "out");
