@@ -17,7 +17,7 @@ import { BackendError } from "../src/util/errors.js";
 import { dequantize } from "../formats/dequant.js";
 import { getFormat } from "../formats/index.js";
 import type { QuantizedLinear, QuantSettings, StoredTensor } from "../formats/types.js";
-import { makeTmpDir, removeTmpDirs, ROOT, runCli, STORIES_VENDORED } from "./helpers.js";
+import { makeTmpDir, removeTmpDirs, ROOT, runCli, STORIES_VENDORED, writeSyntheticModel } from "./helpers.js";
 
 const be = getBackend("cpu") as CpuBackend;
 // Two kernel threads even on a shared CI machine, so the chunked pool is exercised.
@@ -297,6 +297,28 @@ describe("packed kernels: errors", () => {
 
 // ---------------------------------------------------------------------------------------------
 // whole models
+
+describe.each(["opt", "gpt2", "qwen2", "llama3"] as const)("a packed synthetic %s checkpoint", (kind) => {
+  it("logits on the packed runtime match --dequantize (biases, learned positions, Conv1D, fp16 globals)", async () => {
+    const syn = writeSyntheticModel(path.join(makeTmpDir(`quant4-k-${kind}-`), "model"), kind, 7);
+    const out = path.join(path.dirname(syn.dir), "out");
+    const r = await runCli(["quantize", syn.dir, out, "--method", "rtn", "--scheme", "w4-perrow-asym", "--format", "compressed-tensors"]);
+    expect(r.code, r.stderr).toBe(0);
+    const packed = Model.load(out, be);
+    const deq = Model.load(out, be, undefined, { dequantize: true });
+    expect(packed.weightMemory().packedLinears).toBe(packed.arch.nLayers * packed.arch.linears.length);
+    expect(packed.weightMemory().f16).toBeGreaterThan(0); // quantize writes the embeddings (and LM head) fp16
+    const T = 24;
+    const toks = Array.from({ length: 2 * T }, (_, i) => (i * 37 + 5) % packed.arch.vocabSize);
+    // Two sequences (the GEMM path: 48 rows), then decoding with a KV cache (the GEMV path).
+    expect(relError(packed.forward(toks, 2, T), deq.forward(toks, 2, T))).toBeLessThan(1e-5);
+    const cp = packed.newCache(T);
+    const cd = deq.newCache(T);
+    for (let t = 0; t < 6; t++) {
+      expect(relError(packed.forward([toks[t]!], 1, 1, { pos0: t, cache: cp }), deq.forward([toks[t]!], 1, 1, { pos0: t, cache: cd }))).toBeLessThan(1e-5);
+    }
+  });
+});
 
 describe("quantized stories260K on the packed kernels vs --dequantize", () => {
   const dirs: Record<string, string> = {};
