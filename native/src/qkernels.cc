@@ -90,6 +90,8 @@ const int64_t g_tileMinRows = EnvInt("QUANT4_TILE_MIN_ROWS", 256);
 const int64_t g_parallelMin = EnvInt("QUANT4_PARALLEL_MIN", 1 << 16);
 // Microseconds a pool worker spins for the next job before sleeping.
 const int g_spinUs = EnvInt("QUANT4_SPIN_US", 200);
+// Fall back to one thread while workers keep arriving late (see Pool::Adapt).
+const bool g_adaptive = EnvInt("QUANT4_ADAPTIVE_THREADS", 1) != 0;
 
 // ---------------------------------------------------------------------------------------------
 // A small thread pool with dynamic chunks: a job is cut into chunks that the caller and the workers claim
@@ -107,12 +109,13 @@ class Pool {
   /** Runs fn(chunk, chunks) for every chunk in [0, chunks), on up to Threads() threads. */
   void Run(int chunks, const std::function<void(int, int)>& fn) {
     const int threads = Threads();
-    if (chunks <= 1 || threads <= 1) {
+    if (chunks <= 1 || threads <= 1 || Serial()) {
       for (int c = 0; c < chunks; c++) fn(c, chunks);
       return;
     }
     std::lock_guard<std::mutex> run(runM_);  // one job at a time
     Ensure(threads - 1);
+    const auto t0 = std::chrono::steady_clock::now();
     uint64_t gen;
     {
       std::lock_guard<std::mutex> lk(m_);
@@ -124,7 +127,35 @@ class Pool {
     }
     cv_.notify_all();
     Work(gen);
+    const auto t1 = std::chrono::steady_clock::now();
     while (completed_.load(std::memory_order_acquire) < chunks) Pause();
+    Adapt(t1 - t0, std::chrono::steady_clock::now() - t1);
+  }
+
+ private:
+  // Adaptive fallback for a shared machine: when another process holds the other cores, a worker is
+  // descheduled while it holds a chunk and the caller waits for the rest of its time slice (ms), which
+  // makes a 2-thread GEMV slower than a 1-thread one (measured on the 2-core dev machine). When the
+  // caller keeps waiting long after finishing its own chunks (3 jobs in a row, > 1/4 of the job),
+  // the next kSerialJobs jobs run on the caller alone, then threads are tried again.
+  // QUANT4_ADAPTIVE_THREADS=0 turns this off.
+  static constexpr int kSerialJobs = 512;
+  bool Serial() {
+    int left = serialLeft_.load(std::memory_order_relaxed);
+    while (left > 0)
+      if (serialLeft_.compare_exchange_weak(left, left - 1, std::memory_order_relaxed)) return true;
+    return false;
+  }
+  void Adapt(std::chrono::steady_clock::duration own, std::chrono::steady_clock::duration wait) {
+    if (!g_adaptive) return;
+    if (wait > own / 3 && wait > std::chrono::microseconds(50)) {
+      if (++strikes_ >= 3) {
+        strikes_ = 0;
+        serialLeft_ = kSerialJobs;
+      }
+    } else if (strikes_ > 0) {
+      strikes_--;
+    }  // (under runM_: one caller at a time)
   }
 
  private:
@@ -187,6 +218,8 @@ class Pool {
   const std::function<void(int, int)>* job_ = nullptr;
   int chunks_ = 0;
   std::atomic<int> threads_{static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))};
+  int strikes_ = 0;  // under runM_
+  std::atomic<int> serialLeft_{0};
 };
 
 Pool& ThePool() {
