@@ -17,11 +17,15 @@
 //   qlinear(handle, x, rows, y, bias|null, mode)           y = x·Wᵀ (+ bias); mode 0 auto, 1 GEMV, 2 GEMM
 //   qdequant(handle, r0, r1, dst)                          rows r0..r1 of the fp32 weight
 //   qbytes(handle) -> number                               resident bytes
-//   kernelInfo() -> {simd, simdAvailable, threads}; setSimd(on) -> boolean
+//   kernelInfo() -> {simd, simdAvailable, threads}; setSimd(on) -> boolean; trimMemory() -> boolean
 
 #include <napi.h>
 
 #include "qkernels.h"
+
+#if defined(__linux__) && defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <climits>
@@ -486,6 +490,17 @@ Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// trimMemory(): return the C heap's free pages to the OS (glibc malloc_trim), so RSS after a load that
+// freed large temporaries measures what stays. false where there is nothing to call.
+Napi::Value TrimMemory(const Napi::CallbackInfo& info) {
+#if defined(__linux__) && defined(__GLIBC__)
+  malloc_trim(0);
+  return Napi::Boolean::New(info.Env(), true);
+#else
+  return Napi::Boolean::New(info.Env(), false);
+#endif
+}
+
 Napi::Value SetSimd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArgCount(info, 1, "setSimd")) return env.Undefined();
@@ -509,6 +524,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("qbytes", Napi::Function::New(env, QBytes, "qbytes"));
   exports.Set("kernelInfo", Napi::Function::New(env, KernelInfo, "kernelInfo"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
+  exports.Set("trimMemory", Napi::Function::New(env, TrimMemory, "trimMemory"));
 #ifndef QUANT4_ACCELERATE
   q4::SetThreads(openblas_get_num_threads());
 #endif

@@ -13,7 +13,7 @@ import { argmax } from "../model/generate.js";
 import { Model, type WeightMemory } from "../model/model.js";
 import { loadTokenizer } from "../tokenizer/index.js";
 import { ModelError, UsageError } from "../util/errors.js";
-import { action, deviceSchema, fmtBytes, intOpt, parseOptions, printJson, resolveModelArg, setupBackend, writeStdout } from "./common.js";
+import { action, deviceSchema, EXIT_INTERNAL, fmtBytes, intOpt, parseOptions, printJson, resolveModelArg, setupBackend, writeStdout } from "./common.js";
 
 const optionsSchema = z.object({
   baseline: z.string().optional(),
@@ -52,9 +52,11 @@ export interface BenchResult {
 
 const now = () => performance.now() / 1000;
 
-function gc(): void {
+/** A full GC (the child runs with --expose-gc), then the C heap's free pages back to the OS. */
+function gc(backend?: { name: string }): void {
   const g = (globalThis as { gc?: () => void }).gc;
   if (g) for (let i = 0; i < 3; i++) g();
+  if (backend?.name === "cpu") (backend as CpuBackend).trimMemory();
 }
 
 /** Prompt ids: BOS (when the model has one), then a bundled story, repeated to length; ids only if no tokenizer. */
@@ -80,12 +82,12 @@ async function measure(dir: string, o: Options): Promise<BenchResult> {
   const backend = setupBackend(o.device, o.threads);
   const warm = new Float32Array(64 * 64);
   backend.gemm(false, true, 64, 64, 64, 1, warm, warm, 0, new Float32Array(64 * 64)); // BLAS threads up
-  gc();
+  gc(backend);
   const rss0 = process.memoryUsage().rss;
   const t0 = now();
   const model = Model.load(dir, backend, undefined, { dequantize: o.dequantize });
   const loadSeconds = now() - t0;
-  gc();
+  gc(backend);
   const residentWeightBytes = process.memoryUsage().rss - rss0;
   const ctx = model.arch.maxPositions;
   if (o.promptLen + o.gen > ctx) throw new UsageError(`--prompt-len ${o.promptLen} + --gen ${o.gen} exceeds the model's context of ${ctx} tokens`);
@@ -152,8 +154,9 @@ function measureInChild(dir: string, o: Options): Promise<BenchResult> {
     child.on("close", (code) => {
       if (code !== 0) {
         // The child's own one-line error ("quant4: error: …") says what went wrong.
-        const line = err.trim().split("\n").pop() ?? `exit ${code}`;
-        reject(new ModelError(`measuring ${dir}: ${line.replace(/^quant4: (error: )?/, "")}`));
+        const line = (err.trim().split("\n").pop() ?? `exit ${code}`).replace(/^quant4: (error: |internal error: )?/, "");
+        // An internal error (exit 3) stays one; anything else is the child's one-line error about the model.
+        reject(code === EXIT_INTERNAL ? new Error(`measuring ${dir}: ${line}`) : new ModelError(`measuring ${dir}: ${line}`));
         return;
       }
       try {
@@ -205,7 +208,7 @@ export function registerBench(program: Command): void {
     .addOption(new Option("--measure", "internal: measure in this process and print one JSON record").hideHelp())
     .addHelpText("after", `
 Each model is loaded in a process of its own: "resident weights" is that process's RSS growth while
-loading (after a full GC), "peak RSS" its maximum over loading, prefill and decoding. The prompt is a
+loading (after a full GC and returning freed C heap pages), "peak RSS" its maximum over loading, prefill and decoding. The prompt is a
 bundled story (tinystories) tokenized by the model's tokenizer, repeated to --prompt-len; a warm-up runs
 first. Time to first token = the prefill of the prompt with the KV cache, plus the first argmax.
 

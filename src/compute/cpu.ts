@@ -33,6 +33,7 @@ export interface NativeAddon {
   qbytes(h: NativeWeight): number;
   kernelInfo(): KernelInfo;
   setSimd(on: boolean): boolean;
+  trimMemory(): boolean;
 }
 
 /** An addon-owned weight (napi External). */
@@ -210,5 +211,10 @@ export class CpuBackend implements Backend {
    */
   setSimd(on: boolean): boolean {
     return this.addon.setSimd(on);
+  }
+
+  /** Hand the C heap's free pages back to the OS (glibc malloc_trim; a no-op elsewhere). For RSS measurements. */
+  trimMemory(): void {
+    this.addon.trimMemory();
   }
 }
