@@ -232,6 +232,32 @@ describe("packed kernels match dequantize-then-fp32-GEMM (relative error < 1e-5)
     worst["gptq 4-bit g128 act-order [608, 4096]"] = checkKernels(q, h, [1, 6], 3000);
   });
 
+  it("inputs with a large mean or a few huge channels (real activations): no cancellation in the GEMV", () => {
+    // Σ(q − z)·x computed as Σq·x − z·Σx would lose ~1e-5 here (codes centred on z, x ≈ 1 everywhere).
+    for (const [bits, sym] of [[4, true], [4, false], [2, false], [8, true]] as const) {
+      const r = rng(bits * 10 + Number(sym));
+      const q = randomLayer({ out: 64, in: 4096, bits, gs: 128, sym, seed: bits });
+      const mid = 1 << (bits - 1);
+      for (let i = 0; i < q.codes.length; i++) q.codes[i] = Math.min(2 * mid - 1, Math.max(0, Math.round(mid + (r() + r() + r() - 1.5) * (mid / 1.5))));
+      const W = dequantize(q);
+      const h = be.packLinear(q);
+      const inputs = {
+        "mean 1 ± 0.005": Float32Array.from({ length: 4096 }, () => 1 + 0.01 * (r() - 0.5)),
+        "every 512th channel ×500": Float32Array.from({ length: 4096 }, (_, i) => (i % 512 === 0 ? 500 : 1) * (r() - 0.5)),
+      };
+      for (const [what, x] of Object.entries(inputs)) {
+        const ref = reference(W, x, 1, 64, 4096);
+        for (const simd of SIMD_MODES) {
+          be.setSimd(simd);
+          const y = new Float32Array(64);
+          h.linear(x, 1, y, undefined, "gemv");
+          expect(relError(y, ref), `${bits}-bit ${sym ? "sym" : "asym"}, x ${what}, ${simd ? "avx2" : "scalar"}`).toBeLessThan(2e-6);
+        }
+      }
+    }
+    be.setSimd(true);
+  });
+
   it("fp16 weights (embeddings, LM head): rows() is the exact widening, linear() matches the fp32 GEMM", () => {
     const out = 70;
     const inF = 131;

@@ -344,41 +344,39 @@ Q4_AVX2 inline float Hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-/** Column vector k (8 columns) of an 8-byte block already widened to 8 × u32 lanes. */
+/** Column vector k (8 columns) of an 8-byte chunk already widened to 8 × u32 lanes, as int32 codes. */
+template <int CW, int k>
+Q4_AVX2 inline __m256i SlotInt(__m256i d, __m256i mask) {
+  constexpr int K = 8 / CW;
+  if (K == 1) return d;
+  if (k == K - 1) return _mm256_srli_epi32(d, k * CW);
+  if (k == 0) return _mm256_and_si256(d, mask);
+  return _mm256_and_si256(_mm256_srli_epi32(d, k * CW), mask);
+}
+
 template <int CW, int k>
 Q4_AVX2 inline __m256 Slot(__m256i d, __m256i mask) {
-  constexpr int K = 8 / CW;
-  if (K == 1) return _mm256_cvtepi32_ps(d);
-  if (k == K - 1) return _mm256_cvtepi32_ps(_mm256_srli_epi32(d, k * CW));
-  if (k == 0) return _mm256_cvtepi32_ps(_mm256_and_si256(d, mask));
-  return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(d, k * CW), mask));
-}
-
-template <int CW, int k, int R>
-Q4_AVX2 inline void SlotFma(const __m256i* d, __m256i mask, const __m256* zv, __m256 xv, __m256* acc) {
-  for (int j = 0; j < R; j++) acc[j] = _mm256_fmadd_ps(_mm256_sub_ps(Slot<CW, k>(d[j], mask), zv[j]), xv, acc[j]);
-}
-
-/** Σ q·x without the zero point (2/4-bit codes: z·Σx is subtracted once per group instead). */
-template <int CW, int k, int R>
-Q4_AVX2 inline void SlotFmaNoZero(const __m256i* d, __m256i mask, __m256 xv, __m256* acc) {
-  for (int j = 0; j < R; j++) acc[j] = _mm256_fmadd_ps(Slot<CW, k>(d[j], mask), xv, acc[j]);
+  return _mm256_cvtepi32_ps(SlotInt<CW, k>(d, mask));
 }
 
 /**
- * R rows starting at r: y[r..r+R) (dense part). For 2/4-bit codes Σ(q − z)·x = Σq·x − z·Σx per group
- * (xsum[g] = Σx over the group, once per call), which saves a subtraction per 8 weights; |q|, |z| < 16, so
- * the cancellation costs at most a few bits (measured: the relative error stays ~1e-7). 8-bit codes
- * (z up to 255) subtract in registers.
+ * acc += (q − z)·x for column vector k of R rows. q − z is formed exactly in int32 (the integer ALU),
+ * then converted: no cancellation (Σq·x − z·Σx loses up to 1e-5 relative on inputs with a large mean),
+ * and no extra floating-point operation per weight.
  */
+template <int CW, int k, int R>
+Q4_AVX2 inline void SlotFma(const __m256i* d, __m256i mask, const __m256i* zi, __m256 xv, __m256* acc) {
+  for (int j = 0; j < R; j++) acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(SlotInt<CW, k>(d[j], mask), zi[j])), xv, acc[j]);
+}
+
 // Software prefetch distance (bytes) of the 4-row GEMV stream; 0 = off.
 const int64_t kPrefetch = EnvInt("QUANT4_PREFETCH", 2048);
 
+/** R rows starting at r: y[r..r+R) (dense part): Σ_g scale·Σ_{i∈g} (q − z)·x, scaled once per group. */
 template <int CW, int R>
-Q4_AVX2 void GemvBlockAvx2(const PackedLinear& L, const float* xp, const float* xsum, int64_t r, float* y) {
+Q4_AVX2 void GemvBlockAvx2(const PackedLinear& L, const float* xp, int64_t r, float* y) {
   constexpr int K = 8 / CW;
   constexpr int BW = 8 * K;
-  constexpr bool kZeroSum = CW < 8;
   const __m256i mask = _mm256_set1_epi32((1 << CW) - 1);
   // R = 4: a 4-row block (chunks interleaved, stride 32); R = 1: any row.
   const uint8_t* rows[R];
@@ -386,17 +384,14 @@ Q4_AVX2 void GemvBlockAvx2(const PackedLinear& L, const float* xp, const float* 
   const int64_t stride = L.ChunkStride(r);
   const int nG = L.nG;
   __m256 tot[R];
-  float corr[R];
-  for (int j = 0; j < R; j++) {
-    tot[j] = _mm256_setzero_ps();
-    corr[j] = 0;
-  }
+  for (int j = 0; j < R; j++) tot[j] = _mm256_setzero_ps();
   for (int g = 0; g < nG; g++) {
     const int64_t cs = L.segStart[g], ce = L.segStart[g + 1];
     if (cs == ce) continue;
-    __m256 zv[R], acc[R];
+    __m256i zi[R];
+    __m256 acc[R];
     for (int j = 0; j < R; j++) {
-      if constexpr (!kZeroSum) zv[j] = _mm256_set1_ps(static_cast<float>(L.zeros[(r + j) * nG + g]));
+      zi[j] = _mm256_set1_epi32(L.zeros[(r + j) * nG + g]);
       acc[j] = _mm256_setzero_ps();
     }
     if (R == 4 && kPrefetch > 0)
@@ -405,38 +400,30 @@ Q4_AVX2 void GemvBlockAvx2(const PackedLinear& L, const float* xp, const float* 
       const int64_t bo = c / BW * stride;
       __m256i d[R];
       for (int j = 0; j < R; j++) d[j] = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + bo)));
-      if constexpr (kZeroSum) {
-        SlotFmaNoZero<CW, 0, R>(d, mask, _mm256_loadu_ps(xp + c), acc);
-        SlotFmaNoZero<CW, 1, R>(d, mask, _mm256_loadu_ps(xp + c + 8), acc);
-        if constexpr (K > 2) {
-          SlotFmaNoZero<CW, 2, R>(d, mask, _mm256_loadu_ps(xp + c + 16), acc);
-          SlotFmaNoZero<CW, 3, R>(d, mask, _mm256_loadu_ps(xp + c + 24), acc);
-        }
-      } else {
-        SlotFma<CW, 0, R>(d, mask, zv, _mm256_loadu_ps(xp + c), acc);
+      SlotFma<CW, 0, R>(d, mask, zi, _mm256_loadu_ps(xp + c), acc);
+      if constexpr (K > 1) SlotFma<CW, 1, R>(d, mask, zi, _mm256_loadu_ps(xp + c + 8), acc);
+      if constexpr (K > 2) {
+        SlotFma<CW, 2, R>(d, mask, zi, _mm256_loadu_ps(xp + c + 16), acc);
+        SlotFma<CW, 3, R>(d, mask, zi, _mm256_loadu_ps(xp + c + 24), acc);
       }
     }
-    for (int j = 0; j < R; j++) {
-      const float sc = L.scales[(r + j) * nG + g];
-      tot[j] = _mm256_fmadd_ps(acc[j], _mm256_set1_ps(sc), tot[j]);
-      if constexpr (kZeroSum) corr[j] += sc * static_cast<float>(L.zeros[(r + j) * nG + g]) * xsum[g];
-    }
+    for (int j = 0; j < R; j++) tot[j] = _mm256_fmadd_ps(acc[j], _mm256_set1_ps(L.scales[(r + j) * nG + g]), tot[j]);
   }
-  for (int j = 0; j < R; j++) y[r + j] = Hsum(tot[j]) - corr[j];
+  for (int j = 0; j < R; j++) y[r + j] = Hsum(tot[j]);
 }
 
 template <int CW>
-Q4_AVX2 void GemvAvx2T(const PackedLinear& L, const float* xp, const float* xsum, int64_t r0, int64_t r1, float* y) {
+Q4_AVX2 void GemvAvx2T(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) GemvBlockAvx2<CW, 4>(L, xp, xsum, r, y);
-  for (; r < r1; r++) GemvBlockAvx2<CW, 1>(L, xp, xsum, r, y);
+  for (; r + 4 <= r1; r += 4) GemvBlockAvx2<CW, 4>(L, xp, r, y);
+  for (; r < r1; r++) GemvBlockAvx2<CW, 1>(L, xp, r, y);
 }
 
-Q4_AVX2 void GemvAvx2(const PackedLinear& L, const float* xp, const float* xsum, int64_t r0, int64_t r1, float* y) {
+Q4_AVX2 void GemvAvx2(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
   switch (L.cw) {
-    case 2: GemvAvx2T<2>(L, xp, xsum, r0, r1, y); break;
-    case 4: GemvAvx2T<4>(L, xp, xsum, r0, r1, y); break;
-    default: GemvAvx2T<8>(L, xp, xsum, r0, r1, y); break;
+    case 2: GemvAvx2T<2>(L, xp, r0, r1, y); break;
+    case 4: GemvAvx2T<4>(L, xp, r0, r1, y); break;
+    default: GemvAvx2T<8>(L, xp, r0, r1, y); break;
   }
 }
 
@@ -527,15 +514,14 @@ Q4_AVX2 void DequantRowAvx2(const PackedLinear& L, int64_t r, float* dst) {
 // ---------------------------------------------------------------------------------------------
 // Dispatch
 
-void GemvRows(const PackedLinear& L, const float* xp, const float* xsum, int64_t r0, int64_t r1, float* y) {
+void GemvRows(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
 #ifdef Q4_X86
   if (g_simd.load(std::memory_order_relaxed)) {
     if (L.kind == PackedLinear::F16) GemvF16Avx2(L, xp, r0, r1, y);
-    else GemvAvx2(L, xp, xsum, r0, r1, y);
+    else GemvAvx2(L, xp, r0, r1, y);
     return;
   }
 #endif
-  (void)xsum;
   if (L.kind == PackedLinear::F16) GemvF16Scalar(L, xp, r0, r1, y);
   else GemvScalar(L, xp, r0, r1, y);
 }
@@ -573,23 +559,15 @@ const float* GatherX(const PackedLinear& L, const float* x, std::vector<float>& 
   return buf.data();
 }
 
-void GemvOne(const PackedLinear& L, const float* x, float* y, const float* bias, std::vector<float>& xbuf, std::vector<float>& xsum) {
+void GemvOne(const PackedLinear& L, const float* x, float* y, const float* bias, std::vector<float>& xbuf) {
   const float* xp = GatherX(L, x, xbuf);
-  if (L.kind == PackedLinear::INT) {
-    xsum.resize(L.nG);
-    for (int g = 0; g < L.nG; g++) {
-      float sv = 0;
-      for (int64_t c = L.segStart[g]; c < L.segStart[g + 1]; c++) sv += xp[c];
-      xsum[g] = sv;
-    }
-  }
   // Chunks of ≥ 64 rows (≥ ~128 KiB of 4-bit codes at 4096 inputs), about 8 per thread.
   const int chunks = L.out * L.in >= g_parallelMin ? static_cast<int>(std::min<int64_t>(8 * ThePool().Threads(), (L.out + 63) / 64)) : 1;
   ThePool().Run(chunks, [&](int p, int n) {
     int64_t lo, hi;
     Split(L.out, p, n, 16, &lo, &hi);
     if (lo >= hi) return;
-    GemvRows(L, xp, xsum.data(), lo, hi, y);
+    GemvRows(L, xp, lo, hi, y);
     OutlierGemv(L, x, lo, hi, y);
     if (bias)
       for (int64_t r = lo; r < hi; r++) y[r] += bias[r];
@@ -725,8 +703,8 @@ void Linear(const PackedLinear& L, const float* x, int64_t rows, float* y, const
   if (rows <= 0) return;
   const bool gemm = mode == 2 || (mode == 0 && rows > g_gemvMaxRows);
   if (!gemm) {
-    std::vector<float> xbuf, xsum;
-    for (int64_t i = 0; i < rows; i++) GemvOne(L, x + i * L.in, y + i * L.out, bias, xbuf, xsum);
+    std::vector<float> xbuf;
+    for (int64_t i = 0; i < rows; i++) GemvOne(L, x + i * L.in, y + i * L.out, bias, xbuf);
     return;
   }
   GemmTiles(L, x, rows, y, bias);

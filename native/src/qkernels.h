@@ -18,8 +18,8 @@
 //   - per (row, group): fp32 scale and u8 zero point; w = scale·(q − zero), exactly the formats' dequantize.
 //   - outliers: CSR by row with the original column, the exact value (GEMM tiles) and value − grid weight
 //     (the GEMV adds delta·x after the dense part).
-// GEMV (one input row): the codes are dequantized in registers, Σ(q − z)·x per group scaled once per group;
-// rows split over the kernel threads. GEMM (several rows): tiles of output rows are dequantized into an
+// GEMV (one input row): the codes are dequantized in registers (q − z exact in int32, converted, FMA with
+// x), Σ(q − z)·x per group scaled once per group; rows split over the kernel threads. GEMM (several rows): tiles of output rows are dequantized into an
 // fp32 buffer (bit-identical to dequantize()) and multiplied with BLAS sgemm.
 
 #pragma once
