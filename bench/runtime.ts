@@ -2,7 +2,7 @@
 // against the fp16 source as quant4 runs it without the packed runtime (widened to fp32, sgemm), in one
 // run, with this machine's memory-copy bandwidth measured alongside.
 //
-//   node --import tsx bench/runtime.ts [--blocks 4] [--prompt-len 128] [--gen 16] [--threads T]
+//   node --import tsx bench/runtime.ts [--blocks 4] [--prompt-len 128] [--gen 16] [--reps 2] [--threads T]
 //                                      [--skip-kernels] [--skip-model] [--dir D] [--keep] [--json]
 //
 // 1. memcpy: best of 7 copies of a 256 MiB Float32Array (TypedArray.set = memcpy); "copy GB/s" counts the
@@ -15,8 +15,8 @@
 // 3. model: a synthetic checkpoint with Llama-2-7B layer shapes (hidden 4096, intermediate 11008, 32 heads,
 //    --blocks blocks, vocab 512 with models/stories260K's tokenizer, random fp16 weights; the generator of
 //    bench/quantize.ts), quantized with `quant4 quantize --method rtn --scheme w4-g128` (gptq format), then
-//    `quant4 bench <int4> --baseline <fp16>`: time to first token, prompt and decode tokens/s, resident
-//    weights and peak RSS of each in its own process. Achieved decode bandwidth = weight bytes read per
+//    `quant4 bench <int4> --baseline <fp16> --reps R`: time to first token, prompt and decode tokens/s
+//    (fastest of R runs), resident weights and peak RSS of each in its own process. Achieved decode bandwidth = weight bytes read per
 //    token (every resident weight but the embedding table) / decode seconds per token.
 // Targets (issue 14): INT4 decode ≥ 3× faster per token than the fp16 source; ≥ 70% of the bandwidth
 // limit (memcpy); peak RSS of the INT4 model ≤ ½ of the fp16 source's; prefill GEMM ≥ 80% of fp32 sgemm.
@@ -38,6 +38,7 @@ interface Args {
   blocks: number;
   promptLen: number;
   gen: number;
+  reps: number;
   threads?: number;
   skipKernels: boolean;
   skipModel: boolean;
@@ -47,7 +48,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { blocks: 4, promptLen: 128, gen: 16, skipKernels: false, skipModel: false, keep: false, json: false };
+  const a: Args = { blocks: 4, promptLen: 128, gen: 16, reps: 2, skipKernels: false, skipModel: false, keep: false, json: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => {
@@ -58,6 +59,7 @@ function parseArgs(argv: string[]): Args {
     if (k === "--blocks") a.blocks = Number(v());
     else if (k === "--prompt-len") a.promptLen = Number(v());
     else if (k === "--gen") a.gen = Number(v());
+    else if (k === "--reps") a.reps = Number(v());
     else if (k === "--threads") a.threads = Number(v());
     else if (k === "--skip-kernels") a.skipKernels = true;
     else if (k === "--skip-model") a.skipModel = true;
@@ -294,7 +296,7 @@ async function modelBench(a: Args, log: (s: string) => void): Promise<ModelResul
       log(`quantized (RTN, 4-bit g128 sym, gptq format): ${q} (${(now() - t).toFixed(0)} s)`);
     }
     const t = now();
-    const out = await runQuant4(["bench", q, "--baseline", fp, "--prompt-len", String(a.promptLen), "--gen", String(a.gen), "--json", ...(a.threads ? ["--threads", String(a.threads)] : [])]);
+    const out = await runQuant4(["bench", q, "--baseline", fp, "--prompt-len", String(a.promptLen), "--gen", String(a.gen), "--reps", String(a.reps), "--json", ...(a.threads ? ["--threads", String(a.threads)] : [])]);
     log(`quant4 bench: ${(now() - t).toFixed(0)} s`);
     const r = JSON.parse(out) as { model: BenchResult; baseline: BenchResult };
     const hidden = 4096;
@@ -358,7 +360,7 @@ async function main(): Promise<void> {
   if (model) {
     const { int4: i, fp16: f } = model;
     const mib = (b: number) => `${p(b / 2 ** 20, 0)} MiB`;
-    console.log(`\nSynthetic Llama-2-7B shapes, ${model.blocks} blocks (vocab 512), quant4 bench --prompt-len ${i.promptTokens} --gen ${i.genTokens}:\n`);
+    console.log(`\nSynthetic Llama-2-7B shapes, ${model.blocks} blocks (vocab 512), quant4 bench --prompt-len ${i.promptTokens} --gen ${i.genTokens} --reps ${i.reps}:\n`);
     console.log(table([
       ["", "INT4 g128 (packed runtime)", "fp16 source (fp32 today)", "ratio"],
       ["decode ms/token (median)", p(i.decodeMsPerTokenMedian, 1), p(f.decodeMsPerTokenMedian, 1), `${p(f.decodeMsPerTokenMedian / i.decodeMsPerTokenMedian, 2)}× faster`],

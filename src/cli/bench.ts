@@ -19,6 +19,7 @@ const optionsSchema = z.object({
   baseline: z.string().optional(),
   promptLen: intOpt(1).default(128),
   gen: intOpt(2).default(64),
+  reps: intOpt(1).default(1),
   json: z.boolean().default(false),
   dequantize: z.boolean().default(false),
   device: deviceSchema,
@@ -38,6 +39,7 @@ export interface BenchResult {
   threads: number;
   promptTokens: number;
   genTokens: number;
+  reps: number;
   loadSeconds: number;
   /** RSS after loading (and a full GC) minus RSS before. */
   residentWeightBytes: number;
@@ -101,17 +103,24 @@ async function measure(dir: string, o: Options): Promise<BenchResult> {
     for (let p = Math.min(8, prompt.length); p < Math.min(ctx, 11); p++) model.forward([prompt[0]!], 1, 1, { pos0: p, cache });
   }
 
-  const cache = model.newCache(o.promptLen + o.gen);
-  const tp = now();
-  let logits = model.forward(prompt, 1, prompt.length, { cache });
-  let next = argmax(logits, (prompt.length - 1) * V, V);
-  const ttft = now() - tp;
-  const times: number[] = [];
-  for (let i = 1; i < o.gen; i++) {
-    const ts = now();
-    logits = model.forward([next], 1, 1, { pos0: prompt.length + i - 1, cache });
-    next = argmax(logits, 0, V); // EOS does not stop the bench: every run decodes --gen tokens
-    times.push(now() - ts);
+  // --reps runs: the fastest prefill and the fastest decode run (by total time) are reported.
+  let ttft = Infinity;
+  let times: number[] = [];
+  for (let rep = 0; rep < o.reps; rep++) {
+    const cache = model.newCache(o.promptLen + o.gen);
+    const tp = now();
+    let logits = model.forward(prompt, 1, prompt.length, { cache });
+    let next = argmax(logits, (prompt.length - 1) * V, V);
+    ttft = Math.min(ttft, now() - tp);
+    const t: number[] = [];
+    for (let i = 1; i < o.gen; i++) {
+      const ts = now();
+      logits = model.forward([next], 1, 1, { pos0: prompt.length + i - 1, cache });
+      next = argmax(logits, 0, V); // EOS does not stop the bench: every run decodes --gen tokens
+      t.push(now() - ts);
+    }
+    const sum = (a: number[]) => a.reduce((x, y) => x + y, 0);
+    if (rep === 0 || sum(t) < sum(times)) times = t;
   }
   const decodeSeconds = times.reduce((a, b) => a + b, 0);
   const sorted = [...times].sort((a, b) => a - b);
@@ -128,6 +137,7 @@ async function measure(dir: string, o: Options): Promise<BenchResult> {
     threads: backend.getThreads(),
     promptTokens: prompt.length,
     genTokens: o.gen,
+    reps: o.reps,
     loadSeconds,
     residentWeightBytes,
     weightMemory: wm,
@@ -141,7 +151,7 @@ async function measure(dir: string, o: Options): Promise<BenchResult> {
 
 /** Runs the measurement of `dir` in a fresh process (this CLI with --measure and --expose-gc). */
 function measureInChild(dir: string, o: Options): Promise<BenchResult> {
-  const args = [...process.execArgv, "--expose-gc", process.argv[1]!, "bench", dir, "--measure", "--prompt-len", String(o.promptLen), "--gen", String(o.gen), "--device", o.device];
+  const args = [...process.execArgv, "--expose-gc", process.argv[1]!, "bench", dir, "--measure", "--prompt-len", String(o.promptLen), "--gen", String(o.gen), "--reps", String(o.reps), "--device", o.device];
   if (o.threads !== undefined) args.push("--threads", String(o.threads));
   if (o.dequantize) args.push("--dequantize");
   return new Promise((resolve, reject) => {
@@ -183,7 +193,7 @@ export function benchTable(m: BenchResult, b?: BenchResult): string {
     ["load", (r) => `${r.loadSeconds.toFixed(2)} s`, null],
     [`time to first token`, (r) => `${(1000 * r.timeToFirstTokenSeconds).toFixed(1)} ms (${r.promptTokens}-token prompt)`, (a, c) => `${(c.timeToFirstTokenSeconds / a.timeToFirstTokenSeconds).toFixed(2)}× faster`],
     ["prompt tokens/s", (r) => fmtRate(r.promptTokensPerSecond), (a, c) => `${(a.promptTokensPerSecond / c.promptTokensPerSecond).toFixed(2)}×`],
-    ["decode tokens/s", (r) => `${fmtRate(r.decodeTokensPerSecond)} (${r.genTokens - 1} tokens)`, (a, c) => `${(a.decodeTokensPerSecond / c.decodeTokensPerSecond).toFixed(2)}×`],
+    ["decode tokens/s", (r) => `${fmtRate(r.decodeTokensPerSecond)} (${r.genTokens - 1} tokens${r.reps > 1 ? `, best of ${r.reps}` : ""})`, (a, c) => `${(a.decodeTokensPerSecond / c.decodeTokensPerSecond).toFixed(2)}×`],
     ["decode ms/token (median)", (r) => r.decodeMsPerTokenMedian.toFixed(2), (a, c) => `${(c.decodeMsPerTokenMedian / a.decodeMsPerTokenMedian).toFixed(2)}× faster`],
   ];
   const head = b ? ["", "model", "baseline", "model vs baseline"] : ["", "model"];
@@ -201,6 +211,7 @@ export function registerBench(program: Command): void {
     .option("--baseline <dir>", "also measure this model (e.g. the fp16 source of a quantized one) and compare")
     .option("--prompt-len <n>", "prompt tokens (prefill)", "128")
     .option("--gen <n>", "tokens to generate (decode; EOS does not stop it)", "64")
+    .option("--reps <n>", "prefill + decode runs per model; the fastest prefill and decode run are reported", "1")
     .option("--json", "print the measurements as JSON", false)
     .option("--dequantize", "run packed checkpoints dequantized to fp32 (the pre-runtime path)", false)
     .option("--device <cpu|cuda>", "compute device", "cpu")
