@@ -581,6 +581,11 @@ void GemmTiles(const PackedLinear& L, const float* x, int64_t rows, float* y, co
   int64_t nb = std::max<int64_t>({16, g_tileMinRows / 16 * 16, g_tileBytes / (4 * std::max<int64_t>(in, 1)) / 16 * 16});
   nb = std::min(nb, out);
   std::unique_ptr<float, FreeDeleter> tile(static_cast<float*>(AlignedAlloc(sizeof(float) * nb * in)));
+  while (!tile && nb > 16) {  // out of memory: smaller tiles
+    nb /= 2;
+    tile.reset(static_cast<float*>(AlignedAlloc(sizeof(float) * nb * in)));
+  }
+  if (!tile) std::abort();
   for (int64_t r0 = 0; r0 < out; r0 += nb) {
     const int64_t n = std::min(nb, out - r0);
     float* t = tile.get();
@@ -646,6 +651,7 @@ std::unique_ptr<PackedLinear> Pack(const PackInput& p, std::string* err) {
   if (!L->identity) L->srcCol = std::move(src);
   // Codes.
   L->codes.reset(static_cast<uint8_t*>(AlignedAlloc(static_cast<size_t>(p.out * L->rowBytes))));
+  if (!L->codes) return fail("out of memory for " + std::to_string(p.out * L->rowBytes) + " bytes of codes");
   const int maxq = (1 << p.bits) - 1;
   std::memset(L->codes.get(), 0, static_cast<size_t>(p.out * L->rowBytes));
   for (int64_t r = 0; r < p.out; r++) {
@@ -695,6 +701,7 @@ std::unique_ptr<PackedLinear> PackF16(const uint16_t* w, int64_t out, int64_t in
   L->bits = 16;
   L->inP = in;
   L->half.reset(static_cast<uint16_t*>(AlignedAlloc(sizeof(uint16_t) * out * in)));
+  if (!L->half) return nullptr;
   std::memcpy(L->half.get(), w, sizeof(uint16_t) * out * in);
   return L;
 }

@@ -81,7 +81,7 @@ struct PackInput {
 
 /** Repack; on bad input returns null and sets *err. */
 std::unique_ptr<PackedLinear> Pack(const PackInput& in, std::string* err);
-/** fp16 dense [out, in] (raw IEEE half bits). */
+/** fp16 dense [out, in] (raw IEEE half bits); null when out of memory. */
 std::unique_ptr<PackedLinear> PackF16(const uint16_t* w, int64_t out, int64_t in);
 
 /** mode: 0 auto, 1 GEMV per row, 2 GEMM tiles. bias may be null. Y must not alias X. */

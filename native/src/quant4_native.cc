@@ -429,7 +429,12 @@ Napi::Value QPackF16(const Napi::CallbackInfo& info) {
     ThrowError(env, "qpackF16: empty weight");
     return env.Undefined();
   }
-  return WrapPacked(env, q4::PackF16(w, out, in));
+  auto L = q4::PackF16(w, out, in);
+  if (!L) {
+    ThrowError(env, "qpackF16: out of memory for " + std::to_string(2 * out * in) + " bytes");
+    return env.Undefined();
+  }
+  return WrapPacked(env, std::move(L));
 }
 
 // qlinear(handle, x, rows, y, bias|null, mode)
