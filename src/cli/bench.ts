@@ -219,9 +219,10 @@ export function registerBench(program: Command): void {
     .addOption(new Option("--measure", "internal: measure in this process and print one JSON record").hideHelp())
     .addHelpText("after", `
 Each model is loaded in a process of its own: "resident weights" is that process's RSS growth while
-loading (after a full GC and returning freed C heap pages), "peak RSS" its maximum over loading, prefill and decoding. The prompt is a
-bundled story (tinystories) tokenized by the model's tokenizer, repeated to --prompt-len; a warm-up runs
-first. Time to first token = the prefill of the prompt with the KV cache, plus the first argmax.
+loading (after a full GC and returning freed C heap pages), "peak RSS" its maximum over loading,
+prefill and decoding. The prompt is a bundled story (tinystories) tokenized by the model's tokenizer,
+repeated to --prompt-len; a warm-up runs first. Time to first token = the prefill of the prompt with
+the KV cache, plus the first argmax.
 
 Examples:
   quant4 bench out/stories260K-gptq --baseline models/stories260K
