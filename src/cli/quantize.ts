@@ -24,6 +24,16 @@ import { progressMode, restoreCursor, startDualProgress, startStatus, type Progr
 import type { Backend } from "../compute/backend.js";
 import { action, EXIT_INTERRUPTED, writeStdout, resolveModelArg, deviceSchema, fmtBytes, intOpt, numOpt, parseOptions, printJson, setupBackend } from "./common.js";
 
+/**
+ * What feeds block i+1 during calibration. Measured (README "AWQ"): AWQ and AWQ+GPTQ do better on both
+ * shared models when later blocks see the fp outputs, as llm-awq does; GPTQ's own error-aware
+ * propagation (the quantized outputs) stays the default for GPTQ and RTN.
+ */
+function propagationOf(o: { propagate: "auto" | "quantized" | "fp"; method: MethodName }): "quantized" | "fp" {
+  if (o.propagate !== "auto") return o.propagate;
+  return METHODS[o.method].awq ? "fp" : "quantized";
+}
+
 /** commander collector for repeatable options. */
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
@@ -44,7 +54,7 @@ export function parseSize(s: string, flag = "--max-shard-size"): number {
  */
 const methodOptionFields = {
   method: z.enum(METHOD_NAMES as [MethodName, ...MethodName[]]).default("gptq"),
-  propagate: z.enum(["quantized", "fp"]).default("quantized"),
+  propagate: z.enum(["auto", "quantized", "fp"]).default("auto"),
   outliers: numOpt().min(0).max(0.2).default(0),
   dynamic: z.array(z.string()).default([]),
   skip: z.array(z.string()).default([]),
@@ -217,7 +227,7 @@ export function buildPlan(
   const runSettings = {
     model: fileFingerprint(src.ckpt.files).join(", "),
     method: o.method, bits: r.bits, groupSize: r.groupSize, sym: r.sym, actOrder: o.actOrder, staticGroups: o.staticGroups, damp: o.damp,
-    format: format.name, seqlen, nsamples: calibrate ? o.nsamples : 0, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads, propagate: o.propagate,
+    format: format.name, seqlen, nsamples: calibrate ? o.nsamples : 0, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads, propagate: propagationOf(o),
     outliers: o.outliers, rules: JSON.stringify(rules),
     calib: text ? `sha256 ${sha(text.text)}` : "none",
     calibWindows: sha(new Uint8Array(windows.buffer, windows.byteOffset, windows.byteLength)),
@@ -240,7 +250,7 @@ export function buildPlan(
     runSettings,
     resume: o.resume,
     overwrite: o.overwrite,
-    propagate: o.propagate,
+    propagate: propagationOf(o),
     rules,
     outlierFraction: o.outliers,
     calibName: text?.name ?? null,
@@ -334,7 +344,7 @@ export function addMethodOptions(cmd: Command, text: { calibHelp: string; work: 
     .option("--outliers <fraction>", "keep this fraction of each Linear's most salient weights exactly in fp16 (e.g. 0.005); needs --format quant4 (auto picks it)", "0")
     .option("--dynamic <rule>", "per-module override, GPTQModel syntax: '[+:]<regex>=bits:8,group:64,sym:false' or '-:<regex>' (skip); regex re.match-ed on full module names; repeatable, first match wins", collect, [])
     .option("--skip <regex>", "keep matching modules fp16 (same as --dynamic '-:<regex>'); repeatable", collect, [])
-    .option("--propagate <quantized|fp>", "what feeds the next block during calibration: the quantized block's outputs (default, as GPTQ) or the fp block's (as llm-awq)", "quantized")
+    .option("--propagate <auto|quantized|fp>", "what feeds the next block during calibration: the quantized block's outputs (as GPTQ) or the fp block's (as llm-awq); auto = fp for AWQ methods (measured better on stories260K and brown-llama, README), quantized otherwise", "auto")
     .option("--calib <name|file>", `calibration text: c4, wikitext2-valid, tinystories (bundled) or a .txt/.jsonl file (${text.calibHelp})`)
     .option("--text-encoding <utf8|latin1|utf16le>", "encoding of a --calib file (invalid UTF-8 or NUL bytes are refused; latin1 reads any bytes)", "utf8")
     .option("--nsamples <n>", "number of calibration windows", "128")
