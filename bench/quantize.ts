@@ -1,17 +1,24 @@
-// Wall time, peak RSS and where the time goes in GPTQ (4-bit, group 128, sym) through the real pipeline
-// (src/pipeline/quantize.ts runQuantize), with the Backend's GEMM peak measured in the same process.
+// Wall time, peak RSS and where the time goes in GPTQ, AWQ, AWQ+GPTQ or RTN (default: GPTQ 4-bit, group 128,
+// sym) through the real pipeline (src/pipeline/quantize.ts runQuantize), with the Backend's GEMM peak
+// measured in the same process.
 //
-//   node --import tsx bench/quantize.ts [--case brown|7b|all] [--windows 32] [--7b-windows 8] [--blocks 1]
+//   node --import tsx bench/quantize.ts [--case brown|stories|7b|all] [--windows 32] [--7b-windows 8] [--blocks 1]
 //                                       [--full] [--seqlen 512] [--threads T] [--calib c4] [--json] [--keep]
+//                                       [--method gptq[,awq,awq-gptq,rtn]] [--bits 4] [--group-size 128]
+//                                       [--asym] [--propagate quantized|fp] [--format gptq]
 //   node --import tsx bench/quantize.ts --print saved.json       (re-render a --json result)
 //
-// Cases (default: both):
+// --method takes a comma-separated list: each method runs on each case (same calibration windows), and
+// the wall time of every method is printed as a ratio to the first (e.g. --method gptq,awq: AWQ/GPTQ).
+//
+// Cases (default: brown and 7b; several with commas):
 //   brown  ../shared/models/brown-llama (the largest shared model; skipped when absent), --windows windows
 //   7b     a synthetic checkpoint with Llama-2-7B layer shapes (hidden 4096, intermediate 11008, 32 heads,
 //          --blocks blocks, vocab 512, random fp16 weights), written to a temp dir with src/io/writer.ts,
 //          with models/stories260K's tokenizer (vocab 512), --7b-windows windows. The default (8 windows,
 //          1 block) runs in about 3.5 minutes on 2 cores; --full = 32 windows × 2 blocks (about 12 minutes
 //          there: the forward passes alone are ≈ 2.4 × 32·512 rows × 405 MFLOP ≈ 16 TFLOP per block).
+//   stories models/stories260K (a quick check; its 64/172-wide Linears need --group-size 32 or -1), --windows
 // All windows are --seqlen tokens sampled from the bundled --calib text.
 //
 // Each case runs in a child process (so its peak RSS, process.resourceUsage().maxRSS, is the pipeline's).
@@ -26,9 +33,21 @@
 //   relerr    the pipeline's relative output error tr(ΔHΔᵀ)/tr(WHWᵀ) (two out×in×in GEMMs per Linear)
 //   pack      format.pack of the quantized Linear
 //   write     writing the block's journal file
+// and, for AWQ methods (src/pipeline/awq.ts prepareAwqBlock, which runs before the block's first Linear):
+//   awq-capture  the fp block forward over the AWQ sample (≤ AWQ_SCALE_TOKENS tokens) capturing the
+//                Linears' inputs (and loading the block's weights); ends at that forward's last
+//                down_proj-shaped GEMM (N = hidden, K = intermediate)
+//   awq-scale    the scale searches (20 α per scale pair, each scored on the module's output) and the folds;
+//                ends at the first GEMM shaped like the clipping search's (M = the clip sample's
+//                tokens, K = a group width or a Linear's input width, not attention)
+//   awq-clip     the clipping searches; ends when the pipeline first asks shouldStop (right after
+//                prepareAwqBlock returns)
+// For AWQ the "relerr" row also holds the two GEMMs of relErrorBefore (plain RTN's error, measured after
+// packing) and the "pack" row its rounding. Without GPTQ (rtn, awq) the "gptq" row is the rounding.
 // Rates: Hessian flops = rows·n·(n+1) per syrk; Cholesky step flops = n³ (potrf n³/3 + potri 2n³/3)
 // + n³/3 (potrf) per Linear; GEMM flops = 2·M·N·K. The machine may be shared: peak = best seen.
 
+import { writeSynthetic7b } from "./synthetic.js";
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
@@ -38,18 +57,26 @@ import { sampleWindows } from "../src/calibration/sampler.js";
 import { resolveText } from "../src/calibration/texts.js";
 import type { Backend } from "../src/compute/backend.js";
 import { gemmPeakGflops, getBackend, type CpuBackend } from "../src/compute/index.js";
-import { f32ToF16 } from "../src/io/dtype.js";
-import { ShardedWriter, atomicWriteFile } from "../src/io/writer.js";
 import { openModel } from "../src/model/model.js";
-import { runQuantize, type QuantizePlan } from "../src/pipeline/quantize.js";
+import { AWQ_CLIP_TOKENS, AWQ_SCALE_TOKENS } from "../src/pipeline/awq.js";
+import { METHODS } from "../src/pipeline/methods.js";
+import { runQuantize, skipReason, type QuantizePlan } from "../src/pipeline/quantize.js";
 import { loadTokenizer } from "../src/tokenizer/index.js";
 import { getFormat } from "../formats/index.js";
 
 const here = fileURLToPath(import.meta.url);
 const root = path.resolve(path.dirname(here), "..");
 
+type Method = QuantizePlan["settings"]["method"];
+
 interface Args {
   cases: string[];
+  methods: Method[];
+  bits: number;
+  groupSize: number;
+  sym: boolean;
+  propagate: "quantized" | "fp";
+  format: string;
   windows: number;
   windows7b: number;
   seqlen: number;
@@ -61,7 +88,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { cases: ["brown", "7b"], windows: 32, windows7b: 8, seqlen: 512, blocks: 1, calib: "c4", json: false, keep: false };
+  const a: Args = { cases: ["brown", "7b"], methods: ["gptq"], bits: 4, groupSize: 128, sym: true, propagate: "quantized", format: "gptq", windows: 32, windows7b: 8, seqlen: 512, blocks: 1, calib: "c4", json: false, keep: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => {
@@ -83,92 +110,34 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--threads") a.threads = Number(v());
     else if (k === "--calib") a.calib = v();
     else if (k === "--json") a.json = true;
+    else if (k === "--method") a.methods = v().split(",") as Method[];
+    else if (k === "--bits") a.bits = Number(v());
+    else if (k === "--group-size") a.groupSize = Number(v());
+    else if (k === "--asym") a.sym = false;
+    else if (k === "--format") a.format = v();
+    else if (k === "--propagate") {
+      const p = v();
+      if (p !== "quantized" && p !== "fp") throw new Error(`--propagate quantized|fp, not ${p}`);
+      a.propagate = p;
+    }
     else if (k === "--keep") a.keep = true;
     else if (k === "-h" || k === "--help") {
-      console.log(fs.readFileSync(here, "utf8").split("\n").slice(0, 32).join("\n"));
+      console.log(fs.readFileSync(here, "utf8").split("\n").slice(0, 50).join("\n"));
       process.exit(0);
     } else throw new Error(`unknown argument ${k}`);
   }
+  for (const m of a.methods) if (!(m in METHODS)) throw new Error(`unknown method "${m}" (${Object.keys(METHODS).join(", ")})`);
   return a;
 }
 
 // ---------------------------------------------------------------------------------------------
 // synthetic Llama-2-7B-shaped checkpoint
 
-/** Deterministic N(0, std²)-ish values (sum of 4 uniforms, variance-matched); fast enough for 400M values. */
-function randomF16(n: number, std: number, seed: number): Uint16Array {
-  const x = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  const k = std * Math.sqrt(3); // sum of 4 U(-1,1) has variance 4/3 → scale to std
-  for (let i = 0; i < n; i++) {
-    let u = 0;
-    for (let j = 0; j < 4; j++) {
-      s ^= s << 13;
-      s ^= s >>> 17;
-      s ^= s << 5;
-      u += (s >>> 0) / 2147483648 - 1;
-    }
-    x[i] = (u * k) / 2;
-  }
-  return f32ToF16(x);
-}
-
-function writeSynthetic7b(dir: string, blocks: number, seqlen: number): void {
-  const hidden = 4096;
-  const inter = 11008;
-  const vocab = 512;
-  fs.mkdirSync(dir, { recursive: true });
-  const config = {
-    architectures: ["LlamaForCausalLM"],
-    model_type: "llama",
-    hidden_size: hidden,
-    intermediate_size: inter,
-    num_hidden_layers: blocks,
-    num_attention_heads: 32,
-    num_key_value_heads: 32,
-    vocab_size: vocab,
-    max_position_embeddings: Math.max(4096, seqlen),
-    rms_norm_eps: 1e-5,
-    rope_theta: 10000.0,
-    hidden_act: "silu",
-    tie_word_embeddings: false,
-    bos_token_id: 1,
-    eos_token_id: 2,
-    torch_dtype: "float16",
-    attention_bias: false,
-    mlp_bias: false,
-  };
-  atomicWriteFile(path.join(dir, "config.json"), JSON.stringify(config, null, 2) + "\n");
-  fs.copyFileSync(path.join(root, "models/stories260K/tokenizer.model"), path.join(dir, "tokenizer.model"));
-  const w = new ShardedWriter(dir, { maxShardBytes: 64e9 });
-  let seed = 1;
-  const ones = (n: number) => f32ToF16(new Float32Array(n).fill(1));
-  try {
-    w.add({ name: "model.embed_tokens.weight", dtype: "F16", shape: [vocab, hidden], data: randomF16(vocab * hidden, 1, seed++) });
-    for (let i = 0; i < blocks; i++) {
-      const p = `model.layers.${i}.`;
-      w.add({ name: p + "input_layernorm.weight", dtype: "F16", shape: [hidden], data: ones(hidden) });
-      w.add({ name: p + "post_attention_layernorm.weight", dtype: "F16", shape: [hidden], data: ones(hidden) });
-      for (const n of ["q_proj", "k_proj", "v_proj", "o_proj"])
-        w.add({ name: `${p}self_attn.${n}.weight`, dtype: "F16", shape: [hidden, hidden], data: randomF16(hidden * hidden, 0.02, seed++) });
-      for (const n of ["gate_proj", "up_proj"])
-        w.add({ name: `${p}mlp.${n}.weight`, dtype: "F16", shape: [inter, hidden], data: randomF16(inter * hidden, 0.02, seed++) });
-      w.add({ name: `${p}mlp.down_proj.weight`, dtype: "F16", shape: [hidden, inter], data: randomF16(hidden * inter, 0.02, seed++) });
-    }
-    w.add({ name: "model.norm.weight", dtype: "F16", shape: [hidden], data: ones(hidden) });
-    w.add({ name: "lm_head.weight", dtype: "F16", shape: [vocab, hidden], data: randomF16(vocab * hidden, 0.02, seed++) });
-    w.finish({ format: "pt" });
-  } catch (e) {
-    w.abort();
-    throw e;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // child: one instrumented pipeline run
 
-type Phase = "forward" | "gptq" | "relerr" | "pack" | "write";
-const PHASES: Phase[] = ["forward", "gptq", "relerr", "pack", "write"];
+type Phase = "forward" | "gptq" | "relerr" | "pack" | "write" | "awq-capture" | "awq-scale" | "awq-clip";
 
 interface BlockTiming {
   block: number;
@@ -186,6 +155,9 @@ interface BlockTiming {
 interface ChildResult {
   label: string;
   model: string;
+  /** (absent in results saved before --method existed: GPTQ 4-bit g128 sym) */
+  method?: Method;
+  settings?: string;
   arch: { hidden: number; intermediate: number; blocks: number; heads: number; vocab: number };
   nsamples: number;
   seqlen: number;
@@ -203,18 +175,36 @@ interface ChildResult {
 
 function newBlock(block: number): BlockTiming {
   return {
-    block, seconds: 0, phases: { forward: 0, gptq: 0, relerr: 0, pack: 0, write: 0 },
+    block, seconds: 0, phases: { forward: 0, gptq: 0, relerr: 0, pack: 0, write: 0, "awq-capture": 0, "awq-scale": 0, "awq-clip": 0 },
     hessianSeconds: 0, hessianFlops: 0, choleskySeconds: 0, choleskyFlops: 0, lazyGemmSeconds: 0, forwardGemmSeconds: 0, forwardGemmFlops: 0,
   };
 }
 
 const now = () => performance.now() / 1000;
 
+/** Shapes that tell AWQ's preparation phases apart (see the header); null for methods without AWQ. */
+interface AwqShapes {
+  /** Batches of the capture forward = down_proj-shaped GEMMs (N = hidden, K = intermediate) that end it. */
+  captureBatches: number;
+  hidden: number;
+  intermediate: number;
+  /** M of the clipping search's GEMMs (the sampled tokens). */
+  clipTokens: number;
+  /** K of the clipping search's GEMMs (the group width, or the input widths per row). */
+  clipWidths: Set<number>;
+  /** N of the clipping search's GEMMs (the Linears' output widths). */
+  linearOuts: Set<number>;
+  headDim: number;
+}
+
 /**
  * Times every Backend call and keeps a phase clock driven by the pipeline's events and its call pattern:
  * a forward phase ends at the end of its last forward call (gemm with B transposed, or attention's S·V,
- * or syrk) before GPTQ's first Cholesky; within a Linear, the first plain (no-transpose) gemm after GPTQ
- * starts the relative-error phase, the end of its last gemm starts packing; onLayerDone ends the Linear.
+ * or syrk) before GPTQ's first Cholesky or, without GPTQ, before the relative error's first GEMM; a plain
+ * (no-transpose) gemm whose B is a Hessian the pipeline accumulated (syrk's output) starts the
+ * relative-error phase, the end of its second gemm starts packing; onLayerDone ends the Linear. For AWQ,
+ * the block starts in awq-capture, and the shapes in AwqShapes move it to awq-scale and awq-clip; the
+ * first shouldStop of the block (right after prepareAwqBlock) returns it to forward.
  */
 class PhaseClock implements Backend {
   readonly name: string;
@@ -223,15 +213,27 @@ class PhaseClock implements Backend {
   private phaseStart = 0;
   private lastForwardEnd = 0;
   private relerrCalls = 0;
-  constructor(private readonly inner: Backend) {
+  private readonly hessians = new WeakSet<Float32Array>();
+  private downSeen = 0;
+  private awqPending = false;
+  constructor(private readonly inner: Backend, private readonly awq: AwqShapes | null) {
     this.name = `timed(${inner.name})`;
   }
-  begin(b: BlockTiming, phase: Phase): void {
+  begin(b: BlockTiming): void {
     const t = now();
+    const phase: Phase = this.awq ? "awq-capture" : "forward";
     if (this.cur) this.switchTo(phase, t); // (the short gap since onBlockDone goes to the previous block)
     this.cur = b;
     this.phase = phase;
     this.phaseStart = t;
+    this.downSeen = 0;
+    this.awqPending = this.awq !== null;
+  }
+  /** The pipeline asked shouldStop: the first time in an AWQ block, prepareAwqBlock has just returned. */
+  stopAsked(): void {
+    if (!this.awqPending) return;
+    this.awqPending = false;
+    this.switchTo("forward", now());
   }
   switchTo(phase: Phase, t: number): void {
     if (this.cur && t > this.phaseStart) this.cur.phases[this.phase] += t - this.phaseStart;
@@ -247,10 +249,20 @@ class PhaseClock implements Backend {
   }
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, B: Float32Array, beta: number, C: Float32Array): void {
     const t0 = now();
-    // In the GPTQ phase a plain gemm is the pipeline's relative error (GPTQ's own are transA).
-    if (this.phase === "gptq" && !transA) this.switchTo("relerr", t0);
-    // After GPTQ of a group's last Linear the next block forward starts with a transB gemm.
-    if (this.phase === "write" && !transA && transB) this.switchTo("forward", t0);
+    const aw = this.awq;
+    const relerr = !transA && !transB && this.hessians.has(B);
+    if (this.phase === "awq-scale" && aw && !transA && transB && M === aw.clipTokens && aw.clipWidths.has(K) && aw.linearOuts.has(N) && K !== aw.headDim)
+      this.switchTo("awq-clip", t0);
+    // The pipeline's relative error: after GPTQ, or (no GPTQ) right after the group's forward, whose end
+    // starts the rounding.
+    else if (relerr && this.phase === "forward") {
+      this.switchTo("gptq", this.lastForwardEnd || t0);
+      this.switchTo("relerr", t0);
+    } else if (relerr && this.phase === "gptq") this.switchTo("relerr", t0);
+    // AWQ's relErrorBefore (after packing): a plain gemm on a rescaled copy of the Hessian.
+    else if (this.phase === "pack" && !transA && !transB) this.switchTo("relerr", t0);
+    // After the group's last Linear the next block forward starts with a transB gemm.
+    else if (this.phase === "write" && !transA && transB) this.switchTo("forward", t0);
     this.inner.gemm(transA, transB, M, N, K, alpha, A, B, beta, C);
     const t1 = now();
     if (this.phase === "forward") {
@@ -261,9 +273,12 @@ class PhaseClock implements Backend {
       this.cur.lazyGemmSeconds += t1 - t0;
     } else if (this.phase === "relerr" && ++this.relerrCalls === 2) {
       this.switchTo("pack", t1);
+    } else if (this.phase === "awq-capture" && aw && transB && N === aw.hidden && K === aw.intermediate && ++this.downSeen === aw.captureBatches) {
+      this.switchTo("awq-scale", t1);
     }
   }
   syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array): void {
+    this.hessians.add(H);
     const t0 = now();
     this.inner.syrk(n, rows, alpha, X, beta, H);
     const t1 = now();
@@ -298,7 +313,28 @@ function peaks(be: Backend): Record<string, number> {
   return r;
 }
 
-async function runChild(spec: { label: string; model: string; nsamples: number; seqlen: number; calib: string; threads?: number }): Promise<ChildResult> {
+interface ChildSpec {
+  label: string;
+  model: string;
+  nsamples: number;
+  seqlen: number;
+  calib: string;
+  threads?: number;
+  method: Method;
+  bits: number;
+  groupSize: number;
+  sym: boolean;
+  propagate: "quantized" | "fp";
+  format: string;
+}
+
+/** The settings in words, e.g. "awq 4-bit g128 sym, gptq format". */
+function settingsText(s: Pick<ChildSpec, "method" | "bits" | "groupSize" | "sym" | "propagate" | "format">): string {
+  return `${s.method} ${s.bits}-bit ${s.groupSize === -1 ? "per row" : `g${s.groupSize}`} ${s.sym ? "sym" : "asym"}, ${s.format} format` +
+    (s.propagate === "fp" ? ", --propagate fp" : "");
+}
+
+async function runChild(spec: ChildSpec): Promise<ChildResult> {
   const be = getBackend("cpu");
   if (spec.threads !== undefined) be.setThreads(spec.threads);
   const before = peaks(be);
@@ -310,8 +346,9 @@ async function runChild(spec: { label: string; model: string; nsamples: number; 
   const outDir = fs.mkdtempSync(path.join(os.tmpdir(), "quant4-bench-out-"));
   const plan: QuantizePlan = {
     src,
-    format: getFormat("gptq"),
-    settings: { method: "gptq", bits: 4, groupSize: 128, sym: true, actOrder: false, staticGroups: false, damp: 0.01, trueSequential: true },
+    format: getFormat(spec.format),
+    settings: { method: spec.method, bits: spec.bits, groupSize: spec.groupSize, sym: spec.sym, actOrder: false, staticGroups: false, damp: 0.01, trueSequential: true },
+    propagate: spec.propagate,
     windows,
     calibrate: true,
     nsamples: spec.nsamples,
@@ -324,7 +361,26 @@ async function runChild(spec: { label: string; model: string; nsamples: number; 
     settingsKey: `bench-${process.pid}`,
     resume: false,
   };
-  const clock = new PhaseClock(be);
+  let awq: AwqShapes | null = null;
+  if (METHODS[spec.method].awq) {
+    // As src/pipeline/awq.ts: the scale search's windows, the capture's batches, the clip sample.
+    const T = spec.seqlen;
+    const nWin = Math.max(1, Math.min(spec.nsamples, Math.floor(AWQ_SCALE_TOKENS / T)));
+    const B = Math.max(1, Math.min(nWin, Math.floor(2048 / T)));
+    const rows = nWin * T;
+    const stride = Math.max(1, Math.floor(rows / AWQ_CLIP_TOKENS));
+    const quantized = a.linears.filter((l) => skipReason(plan, l, a.blockPrefix(0) + l.name) === null);
+    awq = {
+      captureBatches: Math.ceil(nWin / B),
+      hidden: a.hidden,
+      intermediate: a.intermediate,
+      clipTokens: Math.ceil(rows / stride),
+      clipWidths: new Set(spec.groupSize === -1 ? quantized.map((l) => l.in) : [spec.groupSize]),
+      linearOuts: new Set(quantized.map((l) => l.out)),
+      headDim: a.headDim,
+    };
+  }
+  const clock = new PhaseClock(be, awq);
   const blocks: BlockTiming[] = [];
   // Which Linear closes its true-sequential group (then a forward starts; after the last group, the write).
   const groupEnd = new Map<string, "forward" | "write">();
@@ -335,7 +391,11 @@ async function runChild(spec: { label: string; model: string; nsamples: number; 
       onBlockStart: (i) => {
         const b = newBlock(i);
         blocks.push(b);
-        clock.begin(b, "forward");
+        clock.begin(b);
+      },
+      shouldStop: () => {
+        clock.stopAsked();
+        return false;
       },
       onLayerDone: (i, stat) => {
         const rel = stat.name.slice(a.blockPrefix(i).length);
@@ -355,6 +415,8 @@ async function runChild(spec: { label: string; model: string; nsamples: number; 
   return {
     label: spec.label,
     model: spec.model,
+    method: spec.method,
+    settings: settingsText(spec),
     arch: { hidden: a.hidden, intermediate: a.intermediate, blocks: a.nLayers, heads: a.nHeads, vocab: a.vocabSize },
     nsamples: spec.nsamples,
     seqlen: spec.seqlen,
@@ -374,7 +436,7 @@ async function runChild(spec: { label: string; model: string; nsamples: number; 
 // ---------------------------------------------------------------------------------------------
 // parent
 
-function spawnChild(spec: Parameters<typeof runChild>[0]): Promise<ChildResult> {
+function spawnChild(spec: ChildSpec): Promise<ChildResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...process.execArgv, here, "--child", JSON.stringify(spec)], { stdio: ["ignore", "pipe", "inherit"] });
     let out = "";
@@ -397,7 +459,7 @@ const gb = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 function printResult(r: ChildResult, log: (s: string) => void): void {
   const pk = r.gemmPeak.best;
   log(`\n## ${r.label}: hidden ${r.arch.hidden}, intermediate ${r.arch.intermediate}, ${r.arch.blocks} blocks, ${r.arch.heads} heads, vocab ${r.arch.vocab}; ` +
-    `GPTQ 4-bit g128 sym, ${r.nsamples} windows × ${r.seqlen}, threads ${r.threads}`);
+    `${r.settings ?? "gptq 4-bit g128 sym, gptq format"}, ${r.nsamples} windows × ${r.seqlen}, threads ${r.threads}`);
   log(`wall ${r.totalSeconds.toFixed(1)} s (pipeline total), ${(r.blockSeconds.reduce((s, x) => s + x, 0) / r.blockSeconds.length).toFixed(1)} s per block ` +
     `[${r.blockSeconds.map((s) => s.toFixed(1)).join(", ")}], peak RSS ${gb(r.peakRssBytes)}; ${r.quantizedLinears} Linears, mean rel. error ${r.meanRelError.toExponential(2)}`);
   log(`GEMM peak in this process (gemmPeakGflops, best of n=512/1024/2048 before and after): ${pk.toFixed(1)} GFLOP/s ` +
@@ -406,25 +468,45 @@ function printResult(r: ChildResult, log: (s: string) => void): void {
   const n = r.blocks.length;
   const tot = sum((b) => b.seconds);
   const fwd = sum((b) => b.phases.forward) - sum((b) => b.hessianSeconds);
+  const awqRows: [string, number, string][] = [
+    ["AWQ: capture inputs", sum((b) => b.phases["awq-capture"] ?? 0), "fp block forward over the AWQ sample (+ loading the block)"],
+    ["AWQ: scale search + fold", sum((b) => b.phases["awq-scale"] ?? 0), "20 α per scale pair, each scored on the module output"],
+    ["AWQ: clip search", sum((b) => b.phases["awq-clip"] ?? 0), "20 shrinks (≤ 45%) per Linear, 512 sampled tokens"],
+  ];
+  const awqTotal = awqRows.reduce((s, x) => s + x[1], 0);
   const rows: [string, number, string][] = [
+    ...(awqTotal > 0 ? awqRows : []),
     ["forward (excl. Hessian)", fwd, `GEMMs ${(sum((b) => b.forwardGemmFlops) / sum((b) => b.forwardGemmSeconds) / 1e9).toFixed(1)} GFLOP/s, ${((100 * sum((b) => b.forwardGemmSeconds)) / Math.max(fwd, 1e-9)).toFixed(0)}% of forward in GEMMs`],
     ["Hessian (syrk)", sum((b) => b.hessianSeconds), `${(sum((b) => b.hessianFlops) / sum((b) => b.hessianSeconds) / 1e9).toFixed(1)} GFLOP/s = ${((100 * sum((b) => b.hessianFlops) / sum((b) => b.hessianSeconds) / 1e9) / pk).toFixed(0)}% of peak`],
-    ["GPTQ: Cholesky", sum((b) => b.choleskySeconds), `${(sum((b) => b.choleskyFlops) / sum((b) => b.choleskySeconds) / 1e9).toFixed(1)} GFLOP/s = ${((100 * sum((b) => b.choleskyFlops) / sum((b) => b.choleskySeconds) / 1e9) / pk).toFixed(0)}% of peak`],
-    ["GPTQ: column loop etc.", sum((b) => b.phases.gptq) - sum((b) => b.choleskySeconds), `of which lazy-batch GEMMs ${sum((b) => b.lazyGemmSeconds).toFixed(2)} s`],
-    ["relative error metric", sum((b) => b.phases.relerr), "2 GEMMs out×in×in per Linear"],
-    ["packing", sum((b) => b.phases.pack), "format.pack"],
+    ...(sum((b) => b.choleskySeconds) > 0 ? [["GPTQ: Cholesky", sum((b) => b.choleskySeconds), `${(sum((b) => b.choleskyFlops) / sum((b) => b.choleskySeconds) / 1e9).toFixed(1)} GFLOP/s = ${((100 * sum((b) => b.choleskyFlops) / sum((b) => b.choleskySeconds) / 1e9) / pk).toFixed(0)}% of peak`] as [string, number, string]] : []),
+    [r.method === "rtn" || r.method === "awq" ? "rounding (RTN)" : "GPTQ: column loop etc.", sum((b) => b.phases.gptq) - sum((b) => b.choleskySeconds), sum((b) => b.choleskySeconds) > 0 ? `of which lazy-batch GEMMs ${sum((b) => b.lazyGemmSeconds).toFixed(2)} s` : "quantizeRtn + dequantize"],
+    ["relative error metric", sum((b) => b.phases.relerr), awqTotal > 0 ? "2 GEMMs out×in×in per Linear, + 2 for relErrorBefore" : "2 GEMMs out×in×in per Linear"],
+    ["packing", sum((b) => b.phases.pack), awqTotal > 0 ? "format.pack + relErrorBefore's rounding" : "format.pack"],
     ["journal write", sum((b) => b.phases.write), ""],
   ];
   const accounted = rows.reduce((s, x) => s + x[1], 0);
   rows.push(["unaccounted", tot - accounted, ""]);
   log(`  per block (mean of ${n})            seconds    share`);
   for (const [name, s, note] of rows) log(`  ${name.padEnd(26)} ${(s / n).toFixed(2).padStart(9)}  ${((100 * s) / tot).toFixed(1).padStart(5)}%  ${note}`);
+  if (awqTotal > 0) log(`  AWQ preparation (capture + scale + clip) ${(awqTotal / n).toFixed(2)} s per block = ${((100 * awqTotal) / tot).toFixed(1)}% of the block time`);
+}
+
+/** Wall time of every method as a ratio to the first one run on the same case. */
+function printRatios(results: ChildResult[], log: (s: string) => void): void {
+  const byCase = new Map<string, ChildResult[]>();
+  for (const r of results) byCase.set(r.label, [...(byCase.get(r.label) ?? []), r]);
+  for (const [label, rs] of byCase) {
+    if (rs.length < 2) continue;
+    const base = rs[0]!;
+    log(`\n${label}, wall time vs ${base.settings}: ` +
+      rs.slice(1).map((r) => `${r.settings} ${r.totalSeconds.toFixed(1)} s / ${base.totalSeconds.toFixed(1)} s = ${(r.totalSeconds / base.totalSeconds).toFixed(2)}×`).join("; "));
+  }
 }
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   if (argv[0] === "--child") {
-    const r = await runChild(JSON.parse(argv[1]!) as Parameters<typeof runChild>[0]);
+    const r = await runChild(JSON.parse(argv[1]!) as ChildSpec);
     process.stdout.write(JSON.stringify(r) + "\n");
     return;
   }
@@ -433,6 +515,7 @@ async function main(): Promise<void> {
     const saved = JSON.parse(fs.readFileSync(argv[1]!, "utf8")) as ChildResult[];
     if (saved[0]) console.log(`# ${saved[0].blas}`);
     for (const r of saved) printResult(r, console.log);
+    printRatios(saved, console.log);
     return;
   }
   const args = parseArgs(argv);
@@ -440,6 +523,10 @@ async function main(): Promise<void> {
     if (!args.json) console.log(s);
   };
   const results: ChildResult[] = [];
+  const common = (method: Method) => ({
+    method, seqlen: args.seqlen, calib: args.calib, threads: args.threads,
+    bits: args.bits, groupSize: args.groupSize, sym: args.sym, propagate: args.propagate, format: args.format,
+  });
   for (const c of args.cases) {
     if (c === "brown") {
       const dir = path.resolve(root, "../shared/models/brown-llama");
@@ -447,25 +534,36 @@ async function main(): Promise<void> {
         log(`(skipping brown: ${dir} not found)`);
         continue;
       }
-      process.stderr.write(`running brown-llama: ${args.windows} × ${args.seqlen}\n`);
-      results.push(await spawnChild({ label: "brown-llama", model: dir, nsamples: args.windows, seqlen: args.seqlen, calib: args.calib, threads: args.threads }));
+      for (const m of args.methods) {
+        process.stderr.write(`running brown-llama, ${settingsText({ ...args, method: m })}: ${args.windows} × ${args.seqlen}\n`);
+        results.push(await spawnChild({ ...common(m), label: "brown-llama", model: dir, nsamples: args.windows }));
+      }
+    } else if (c === "stories") {
+      for (const m of args.methods) {
+        process.stderr.write(`running stories260K, ${settingsText({ ...args, method: m })}: ${args.windows} × ${args.seqlen}\n`);
+        results.push(await spawnChild({ ...common(m), label: "stories260K", model: path.join(root, "models/stories260K"), nsamples: args.windows }));
+      }
     } else if (c === "7b") {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), "quant4-bench-7b-"));
       try {
         const t0 = now();
         writeSynthetic7b(dir, args.blocks, args.seqlen);
         process.stderr.write(`synthetic 7B-shape checkpoint (${args.blocks} blocks) written to ${dir} in ${(now() - t0).toFixed(1)} s; running: ${args.windows7b} × ${args.seqlen}\n`);
-        results.push(await spawnChild({ label: "synthetic Llama-2-7B shapes", model: dir, nsamples: args.windows7b, seqlen: args.seqlen, calib: args.calib, threads: args.threads }));
+        for (const m of args.methods) {
+          process.stderr.write(`  ${settingsText({ ...args, method: m })}\n`);
+          results.push(await spawnChild({ ...common(m), label: "synthetic Llama-2-7B shapes", model: dir, nsamples: args.windows7b }));
+        }
       } finally {
         if (!args.keep) fs.rmSync(dir, { recursive: true, force: true });
         else log(`(kept ${dir})`);
       }
-    } else throw new Error(`unknown case "${c}" (brown, 7b, all)`);
+    } else throw new Error(`unknown case "${c}" (brown, stories, 7b, all)`);
   }
   if (args.json) console.log(JSON.stringify(results, null, 2));
   else {
     if (results[0]) log(`# ${results[0].blas}; node ${process.version}`);
     for (const r of results) printResult(r, log);
+    printRatios(results, log);
   }
 }
 
