@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates the README's AWQ table: RTN, GPTQ, AWQ and AWQ+GPTQ at 4-bit per-row asymmetric and at
 # 3-bit grouped asymmetric, one calibration set for every row of a model, perplexity on two texts, each
-# quantize's wall time (report.totalSeconds of `quantize --json`), the mean relative output error, and
-# AWQ with --propagate fp beside the default --propagate quantized. Every command is printed ("$ ...")
-# as it runs; the tables follow, then a per-Linear comparison of AWQ with plain rounding.
+# quantize's wall time (report.totalSeconds of `quantize --json`), the mean relative output error; the AWQ
+# methods run with both --propagate quantized and --propagate fp (given explicitly: the CLI's default,
+# auto, is fp for AWQ). Every command is printed ("$ ...") as it runs; the tables follow, then a
+# per-Linear comparison of AWQ with plain rounding.
 #
 #   bash bench/awq-table.sh [brown|stories|all]            (default: all)
 #
@@ -15,8 +16,10 @@
 #            Linears do not fit GPTQ's layout and stay fp16; no stories260K Linear is 128 wide).
 #
 # Environment: Q (the CLI, default `node dist/bin/quant4.js`; run `npm run build` first), WORK (default
-# out/awq-table), METHODS (default "rtn gptq awq awq-gptq"), FP_METHODS (methods also run with
-# --propagate fp on the 4-bit config, default "awq awq-gptq"), THREADS (--threads for every command).
+# out/awq-table), METHODS (default "rtn gptq awq awq-gptq"), FP_METHODS (methods run with both
+# propagations, the others with the CLI's default, default "awq awq-gptq"), THREADS (--threads for every
+# command), REUSE=1 (keep a row whose quantize and eval outputs already exist in WORK: the command is
+# printed with "(reused)", its numbers are the earlier run's).
 # RTN gets the same --calib as the others: it does not change RTN's weights, only measures its errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +31,7 @@ THR=()
 if [ -n "${THREADS:-}" ]; then THR=(--threads "$THREADS"); fi
 
 run() { # print the command, then run it (stdout to $OUTFILE, stderr to $OUTFILE.err)
+  if [ "${REUSE:-}" = 1 ] && [ -s "$OUTFILE" ]; then echo "(reused) \$ $* > $OUTFILE"; return; fi
   echo "\$ $* > $OUTFILE"
   "$@" > "$OUTFILE" 2> "$OUTFILE.err" || { echo "failed (exit $?): see $OUTFILE.err" >&2; tail -5 "$OUTFILE.err" >&2; exit 1; }
 }
@@ -72,22 +76,21 @@ table() { # preset
     echo "$line" >> "$ROWS"
   }
   evals "baseline" "-" "$MODEL" ""
-  local ci=0
   for cfg in "${CONFIGS[@]}"; do
     local name=${cfg%%:*}; read -r -a flags <<< "${cfg#*:}"
     local variants=()
-    for m in "${METHODS[@]}"; do variants+=("$m:quantized"); done
-    if [ $ci -eq 0 ]; then for m in "${FP_METHODS[@]}"; do variants+=("$m:fp"); done; fi
+    for m in "${METHODS[@]}"; do
+      if [[ " ${FP_METHODS[*]} " == *" $m "* ]]; then variants+=("$m:quantized" "$m:fp"); else variants+=("$m:"); fi
+    done
     for v in "${variants[@]}"; do
       local m=${v%%:*} p=${v#*:}
-      local d="$W/$m-$name"; local prop=()
-      if [ "$p" = fp ]; then d="$d-propfp"; prop=(--propagate fp); fi
+      local d="$W/$m-$name"; local prop=() label=$m
+      if [ -n "$p" ]; then prop=(--propagate "$p"); label="$m --propagate $p"; fi
+      if [ "$p" = fp ]; then d="$d-propfp"; fi
       OUTFILE="$d.quantize.json"
       run "${QA[@]}" quantize "$MODEL" "$d" --overwrite --method "$m" "${flags[@]}" "${prop[@]}" "${CALIB[@]}" "${THR[@]}" --json
-      local label=$m; [ "$p" = fp ] && label="$m --propagate fp"
       evals "$label" "$name" "$d" "$d.quantize.json"
     done
-    ci=$((ci + 1))
   done
   echo
   local hdr="| method | setting |" sep="|---|---|"
@@ -96,6 +99,18 @@ table() { # preset
   echo "$hdr quantize s | mean rel. output error |"
   echo "$sep---|---|"
   awk -F'\t' '{ printf "|"; for (i = 1; i <= NF; i++) printf " %s |", $i; printf "\n" }' "$ROWS"
+  echo
+  echo "AWQ rows against RTN of the same setting (lower perplexity is better):"
+  node -e '
+    const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => l.split("\t"));
+    const texts = process.argv.slice(2);
+    for (const r of rows.filter((r) => r[0].startsWith("awq"))) {
+      const rtn = rows.find((x) => x[0] === "rtn" && x[1] === r[1]);
+      if (!rtn) continue;
+      const cells = texts.map((t, i) => `${t} ${r[2 + i]} vs ${rtn[2 + i]} ${Number(r[2 + i]) < Number(rtn[2 + i]) ? "better" : "NOT better"}`);
+      console.log(`  ${r[0]} ${r[1]}: ${cells.join("; ")}`);
+    }
+  ' "$ROWS" "${TEXTS[@]}"
   echo
   echo "Per Linear, AWQ vs plain rounding of the same weights on the same inputs (relError vs relErrorBefore):"
   for f in "$W"/awq-*.quantize.json; do

@@ -5,7 +5,7 @@
 //   node --import tsx bench/quantize.ts [--case brown|stories|7b|all] [--windows 32] [--7b-windows 8] [--blocks 1]
 //                                       [--full] [--seqlen 512] [--threads T] [--calib c4] [--json] [--keep]
 //                                       [--method gptq[,awq,awq-gptq,rtn]] [--bits 4] [--group-size 128]
-//                                       [--asym] [--propagate quantized|fp] [--format gptq]
+//                                       [--asym] [--propagate auto|quantized|fp] [--format gptq]
 //   node --import tsx bench/quantize.ts --print saved.json       (re-render a --json result)
 //
 // --method takes a comma-separated list: each method runs on each case (same calibration windows), and
@@ -75,7 +75,7 @@ interface Args {
   bits: number;
   groupSize: number;
   sym: boolean;
-  propagate: "quantized" | "fp";
+  propagate: "auto" | "quantized" | "fp";
   format: string;
   windows: number;
   windows7b: number;
@@ -88,7 +88,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { cases: ["brown", "7b"], methods: ["gptq"], bits: 4, groupSize: 128, sym: true, propagate: "quantized", format: "gptq", windows: 32, windows7b: 8, seqlen: 512, blocks: 1, calib: "c4", json: false, keep: false };
+  const a: Args = { cases: ["brown", "7b"], methods: ["gptq"], bits: 4, groupSize: 128, sym: true, propagate: "auto", format: "gptq", windows: 32, windows7b: 8, seqlen: 512, blocks: 1, calib: "c4", json: false, keep: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => {
@@ -117,7 +117,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--format") a.format = v();
     else if (k === "--propagate") {
       const p = v();
-      if (p !== "quantized" && p !== "fp") throw new Error(`--propagate quantized|fp, not ${p}`);
+      if (p !== "auto" && p !== "quantized" && p !== "fp") throw new Error(`--propagate auto|quantized|fp, not ${p}`);
       a.propagate = p;
     }
     else if (k === "--keep") a.keep = true;
@@ -150,6 +150,9 @@ interface BlockTiming {
   lazyGemmSeconds: number;
   forwardGemmSeconds: number;
   forwardGemmFlops: number;
+  /** GEMMs inside AWQ's scale search (module outputs of the candidates); absent in older results. */
+  awqScaleGemmSeconds?: number;
+  awqScaleGemmFlops?: number;
 }
 
 interface ChildResult {
@@ -176,7 +179,7 @@ interface ChildResult {
 function newBlock(block: number): BlockTiming {
   return {
     block, seconds: 0, phases: { forward: 0, gptq: 0, relerr: 0, pack: 0, write: 0, "awq-capture": 0, "awq-scale": 0, "awq-clip": 0 },
-    hessianSeconds: 0, hessianFlops: 0, choleskySeconds: 0, choleskyFlops: 0, lazyGemmSeconds: 0, forwardGemmSeconds: 0, forwardGemmFlops: 0,
+    hessianSeconds: 0, hessianFlops: 0, choleskySeconds: 0, choleskyFlops: 0, lazyGemmSeconds: 0, forwardGemmSeconds: 0, forwardGemmFlops: 0, awqScaleGemmSeconds: 0, awqScaleGemmFlops: 0,
   };
 }
 
@@ -271,6 +274,9 @@ class PhaseClock implements Backend {
       this.cur.forwardGemmFlops += 2 * M * N * K;
     } else if (this.phase === "gptq" && transA) {
       this.cur.lazyGemmSeconds += t1 - t0;
+    } else if (this.phase === "awq-scale") {
+      this.cur.awqScaleGemmSeconds! += t1 - t0;
+      this.cur.awqScaleGemmFlops! += 2 * M * N * K;
     } else if (this.phase === "relerr" && ++this.relerrCalls === 2) {
       this.switchTo("pack", t1);
     } else if (this.phase === "awq-capture" && aw && transB && N === aw.hidden && K === aw.intermediate && ++this.downSeen === aw.captureBatches) {
@@ -329,9 +335,9 @@ interface ChildSpec {
 }
 
 /** The settings in words, e.g. "awq 4-bit g128 sym, gptq format". */
-function settingsText(s: Pick<ChildSpec, "method" | "bits" | "groupSize" | "sym" | "propagate" | "format">): string {
+function settingsText(s: Pick<ChildSpec, "method" | "bits" | "groupSize" | "sym" | "format"> & { propagate: string }): string {
   return `${s.method} ${s.bits}-bit ${s.groupSize === -1 ? "per row" : `g${s.groupSize}`} ${s.sym ? "sym" : "asym"}, ${s.format} format` +
-    (s.propagate === "fp" ? ", --propagate fp" : "");
+    `, ${s.propagate} propagation`;
 }
 
 async function runChild(spec: ChildSpec): Promise<ChildResult> {
@@ -470,7 +476,8 @@ function printResult(r: ChildResult, log: (s: string) => void): void {
   const fwd = sum((b) => b.phases.forward) - sum((b) => b.hessianSeconds);
   const awqRows: [string, number, string][] = [
     ["AWQ: capture inputs", sum((b) => b.phases["awq-capture"] ?? 0), "fp block forward over the AWQ sample (+ loading the block)"],
-    ["AWQ: scale search + fold", sum((b) => b.phases["awq-scale"] ?? 0), "20 α per scale pair, each scored on the module output"],
+    ["AWQ: scale search + fold", sum((b) => b.phases["awq-scale"] ?? 0), "20 α per scale pair, each scored on the module output" +
+      (sum((b) => b.awqScaleGemmSeconds ?? 0) > 0 ? `; GEMMs ${sum((b) => b.awqScaleGemmSeconds ?? 0).toFixed(1)} s at ${(sum((b) => b.awqScaleGemmFlops ?? 0) / sum((b) => b.awqScaleGemmSeconds ?? 0) / 1e9).toFixed(1)} GFLOP/s (${((100 * sum((b) => b.awqScaleGemmSeconds ?? 0)) / Math.max(1e-9, sum((b) => b.phases["awq-scale"] ?? 0))).toFixed(0)}% of it)` : "")],
     ["AWQ: clip search", sum((b) => b.phases["awq-clip"] ?? 0), "20 shrinks (≤ 45%) per Linear, 512 sampled tokens"],
   ];
   const awqTotal = awqRows.reduce((s, x) => s + x[1], 0);
@@ -525,7 +532,9 @@ async function main(): Promise<void> {
   const results: ChildResult[] = [];
   const common = (method: Method) => ({
     method, seqlen: args.seqlen, calib: args.calib, threads: args.threads,
-    bits: args.bits, groupSize: args.groupSize, sym: args.sym, propagate: args.propagate, format: args.format,
+    bits: args.bits, groupSize: args.groupSize, sym: args.sym, format: args.format,
+    // As the CLI's --propagate auto: fp for AWQ methods, quantized otherwise.
+    propagate: args.propagate !== "auto" ? args.propagate : METHODS[method].awq ? ("fp" as const) : ("quantized" as const),
   });
   for (const c of args.cases) {
     if (c === "brown") {
@@ -535,12 +544,12 @@ async function main(): Promise<void> {
         continue;
       }
       for (const m of args.methods) {
-        process.stderr.write(`running brown-llama, ${settingsText({ ...args, method: m })}: ${args.windows} × ${args.seqlen}\n`);
+        process.stderr.write(`running brown-llama, ${settingsText(common(m))}: ${args.windows} × ${args.seqlen}\n`);
         results.push(await spawnChild({ ...common(m), label: "brown-llama", model: dir, nsamples: args.windows }));
       }
     } else if (c === "stories") {
       for (const m of args.methods) {
-        process.stderr.write(`running stories260K, ${settingsText({ ...args, method: m })}: ${args.windows} × ${args.seqlen}\n`);
+        process.stderr.write(`running stories260K, ${settingsText(common(m))}: ${args.windows} × ${args.seqlen}\n`);
         results.push(await spawnChild({ ...common(m), label: "stories260K", model: path.join(root, "models/stories260K"), nsamples: args.windows }));
       }
     } else if (c === "7b") {
@@ -550,7 +559,7 @@ async function main(): Promise<void> {
         writeSynthetic7b(dir, args.blocks, args.seqlen);
         process.stderr.write(`synthetic 7B-shape checkpoint (${args.blocks} blocks) written to ${dir} in ${(now() - t0).toFixed(1)} s; running: ${args.windows7b} × ${args.seqlen}\n`);
         for (const m of args.methods) {
-          process.stderr.write(`  ${settingsText({ ...args, method: m })}\n`);
+          process.stderr.write(`  ${settingsText(common(m))}\n`);
           results.push(await spawnChild({ ...common(m), label: "synthetic Llama-2-7B shapes", model: dir, nsamples: args.windows7b }));
         }
       } finally {
