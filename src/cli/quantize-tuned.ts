@@ -33,11 +33,15 @@ import { EXIT_GATE, printJson, writeStdout } from "./common.js";
 import { gateVerdict, pplProtocol, type PplProtocol } from "./eval-ppl.js";
 import { derivePlan, describePlan, formatPlan, formatSummary, runWithProgress, type Plan, type QuantizeCliOptions } from "./quantize.js";
 import { runSensitivityPass } from "./sensitivity.js";
+import { MANIFEST_FILE } from "../pipeline/manifest.js";
+import { writeSingleManifest, type ManifestContext } from "./quantize-publish.js";
 
 interface Ctx {
   modelDir: string;
   backend: Backend;
   mode: ProgressMode;
+  /** Where the run came from, for each output's quant4-manifest.json. */
+  manifest: ManifestContext;
 }
 
 /** The gate text, tokenized once with the source's tokenizer, and its protocol (eval-ppl's). */
@@ -231,12 +235,23 @@ export async function quantizeTuned(plan0: Plan, o: QuantizeCliOptions, ctx: Ctx
 
   if (!gate) {
     const plan = derivePlan(plan0, { rules: rulesFor(widths) });
-    const { report, warnings } = await runWithProgress(plan, ctx.backend, o.json, ctx.mode);
-    const measured = measureOutput(plan.src.ckpt.files, plan.outDir, plan.format, outputConfig(plan, report.skipped).quantization_config, a);
-    const lb = measureLinearBits(plan.outDir, plan.format, a);
-    const worst = worstLayers(report.layers);
-    if (o.json) printJson({ ...describePlan(plan), report, output: measured, linearBits: omitPerLinear(lb), worstLayers: worst, warnings, targetBits: targetSection(lb) });
-    else writeStdout(formatSummary(plan, report, measured, worst) + targetLine(lb));
+    let result: { summary: Record<string, unknown>; text: string } | null = null;
+    // The summary is measured from the staged output, and the manifest written into it, before it is moved into place.
+    await runWithProgress(plan, ctx.backend, o.json, ctx.mode, {}, {
+      extraFiles: [MANIFEST_FILE],
+      run: async (staging, report, warnings) => {
+        const measured = measureOutput(plan.src.ckpt.files, staging, plan.format, outputConfig(plan, report.skipped).quantization_config, a);
+        const lb = measureLinearBits(staging, plan.format, a);
+        const worst = worstLayers(report.layers);
+        const summary = { ...describePlan(plan), report, output: measured, linearBits: omitPerLinear(lb), worstLayers: worst, warnings, targetBits: targetSection(lb) };
+        await writeSingleManifest(ctx.manifest, plan, staging, summary, null, report.totalSeconds);
+        result = { summary, text: formatSummary(plan, report, measured, worst) + targetLine(lb) };
+      },
+    });
+    const done = result as { summary: Record<string, unknown>; text: string } | null;
+    if (!done) throw new Error("the pipeline finished without publishing its output");
+    if (o.json) printJson(done.summary);
+    else writeStdout(done.text);
     return;
   }
 
@@ -311,15 +326,19 @@ export async function quantizeTuned(plan0: Plan, o: QuantizeCliOptions, ctx: Ctx
         const cfg = JSON.parse(fs.readFileSync(cfgFile, "utf8")) as Record<string, unknown>;
         cfg["quant4"] = { ...((cfg["quant4"] as Record<string, unknown> | undefined) ?? {}), gate: record };
         atomicWriteFile(cfgFile, JSON.stringify(cfg, null, 2) + "\n");
+        const final = derivePlan(plan, { outDir: plan0.outDir });
+        const finalReport: QuantizeReport = { ...report, outDir: plan0.outDir, files: [...report.files, MANIFEST_FILE].sort() };
+        // Measured from the passing attempt, and its manifest written into it, before it becomes the output.
+        const m = measureOutput(plan.src.ckpt.files, staging, plan.format, outputConfig(plan, report.skipped).quantization_config, a);
+        const worst = worstLayers(report.layers);
+        const gateResult = { passed: true, ...record, attempts };
+        const summary = { ...describePlan(final), report: finalReport, output: m, linearBits: omitPerLinear(lb), worstLayers: worst, warnings, targetBits: targetSection(lb), gate: gateResult };
+        await writeSingleManifest(ctx.manifest, final, staging, summary, { ...gateResult, maxIncreasePercent: o.gateMaxIncrease! }, (performance.now() - tStart) / 1000);
         lock.assertLocked(); // only the holder publishes the output
         moveIntoPlace(staging, plan0.outDir, o.overwrite);
         staged.delete(staging);
-        const final = derivePlan(plan, { outDir: plan0.outDir });
-        const finalReport: QuantizeReport = { ...report, outDir: plan0.outDir };
-        const m = measureOutput(plan.src.ckpt.files, plan0.outDir, plan.format, outputConfig(plan, report.skipped).quantization_config, a);
-        const worst = worstLayers(report.layers);
         if (o.json) {
-          printJson({ ...describePlan(final), report: finalReport, output: m, linearBits: omitPerLinear(lb), worstLayers: worst, warnings, targetBits: targetSection(lb), gate: { passed: true, ...record, attempts } });
+          printJson(summary);
         } else {
           writeStdout(
             formatSummary(final, finalReport, m, worst) +

@@ -14,8 +14,12 @@ import { chooseFormat, getScheme, SCHEMES, schemeNames } from "../pipeline/schem
 import { METHOD_NAMES, METHODS, type MethodName } from "../pipeline/methods.js";
 import { overridesOf, parseDynamic, parseSkip, type ModuleRule } from "../pipeline/rules.js";
 import { openModel } from "../model/model.js";
-import { outputConfig, runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
-import { measureOutput, worstLayers, type OutputMeasure } from "../pipeline/summary.js";
+import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
+import type { OutputMeasure } from "../pipeline/summary.js";
+import { conversionProblem } from "../pipeline/convert.js";
+import { MANIFEST_FILE } from "../pipeline/manifest.js";
+import { loadRecipe, recipeOptions, recipeOutputs, type LoadedRecipe } from "../pipeline/recipe.js";
+import { publishOutputs, type ExtraOutput, type ManifestContext } from "./quantize-publish.js";
 import type { LayerStat } from "../pipeline/journal.js";
 import { settingsKeyOf } from "../pipeline/journal.js";
 import { loadTokenizer } from "../tokenizer/index.js";
@@ -92,6 +96,7 @@ const optionsSchema = z
     gateMaxWindows: intOpt(1).optional(),
     gateMaxIncrease: numOpt().min(0).optional(),
     gateRetries: intOpt(0).default(3),
+    recipe: z.string().optional(),
   })
   .strict();
 export type QuantizeCliOptions = z.infer<typeof optionsSchema>;
@@ -111,7 +116,7 @@ function isSameOrAncestor(a: string, b: string): boolean {
  * anything is written: the output (or the nearest existing folder above it) must be a directory, and it
  * must not be, or contain, the model directory (--overwrite removes the old output).
  */
-function checkOutputLocation(modelDir: string, outDir: string, overwrite: boolean): void {
+export function checkOutputLocation(modelDir: string, outDir: string, overwrite: boolean): void {
   const real = (p: string): string => {
     try {
       return fs.realpathSync(p);
@@ -358,22 +363,89 @@ export function addMethodOptions(cmd: Command, text: { calibHelp: string; work: 
     .option("--threads <n>", "BLAS threads (default: all cores)");
 }
 
-/** Parse a command's raw options (--sym/--asym folded into `sym`); `explicit` = the options typed on the command line. */
-export function parseQuantOptions(raw: Record<string, unknown>, cmd: Command): { o: QuantizeCliOptions; explicit: Set<string> } {
+/**
+ * Parse a command's raw options (--sym/--asym folded into `sym`); `explicit` = the options typed on the
+ * command line, and those a recipe set (`recipeKeys`).
+ */
+export function parseQuantOptions(raw: Record<string, unknown>, cmd: Command, recipeKeys: ReadonlySet<string> = new Set()): { o: QuantizeCliOptions; explicit: Set<string> } {
   const { asym, sym, ...rest } = raw;
   if (asym && sym) throw new UsageError("--sym and --asym contradict each other; give one");
   const o = parseOptions(optionsSchema, { ...rest, sym: asym ? false : sym ? true : undefined });
   // What the user typed (not commander defaults): explicit flags win over schemes, and conflict checks apply to them.
-  const explicit = new Set(Object.keys(raw).filter((k) => cmd.getOptionValueSource(k) === "cli"));
+  const explicit = new Set([...Object.keys(raw).filter((k) => cmd.getOptionValueSource(k) === "cli"), ...recipeKeys]);
   return { o, explicit };
+}
+
+/**
+ * The command line merged with a --recipe: every recipe key becomes the option it names unless that
+ * option was typed on the command line (commander's value source "cli"); positional arguments win over
+ * the recipe's model and out. Without --recipe, the arguments as given (both required).
+ */
+export function resolveRecipeArgs(
+  specArg: string | undefined,
+  outArg: string | undefined,
+  raw: Record<string, unknown>,
+  cmd: Command,
+): { raw: Record<string, unknown>; spec: string; outputs: { dir: string; format: string | null }[]; recipe: LoadedRecipe | null; recipeKeys: Set<string> } {
+  const file = raw["recipe"] as string | undefined;
+  const recipe = file !== undefined ? loadRecipe(file) : null;
+  const fromCli = (k: string): boolean => cmd.getOptionValueSource(k) === "cli";
+  const merged = { ...raw };
+  const recipeKeys = new Set<string>();
+  if (recipe) {
+    for (const [k, v] of Object.entries(recipeOptions(recipe.recipe))) {
+      if (k === "sym") {
+        if (fromCli("sym") || fromCli("asym")) continue;
+        merged["sym"] = v === true ? true : undefined;
+        merged["asym"] = v === false ? true : undefined;
+      } else if (fromCli(k)) continue;
+      else merged[k] = v;
+      recipeKeys.add(k);
+    }
+  }
+  const spec = specArg ?? recipe?.recipe.model;
+  if (spec === undefined) throw new UsageError(`missing required argument 'model-dir'${recipe ? ` (${recipe.file} has no model key)` : ""}`);
+  let outputs = recipe ? recipeOutputs(recipe.recipe) : [];
+  if (outArg !== undefined) {
+    if (outputs.length > 1)
+      throw new UsageError(`${recipe!.file}: recipe.outputs lists ${outputs.length} output directories; give them in the recipe only, not as <out-dir> on the command line`);
+    outputs = [{ dir: outArg, format: outputs[0]?.format ?? null }];
+  }
+  if (outputs.length === 0) throw new UsageError(`missing required argument 'out-dir'${recipe ? ` (${recipe.file} has neither out nor outputs)` : ""}`);
+  if (outputs.length > 1 && fromCli("format"))
+    throw new UsageError(`--format conflicts with ${recipe!.file}: recipe.outputs names a format for each of its ${outputs.length} outputs`);
+  if (outputs.length > 1) merged["format"] = outputs[0]!.format;
+  return { raw: merged, spec, outputs, recipe, recipeKeys };
+}
+
+/**
+ * A recipe's outputs after the first: converted from the quantized one, so each format must hold exactly
+ * what the first one holds (same Linears, bits, group size, symmetry, outliers, overrides).
+ */
+function checkExtraOutputs(plan: Plan, outs: readonly { dir: string; format: string | null }[], recipe: LoadedRecipe | null, modelDir: string, overwrite: boolean): ExtraOutput[] {
+  const dirs = new Set([path.resolve(plan.outDir)]);
+  return outs.map((x, i) => {
+    const key = `${recipe?.file ?? "recipe"}: recipe.outputs[${i + 1}]`;
+    if (x.format === null || x.format === "auto") throw new UsageError(`${key}.format: name the format of every output (auto chooses for one output only)`);
+    const format = getFormat(x.format);
+    if (dirs.has(path.resolve(x.dir))) throw new UsageError(`${key}.dir: ${x.dir} is already an output of this recipe`);
+    dirs.add(path.resolve(x.dir));
+    const no = conversionProblem(plan, format);
+    if (no)
+      throw new UsageError(
+        `${key}: ${format.name} cannot share the calibration pass of ${plan.format.name} (${plan.settings.bits}-bit, ${plan.settings.groupSize === -1 ? "per row" : `group ${plan.settings.groupSize}`}, ${plan.settings.sym ? "sym" : "asym"}): ${no}; run it as a recipe of its own`,
+      );
+    checkOutputLocation(modelDir, x.dir, overwrite);
+    return { dir: x.dir, format };
+  });
 }
 
 export function registerQuantize(program: Command): void {
   const cmd = program
     .command("quantize")
     .description("Quantize every decoder Linear to INT4 (RTN or GPTQ) and write a packed checkpoint engines load")
-    .argument("<model-dir>", "fp16/bf16/fp32 Hugging Face model directory")
-    .argument("<out-dir>", "output directory (written atomically; an interrupted run leaves <out-dir>.partial/ for --resume)");
+    .argument("[model-dir]", "fp16/bf16/fp32 Hugging Face model directory or Hub id (required unless the --recipe names one)")
+    .argument("[out-dir]", "output directory (written atomically; an interrupted run leaves <out-dir>.partial/ for --resume; required unless the --recipe names it)");
   addMethodOptions(cmd, {
     calibHelp: "default: c4 for GPTQ/AWQ; RTN calibrates only when given, to measure output errors, or for --target-bits/--gate-text, on c4",
     work: "<out-dir>.partial/",
@@ -389,6 +461,7 @@ export function registerQuantize(program: Command): void {
     .option("--gate-seqlen <n>", "gate: window length in tokens (default: min(2048, model context), as eval-ppl)")
     .option("--gate-max-windows <k>", "gate: score only the first k windows (default: the whole text)")
     .option("--gate-retries <n>", "gate: attempts after the first, each with more Linears raised", "3")
+    .option("--recipe <file>", "every setting from a .json/.yaml recipe (quant4 recipe init writes one); flags given here override its keys; its outputs list gives several formats from one calibration pass")
     .addHelpText("after", () => `
 Schemes (--scheme; explicit --bits/--group-size/--sym/--asym override their parts):
 ${Object.entries(SCHEMES).map(([n, sc]) => `  ${n.padEnd(15)} ${sc.bits}-bit, ${sc.groupSize === -1 ? "per row" : `group ${sc.groupSize}`}, ${sc.sym ? "sym" : "asym"}: ${sc.use}`).join("\n")}
@@ -407,8 +480,16 @@ Mixed precision and the quality gate (README "Sensitivity, --target-bits, the ga
   becomes <out-dir>, and its config.json records the gate under "quant4". A gate that never passes
   writes nothing and exits 1.
 
+Recipes (--recipe; README "Recipes"): a JSON or YAML file with every setting (quant4 recipe init
+writes a commented one). Flags typed on the command line override its keys. Its outputs list, e.g.
+[{dir: out/gptq, format: gptq}, {dir: out/ct, format: compressed-tensors}], quantizes once and
+converts the quantized layers to the other formats (exact). Every output gets quant4-manifest.json
+(file hashes, options, results); quant4 verify <out-dir> checks it.
+
 Examples:
   quant4 quantize models/stories260K out/s260k                 # GPTQ, automatic scheme and format
+  quant4 quantize --recipe recipe.yaml                         # everything from the recipe
+  quant4 quantize --recipe recipe.yaml --nsamples 32 --seed 1  # the recipe with two keys overridden
   quant4 quantize models/stories260K out/s260k-rtn --method rtn --scheme w4-perrow-asym
   quant4 quantize ./Llama-2-7b-hf out/llama2-7b-w4 --scheme w4-g128 --format gptq --nsamples 128 --seqlen 2048
   quant4 quantize ./Llama-2-7b-hf out/llama2-7b-w4 --resume    # after an interruption (Ctrl-C, crash)
@@ -418,11 +499,18 @@ Examples:
 Exit codes: 0 ok, 1 the quality gate failed (nothing written), 2 bad input or usage, 3 internal error,
 130 interrupted (finished blocks are kept in <out-dir>.partial/; --resume continues).`)
     .action(
-      action(async (spec: string, outDir: string, raw: Record<string, unknown>, cmd: Command) => {
-        let { o, explicit } = parseQuantOptions(raw, cmd);
+      action(async (specArg: string | undefined, outArg: string | undefined, raw0: Record<string, unknown>, cmd: Command) => {
+        const r = resolveRecipeArgs(specArg, outArg, raw0, cmd);
+        const { raw, spec, outputs, recipe } = r;
+        const outDir = outputs[0]!.dir;
+        let { o, explicit } = parseQuantOptions(raw, cmd, r.recipeKeys);
         const gate = o.gateText !== undefined;
         const tuned = gate || o.targetBits !== undefined;
         checkTunedOptions(o, explicit);
+        if (outputs.length > 1 && tuned)
+          throw new UsageError(
+            `${recipe!.file}: recipe.outputs lists ${outputs.length} outputs, which share one calibration pass only without ${gate ? "the gate (gate / --gate-text)" : "--target-bits"}; give one output, or run the recipe once per output`,
+          );
         // The sensitivity measurements need calibration inputs: RTN then calibrates too (on c4 unless --calib).
         if (tuned && o.calib === undefined && !METHODS[o.method].needsCalibration) o = { ...o, calib: "c4" };
         const modelDir = await resolveModelArg(spec, { json: o.json });
@@ -431,31 +519,52 @@ Exit codes: 0 ok, 1 the quality gate failed (nothing written), 2 bad input or us
         const status = startStatus(mode);
         status.set(`reading ${modelDir} and ${o.calib ?? "the calibration text"}…`);
         let plan: ReturnType<typeof buildPlan>;
+        let extras: ExtraOutput[];
         try {
           plan = buildPlan(modelDir, outDir, o, explicit);
+          extras = checkExtraOutputs(plan, outputs.slice(1), recipe, modelDir, o.overwrite);
         } finally {
           status.stop();
         }
+        const manifestCtx: ManifestContext = { spec, modelDir, recipe, options: o };
         if (plan.formatWhy && !o.json) process.stderr.write(`quant4: ${plan.formatWhy}\n`);
         if (tuned) {
           // --target-bits and the gate: src/cli/quantize-tuned.ts (loaded only for them).
           const { quantizeTuned } = await import("./quantize-tuned.js");
-          await quantizeTuned(plan, o, { modelDir, backend, mode });
+          await quantizeTuned(plan, o, { modelDir, backend, mode, manifest: manifestCtx });
           return;
         }
         if (o.dryRun) {
           const d = describePlan(plan);
-          if (o.json) printJson({ dryRun: true, ...d });
-          else writeStdout(formatPlan(plan, d));
+          const also = extras.map((x) => ({ out: x.dir, format: x.format.name, producedBy: "converted" }));
+          if (o.json) printJson({ dryRun: true, ...d, ...(extras.length > 0 ? { outputs: also } : {}) });
+          else writeStdout(formatPlan(plan, d) + extras.map((x) => `  also        ${x.dir} (${x.format.name}, converted from the quantized layers)\n`).join(""));
           return;
         }
-        const { report, warnings } = await runWithProgress(plan, backend, o.json, mode);
-        const measured = measureOutput(plan.src.ckpt.files, outDir, plan.format, outputConfig(plan, report.skipped).quantization_config, plan.src.arch);
-        const worst = worstLayers(report.layers);
+        const say = (m: string): void => {
+          if (!o.json) process.stderr.write(`quant4: ${m}\n`);
+        };
+        let published: Awaited<ReturnType<typeof publishOutputs>> | null = null;
+        await runWithProgress(plan, backend, o.json, mode, {}, {
+          extraFiles: [MANIFEST_FILE],
+          run: async (staging, report, warnings) => {
+            published = await publishOutputs(manifestCtx, plan, staging, report, warnings, extras, say);
+          },
+        });
+        const p = published as Awaited<ReturnType<typeof publishOutputs>> | null;
+        if (!p) throw new Error("the pipeline finished without publishing its output");
         if (o.json) {
-          printJson({ ...describePlan(plan), report, output: measured, worstLayers: worst, warnings });
+          printJson(extras.length === 0 ? p.summary : { ...p.summary, outputs: p.conversions.map((c) => ({ out: c.dir, format: c.format, seconds: c.seconds, output: c.summary["output"] })), timing: p.timing });
         } else {
-          writeStdout(formatSummary(plan, report, measured, worst));
+          const s = p.summary as { report: QuantizeReport; output: OutputMeasure; worstLayers: LayerStat[] };
+          let text = formatSummary(plan, s.report, s.output, s.worstLayers);
+          for (const c of p.conversions) {
+            const m = c.summary["output"] as OutputMeasure;
+            text += `wrote ${c.dir} (${c.format}, converted from ${plan.format.name}: same codes, scales and zeros) ${fmtBytes(m.outputBytes)}, ${m.bitsPerQuantizedWeight === null ? "-" : m.bitsPerQuantizedWeight.toFixed(3)} bits per quantized weight\n`;
+          }
+          if (p.conversions.length > 0)
+            text += `  timing       quantize ${p.timing.quantizeSeconds.toFixed(1)} s (one calibration pass); ${p.conversions.map((c) => `conversion to ${c.format} ${c.seconds.toFixed(1)} s`).join(", ")}\n`;
+          writeStdout(text);
         }
       }),
     );
@@ -496,6 +605,8 @@ export async function runWithProgress(
   json: boolean,
   mode: ProgressMode,
   say: { warnings?: boolean } = {},
+  /** Called with the staged output before it is moved into place (the manifest, conversions: quantize-publish.ts). */
+  publish?: { extraFiles: string[]; run(staging: string, report: QuantizeReport, warnings: string[]): Promise<void> },
 ): Promise<{ report: QuantizeReport; warnings: string[] }> {
   const a = plan.src.arch;
   const bars = startDualProgress(mode, "blocks", a.nLayers);
@@ -512,6 +623,7 @@ export async function runWithProgress(
     interrupted = true;
   };
   process.on("SIGINT", onSigint);
+  const unique = (): string[] => [...new Set(warnings.map((w) => w.replace(/\.layers\.\d+\./, ".layers.*.")))];
   let report: QuantizeReport;
   try {
     report = await runQuantize(plan, backend, {
@@ -530,13 +642,24 @@ export async function runWithProgress(
         if (process.env["QUANT4_SIGINT_AFTER_BLOCK"] === String(i)) process.kill(process.pid, "SIGINT");
       },
       shouldStop: () => interrupted,
+      ...(publish
+        ? {
+            beforePublish: {
+              extraFiles: publish.extraFiles,
+              run: async (staging: string, r: QuantizeReport) => {
+                bars.stop();
+                await publish.run(staging, r, unique());
+              },
+            },
+          }
+        : {}),
     });
   } finally {
     process.off("SIGINT", onSigint);
     bars.stop();
     restoreCursor();
   }
-  const uniqueWarnings = [...new Set(warnings.map((w) => w.replace(/\.layers\.\d+\./, ".layers.*.")))];
+  const uniqueWarnings = unique();
   if (!json && say.warnings !== false) for (const w of uniqueWarnings) process.stderr.write(`quant4: warning: ${w}\n`);
   return { report, warnings: uniqueWarnings };
 }

@@ -65,8 +65,7 @@ export const manifestProtocolSchema = z
     seqlen: z.number(),
     windows: z.number(),
     bos: z.boolean(),
-  })
-  .passthrough();
+  });
 
 /** The quality gate (`quantize --gate-text`), when it ran: its protocol, the fp and final perplexities, every attempt. */
 export const manifestGateSchema = z
@@ -81,7 +80,21 @@ export const manifestGateSchema = z
     maxIncreasePercent: z.number(),
     attempt: z.number().int().optional(),
     retries: z.number().int(),
-    attempts: z.array(z.record(z.string(), z.unknown())),
+    /** Every attempt: the bits it spent (measured from its files), its perplexity and verdict. */
+    attempts: z.array(
+      z.object({
+        attempt: z.number().int(),
+        codeBitsPerWeight: z.number(),
+        storedBitsPerWeight: z.number().optional(),
+        bitsPerQuantizedWeight: z.number().nullable().optional(),
+        raisedLinears: z.number().int().optional(),
+        ppl: z.number().nullable(),
+        increasePercent: z.number().nullable(),
+        verdict: z.enum(["pass", "fail"]),
+        reason: z.string().optional(),
+        seconds: z.number().optional(),
+      }),
+    ),
   })
   .passthrough();
 export type ManifestGate = z.infer<typeof manifestGateSchema>;

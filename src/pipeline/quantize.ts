@@ -94,6 +94,12 @@ export interface QuantizeEvents {
    * true stops the run with an InterruptedError; finished blocks stay journaled for --resume.
    */
   shouldStop?(): boolean;
+  /**
+   * The output is complete in its staging directory (inside `<out>.partial/`) and about to be moved into
+   * place: add files to it now (the manifest) so they are part of the atomic output. `report` is the
+   * run's final report; its `files` already list `extraFiles`.
+   */
+  beforePublish?: { extraFiles: string[]; run(stagingDir: string, report: QuantizeReport): Promise<void> };
 }
 
 export interface QuantizeReport {
@@ -369,7 +375,7 @@ function globalTensors(src: ModelSource): TensorToWrite[] {
  */
 const COMPANION = /^(tokenizer\.json|tokenizer\.model|tokenizer_config\.json|special_tokens_map\.json|added_tokens\.json|vocab\.json|merges\.txt|vocab\.txt|encoder\.json|vocab\.bpe|generation_config\.json|chat_template\.(json|jinja)|preprocessor_config\.json|(LICEN[CS]E|NOTICE|USE_POLICY)(\.[\w]+)?|README\.md)$/i;
 
-function companionFiles(dir: string): string[] {
+export function companionFiles(dir: string): string[] {
   return fs.readdirSync(dir).filter((f) => COMPANION.test(f) && fs.statSync(path.join(dir, f)).isFile());
 }
 
@@ -454,9 +460,7 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
   acts.close();
   next.close();
   const skipped = journal.state.layers.filter((l) => l.status === "skipped").map((l) => l.name);
-  const files = plan.dryOutput ? [] : assembleOutput(plan, journal, skipped);
-  journal.remove();
-  return {
+  const reportFor = (files: string[]): QuantizeReport => ({
     outDir: plan.outDir,
     files,
     layers: journal.state.layers,
@@ -465,11 +469,20 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
     resumedFromBlock: resumedFrom,
     totalSeconds: (performance.now() - t0) / 1000,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
-  };
+  });
+  let report = reportFor([]);
+  if (!plan.dryOutput)
+    await assembleOutput(plan, journal, skipped, async (staging) => {
+      const hook = events.beforePublish;
+      report = reportFor([...fs.readdirSync(staging), ...(hook?.extraFiles ?? [])].sort());
+      await hook?.run(staging, report);
+    });
+  journal.remove();
+  return report;
 }
 
-/** Stream globals and every block file into the final shards, add configs and companions, then rename into place. */
-function assembleOutput(plan: QuantizePlan, journal: Journal, skipped: string[]): string[] {
+/** Stream globals and every block file into the final shards, add configs and companions (and, via `beforeRename`, the manifest), then rename into place. */
+async function assembleOutput(plan: QuantizePlan, journal: Journal, skipped: string[], beforeRename: (staging: string) => Promise<void>): Promise<void> {
   const { src } = plan;
   const staging = path.join(journal.workDir, "final");
   fs.rmSync(staging, { recursive: true, force: true });
@@ -497,6 +510,7 @@ function assembleOutput(plan: QuantizePlan, journal: Journal, skipped: string[])
   for (const [name, content] of Object.entries(plan.format.sidecarFiles(plan.settings, skipped, overridesOf(plan.rules ?? []))))
     atomicWriteFile(path.join(staging, name), content);
   for (const f of companionFiles(src.dir)) fs.copyFileSync(path.join(src.dir, f), path.join(staging, f));
+  await beforeRename(staging);
   journal.assertLocked(); // only the lock holder moves its output into place
   try {
     // Without --overwrite the rename itself refuses a non-empty directory, so an output that appeared
@@ -510,5 +524,4 @@ function assembleOutput(plan: QuantizePlan, journal: Journal, skipped: string[])
       throw new OutputError(plan.outDir, `appeared while this run was writing it and is not empty; the finished blocks are kept: rerun with --resume --overwrite to replace it`);
     throw new OutputError(plan.outDir, `could not move the finished output into place: ${(e as Error).message}`);
   }
-  return fs.readdirSync(plan.outDir).sort();
 }
