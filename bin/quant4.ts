@@ -8,6 +8,7 @@ import { registerEvalPpl } from "../src/cli/eval-ppl.js";
 import { registerGenerate } from "../src/cli/generate.js";
 import { registerInspect } from "../src/cli/inspect.js";
 import { registerQuantize } from "../src/cli/quantize.js";
+import { registerReport } from "../src/cli/report.js";
 import { registerSensitivity } from "../src/cli/sensitivity.js";
 import { EXIT_ERROR, EXIT_OK, reportStdoutError } from "../src/cli/common.js";
 import { VERSION } from "../src/version.js";
@@ -34,6 +35,7 @@ registerEvalPpl(program);
 registerQuantize(program);
 registerSensitivity(program);
 registerBench(program);
+registerReport(program);
 
 try {
   await program.parseAsync(process.argv);
