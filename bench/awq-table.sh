@@ -4,7 +4,9 @@
 # quantize's wall time (report.totalSeconds of `quantize --json`), the mean relative output error; the AWQ
 # methods run with both --propagate quantized and --propagate fp (given explicitly: the CLI's default,
 # auto, is fp for AWQ). Every command is printed ("$ ...") as it runs; the tables follow, then a
-# per-Linear comparison of AWQ with plain rounding.
+# per-Linear comparison of AWQ with plain rounding. The KL column is eval-ppl --kl-base against the source
+# on the first KL_WINDOWS (default 100) windows of the first text: mean KL(source ‖ quantized) per
+# prediction and how often both pick the same top token.
 #
 #   bash bench/awq-table.sh [brown|stories|all]            (default: all)
 #
@@ -29,14 +31,8 @@ read -r -a METHODS <<< "${METHODS-rtn gptq awq awq-gptq}"
 read -r -a FP_METHODS <<< "${FP_METHODS-awq awq-gptq}"
 THR=()
 if [ -n "${THREADS:-}" ]; then THR=(--threads "$THREADS"); fi
-
-run() { # print the command, then run it (stdout to $OUTFILE, stderr to $OUTFILE.err)
-  if [ "${REUSE:-}" = 1 ] && [ -s "$OUTFILE" ]; then echo "(reused) \$ $* > $OUTFILE"; return; fi
-  echo "\$ $* > $OUTFILE"
-  "$@" > "$OUTFILE" 2> "$OUTFILE.err" || { echo "failed (exit $?): see $OUTFILE.err" >&2; tail -5 "$OUTFILE.err" >&2; exit 1; }
-}
-
-jget() { node -e "const j=JSON.parse(require('fs').readFileSync(process.argv[1],'utf8'));console.log(eval('j.'+process.argv[2]))" "$1" "$2"; }
+# shellcheck source=bench/table-lib.sh
+source bench/table-lib.sh
 
 table() { # preset
   local preset=$1 MODEL CALIB EVSEQ TEXTS CONFIGS
@@ -71,8 +67,8 @@ table() { # preset
       line="$line	$(jget "$OUTFILE" 'ppl.toFixed(4)')"
     done
     if [ -n "$4" ]; then
-      line="$line	$(jget "$4" 'report.totalSeconds.toFixed(1)')	$(jget "$4" "report.layers.filter(l=>l.relError!=null).reduce((s,l,_,a)=>s+l.relError/a.length,0).toExponential(3)")"
-    else line="$line		"; fi
+      line="$line	$(klcell "$3" "$MODEL" "${TEXTS[0]}" "$EVSEQ" "$W")	$(jget "$4" 'report.totalSeconds.toFixed(1)')	$(jget "$4" "report.layers.filter(l=>l.relError!=null).reduce((s,l,_,a)=>s+l.relError/a.length,0).toExponential(3)")"
+    else line="$line			"; fi
     echo "$line" >> "$ROWS"
   }
   evals "baseline" "-" "$MODEL" ""
@@ -96,8 +92,8 @@ table() { # preset
   local hdr="| method | setting |" sep="|---|---|"
   for t in "${TEXTS[@]}"; do hdr="$hdr $t ppl |"; sep="$sep---|"; done
   echo "### $preset ($(basename "$MODEL")): calibration ${CALIB[*]}; eval seqlen $EVSEQ"
-  echo "$hdr quantize s | mean rel. output error |"
-  echo "$sep---|---|"
+  echo "$hdr KL from source on ${TEXTS[0]} (same top token) | quantize s | mean rel. output error |"
+  echo "$sep---|---|---|"
   awk -F'\t' '{ printf "|"; for (i = 1; i <= NF; i++) printf " %s |", $i; printf "\n" }' "$ROWS"
   echo
   echo "AWQ rows against RTN of the same setting (lower perplexity is better):"

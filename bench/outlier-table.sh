@@ -7,7 +7,8 @@
 # weight (fp16 Linears count 16, as --target-bits counts), outliers kept (from `inspect --tensors --json`),
 # quantize time (report.totalSeconds; for --target-bits rows the whole command's wall time, which includes
 # its sensitivity pass), mean relative output error. Every command is printed ("$ ...") as it runs; the
-# tables follow, then the issue's orderings (checked) and per-Linear details for investigating them.
+# tables follow (with a KL column: eval-ppl --kl-base against the source on the first KL_WINDOWS windows,
+# default 100, of the first text), then the issue's orderings (checked, on perplexity and on KL) and per-Linear details for investigating them.
 #
 #   bash bench/outlier-table.sh [brown|stories|all]            (default: all)
 #
@@ -32,13 +33,8 @@ WORK_ROOT=${WORK:-out/outlier-table}
 read -r -a OUTLIERS <<< "${OUTLIERS-0 0.005 0.01}"
 THR=()
 if [ -n "${THREADS:-}" ]; then THR=(--threads "$THREADS"); fi
-
-run() { # print the command, then run it (stdout to $OUTFILE, stderr to $OUTFILE.err)
-  echo "\$ $* > $OUTFILE"
-  "$@" > "$OUTFILE" 2> "$OUTFILE.err" || { echo "failed (exit $?): see $OUTFILE.err" >&2; tail -5 "$OUTFILE.err" >&2; exit 1; }
-}
-
-jget() { node -e "const j=JSON.parse(require('fs').readFileSync(process.argv[1],'utf8'));console.log(eval('j.'+process.argv[2]))" "$1" "$2"; }
+# shellcheck source=bench/table-lib.sh
+source bench/table-lib.sh
 
 # Nominal code bits per Linear weight of a quantize --json: quantized Linears at their bits, fp16 ones 16.
 codebits() {
@@ -89,11 +85,13 @@ table() { # preset
       OUTFILE="$3.inspect.json"
       run "${QA[@]}" inspect "$3" --tensors --json
       local nout; nout=$(jget "$OUTFILE" "tensors.filter(t=>t.name.endsWith('.outlier_values')).reduce((s,t)=>s+t.elements,0)")
-      line="$line	$(jget "$4" 'output.bitsPerQuantizedWeight.toFixed(3)')	$(jget "$4" 'output.bitsPerParameter.toFixed(3)')	$(codebits "$4")	$nout	$5	$(jget "$4" "report.layers.filter(l=>l.relError!=null).reduce((s,l,_,a)=>s+l.relError/a.length,0).toExponential(3)")"
+      local kl; kl=$(klcell "$3" "$MODEL" "${TEXTS[0]}" "$EVSEQ" "$W")
+      ppls="$ppls	${kl%% *}"
+      line="$line	$kl	$(jget "$4" 'output.bitsPerQuantizedWeight.toFixed(3)')	$(jget "$4" 'output.bitsPerParameter.toFixed(3)')	$(codebits "$4")	$nout	$5	$(jget "$4" "report.layers.filter(l=>l.relError!=null).reduce((s,l,_,a)=>s+l.relError/a.length,0).toExponential(3)")"
     else # the source: its dtype and bits per parameter from its tensors (inspect --json)
       OUTFILE="$W/source.inspect.json"
       run "${QA[@]}" inspect "$3" --json
-      line="$line	$(jget "$OUTFILE" "dtypes&&Object.keys(j.dtypes).join('+')")	$(jget "$OUTFILE" "parameters&&(8*Object.values(j.dtypes).reduce((s,d)=>s+d.bytes,0)/j.parameters).toFixed(3)")				"
+      line="$line		$(jget "$OUTFILE" "dtypes&&Object.keys(j.dtypes).join('+')")	$(jget "$OUTFILE" "parameters&&(8*Object.values(j.dtypes).reduce((s,d)=>s+d.bytes,0)/j.parameters).toFixed(3)")				"
     fi
     echo "$line" >> "$ROWS"
     echo "$ppls" >> "$PPLS"
@@ -114,15 +112,17 @@ table() { # preset
       local t0=$EPOCHREALTIME
       run "${QA[@]}" quantize "$MODEL" "$d" --overwrite "${COMMON[@]}" "${flags[@]}" --target-bits "$t" "${CALIB[@]}" "${THR[@]}" --json
       local t1=$EPOCHREALTIME
-      evals "GPTQ $name" "--target-bits $t" "$d" "$d.quantize.json" "$(node -e "console.log((${t1/,/.} - ${t0/,/.}).toFixed(1))") (wall)"
+      # The wall time is kept beside the result, so a REUSE=1 rerun reports the run that produced it.
+      if [ "${REUSE:-}" != 1 ] || [ ! -s "$d.wall" ]; then node -e "console.log((${t1/,/.} - ${t0/,/.}).toFixed(1))" > "$d.wall"; fi
+      evals "GPTQ $name" "--target-bits $t" "$d" "$d.quantize.json" "$(cat "$d.wall") (wall)"
     done
   done
   echo
   local hdr="| row | setting |" sep="|---|---|"
   for t in "${TEXTS[@]}"; do hdr="$hdr $t ppl |"; sep="$sep---|"; done
   echo "### $preset ($(basename "$MODEL")): GPTQ ${COMMON[*]}; calibration ${CALIB[*]}; eval seqlen $EVSEQ"
-  echo "$hdr bits / quantized weight | bits / parameter | code bits / Linear weight | outliers kept | quantize s | mean rel. output error |"
-  echo "$sep---|---|---|---|---|---|"
+  echo "$hdr KL from source on ${TEXTS[0]} (same top token) | bits / quantized weight | bits / parameter | code bits / Linear weight | outliers kept | quantize s | mean rel. output error |"
+  echo "$sep---|---|---|---|---|---|---|"
   awk -F'\t' '{ printf "|"; for (i = 1; i <= NF; i++) printf " %s |", $i; printf "\n" }' "$ROWS"
   echo
   echo "Orderings the issue requires (lower perplexity is better):"
@@ -134,7 +134,7 @@ table() { # preset
     for t in "${targets[@]}"; do cmp+=("$W/gptq-$name-t$t|--target-bits $t < uniform"); done
     for c in "${cmp[@]}"; do
       local dir=${c%%|*} what=${c#*|}
-      awk -F'\t' -v a="$dir" -v b="$base" -v what="$what" -v name="$name" -v texts="${TEXTS[*]}" '
+      awk -F'\t' -v a="$dir" -v b="$base" -v what="$what" -v name="$name" -v texts="${TEXTS[*]} KL-on-${TEXTS[0]}" '
         { p[$1] = $0 }
         END { split(p[a], x, "\t"); split(p[b], y, "\t"); split(texts, tt, " ");
               for (i = 2; i in x; i++) printf "  %s %s on %s: %s vs %s: %s\n", name, what, tt[i-1], x[i], y[i], (x[i] + 0 < y[i] + 0 ? "holds" : "DOES NOT HOLD") }' "$PPLS"

@@ -24,6 +24,7 @@ const optionsSchema = z.object({
   device: deviceSchema,
   threads: intOpt(1).optional(),
   dequantize: z.boolean().default(false),
+  klBase: z.string().optional(),
 });
 
 /**
@@ -142,6 +143,7 @@ export function registerEvalPpl(program: Command): void {
     .option("--max-ppl <x>", "gate: fail (exit 1) when perplexity exceeds x")
     .option("--device <cpu|cuda>", "compute device", "cpu")
     .option("--threads <n>", "BLAS and kernel threads (default: all cores)")
+    .option("--kl-base <model-dir>", "also run this model (the fp source) on the same windows and report KL(base ‖ model) per prediction and how often both pick the same top token")
     .option("--dequantize", "run a packed checkpoint dequantized to fp32 (the pre-runtime path) instead of on the packed kernels", false)
     .addHelpText("after", `
 Protocol: the text is tokenized once (BOS prepended when the model has one), cut into
@@ -149,12 +151,16 @@ non-overlapping windows of --seqlen tokens (tail dropped), and every next-token 
 window is scored; ppl = exp(mean NLL). --json records this protocol (text and token hashes,
 seqlen, windows, BOS); a --baseline result file measured on another protocol is refused, and a
 bare-number baseline is accepted with a warning. A gate never passes a non-finite perplexity.
+--kl-base measures fidelity rather than quality: perplexity on text unlike the model's training
+data can move either way with a small quantization error, KL from the source model only grows
+(llama.cpp's --kl-divergence); it costs a second forward pass per window.
 Exit codes: 0 ok (gate passed), 1 gate failed, 2 error, 3 internal error.
 
 Examples:
   quant4 eval-ppl models/stories260K --text tinystories --seqlen 256
   quant4 eval-ppl base/ --json > base.json
-  quant4 eval-ppl out/ --baseline base.json --max-increase 10`)
+  quant4 eval-ppl out/ --baseline base.json --max-increase 10
+  quant4 eval-ppl out/ --kl-base models/stories260K --text tinystories --seqlen 256`)
     .action(
       action(async (spec: string, raw: unknown) => {
         const o = parseOptions(optionsSchema, raw);
@@ -167,6 +173,18 @@ Examples:
         status.set(`loading ${dir}…`);
         const model = Model.load(dir, backend, undefined, { dequantize: o.dequantize });
         const tok = await loadTokenizer(dir);
+        let klBase: Model | undefined;
+        if (o.klBase !== undefined) {
+          const baseDir = await resolveModelArg(o.klBase, { json: o.json });
+          status.set(`loading ${baseDir}…`);
+          klBase = Model.load(baseDir, backend, undefined, { dequantize: o.dequantize });
+          if (klBase.arch.vocabSize !== model.arch.vocabSize)
+            throw new UsageError(`--kl-base ${baseDir} has a vocabulary of ${klBase.arch.vocabSize} tokens, ${dir} ${model.arch.vocabSize}: KL needs the same vocabulary`);
+          const baseTok = await loadTokenizer(baseDir);
+          const probe = "The quick brown fox, 1234 — naïve café.";
+          if (baseTok.encode(probe).join() !== tok.encode(probe).join())
+            throw new UsageError(`--kl-base ${baseDir} tokenizes text differently from ${dir}: KL needs the same tokenizer`);
+        }
         status.set(`tokenizing ${o.text}…`);
         const src = resolveText(o.text, o.textEncoding);
         const bosId = tok.bosId ?? model.arch.bosId;
@@ -197,6 +215,7 @@ Examples:
             {
               seqlen,
               maxWindows: o.maxWindows,
+              klBase,
               onWindow: (done, total, tokDone) => {
                 bar ??= startProgress(mode, "eval-ppl windows", total, "{bar} {value}/{total} windows | {tps} tok/s | ETA {eta_formatted}", { tps: 0 }, (p) => `${p["tps"]} tok/s`);
                 bar.update(done, { tps: Math.round(tokDone / ((performance.now() - t0) / 1000)) });
@@ -215,12 +234,19 @@ Examples:
             ...res,
             protocol,
             protocolDescription: res.protocol,
+            klBase: klBase ? klBase.src.dir : null,
             baseline: baseline?.ppl ?? null,
             gate: verdict === null ? null : verdict.pass ? "pass" : "fail",
             gateReason: verdict?.line ?? null,
           });
         } else {
           writeStdout(`perplexity ${res.ppl.toFixed(4)}  (${src.name}: ${res.protocol})\n`);
+          if (res.kl) {
+            const k = res.kl;
+            writeStdout(
+              `KL(base ‖ model) mean ${k.meanKl.toExponential(4)} nats (median ${k.medianKl.toExponential(3)}, p99 ${k.p99Kl.toExponential(3)}, max ${k.maxKl.toExponential(3)}); same top token ${(100 * k.sameTop).toFixed(2)}%; base perplexity ${k.basePpl.toFixed(4)}\n`,
+            );
+          }
           writeStdout(`throughput ${Math.round(res.tokensPerSecond)} tokens/s over ${res.seconds.toFixed(1)} s\n`);
         }
         if (verdict) process.stderr.write(`quant4: gate ${verdict.pass ? "pass" : "failed"}: ${verdict.line}\n`);

@@ -9,6 +9,8 @@ import { ModelError, UsageError } from "../util/errors.js";
 export interface PplOptions {
   seqlen: number;
   maxWindows?: number;
+  /** Also run this model (the fp source) on every window and measure the evaluated model's divergence from it. */
+  klBase?: Model;
   onWindow?: (done: number, total: number, tokensDone: number) => void;
 }
 
@@ -22,6 +24,60 @@ export interface PplResult {
   seconds: number;
   tokensPerSecond: number;
   protocol: string;
+  /** With `klBase`: how far the evaluated model's next-token distributions are from the base's. */
+  kl?: KlResult;
+}
+
+/**
+ * Divergence from a base model on the same scored positions (llama.cpp's `perplexity --kl-divergence`):
+ * KL(base ‖ model) per prediction in nats, and how often both models rank the same token first.
+ * Unlike perplexity on out-of-domain text, which a small quantization error can move either way, KL
+ * is zero only for the base itself and grows with every deviation, so it ranks quantizations reliably.
+ */
+export interface KlResult {
+  /** Mean KL(base ‖ model) over every scored prediction, nats. */
+  meanKl: number;
+  /** Median, 99th percentile and maximum of the per-prediction KL. */
+  medianKl: number;
+  p99Kl: number;
+  maxKl: number;
+  /** Share of predictions whose argmax token is the same in both models. */
+  sameTop: number;
+  /** The base model's perplexity on the same windows. */
+  basePpl: number;
+}
+
+/** Log-sum-exp of row `o..o+vocab` and its argmax. */
+function rowLse(logits: Float32Array, o: number, vocab: number): { lse: number; top: number } {
+  let m = -Infinity;
+  let top = 0;
+  for (let j = 0; j < vocab; j++) if (logits[o + j]! > m) (m = logits[o + j]!), (top = j);
+  let s = 0;
+  for (let j = 0; j < vocab; j++) s += fastExp(logits[o + j]! - m);
+  return { lse: m + Math.log(s), top };
+}
+
+/**
+ * Per-prediction KL(base ‖ model) of one window into `kl` (T−1 values), the base's NLL sum and the
+ * count of equal argmaxes.
+ */
+export function windowKl(logits: Float32Array, baseLogits: Float32Array, tokens: ArrayLike<number>, T: number, vocab: number, kl: Float64Array): { baseNllSum: number; sameTop: number } {
+  let baseNllSum = 0;
+  let sameTop = 0;
+  for (let t = 0; t < T - 1; t++) {
+    const o = t * vocab;
+    const q = rowLse(logits, o, vocab);
+    const b = rowLse(baseLogits, o, vocab);
+    let d = 0;
+    for (let j = 0; j < vocab; j++) {
+      const lb = baseLogits[o + j]! - b.lse;
+      d += Math.exp(lb) * (lb - (logits[o + j]! - q.lse));
+    }
+    kl[t] = Math.max(0, d); // ≥ 0 in exact arithmetic; rounding can leave −1e-9
+    baseNllSum += b.lse - baseLogits[o + tokens[t + 1]!]!;
+    if (q.top === b.top) sameTop++;
+  }
+  return { baseNllSum, sameTop };
 }
 
 /** Mean NLL of predicting tokens[t+1] from logits row t, for t in [0, T-1). Rows are [T, vocab]. */
@@ -74,6 +130,10 @@ export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts
   const t0 = performance.now();
   let total = 0;
   const win = new Int32Array(seqlen);
+  const base = opts.klBase;
+  const kls = base ? new Float64Array(windows * (seqlen - 1)) : null;
+  let baseNll = 0;
+  let sameTop = 0;
   for (let w = 0; w < windows; w++) {
     for (let i = 0; i < seqlen; i++) win[i] = tokens[w * seqlen + i]!;
     const logits = model.forward(win, 1, seqlen);
@@ -84,6 +144,13 @@ export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts
       throw nonFinite(model, `window ${w + 1} of ${windows} (tokens ${w * seqlen}..${(w + 1) * seqlen - 1})${where}`);
     }
     total += nll;
+    if (base) {
+      const bl = base.forward(win, 1, seqlen);
+      if (firstNonFinite(bl) >= 0) throw nonFinite(base, `window ${w + 1} of ${windows}`);
+      const k = windowKl(logits, bl, win, seqlen, model.arch.vocabSize, kls!.subarray(w * (seqlen - 1), (w + 1) * (seqlen - 1)));
+      baseNll += k.baseNllSum;
+      sameTop += k.sameTop;
+    }
     opts.onWindow?.(w + 1, windows, (w + 1) * seqlen);
   }
   const seconds = (performance.now() - t0) / 1000;
@@ -99,5 +166,19 @@ export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts
     seconds,
     tokensPerSecond: (windows * seqlen) / seconds,
   };
-  return { ...r, protocol: protocolLine(r, bos) };
+  let kl: KlResult | undefined;
+  if (kls) {
+    const n = kls.length;
+    const meanKl = kls.reduce((a, b) => a + b, 0) / n;
+    const sorted = Float64Array.from(kls).sort();
+    kl = {
+      meanKl,
+      medianKl: sorted[Math.floor((n - 1) / 2)]!,
+      p99Kl: sorted[Math.min(n - 1, Math.floor(0.99 * n))]!,
+      maxKl: sorted[n - 1]!,
+      sameTop: sameTop / n,
+      basePpl: Math.exp(baseNll / n),
+    };
+  }
+  return { ...r, protocol: protocolLine(r, bos), ...(kl ? { kl } : {}) };
 }

@@ -1,0 +1,22 @@
+# Shared by bench/awq-table.sh and bench/outlier-table.sh (sourced, not run): printing and running each
+# command, reading a field of a JSON result, and the KL-from-source cell.
+#
+# Environment: REUSE=1 keeps a result whose output file already exists (the command is printed with
+# "(reused)", its numbers are the earlier run's); KL_WINDOWS (default 100) windows of the first eval text
+# for the KL cell.
+
+run() { # print the command, then run it (stdout to $OUTFILE, stderr to $OUTFILE.err)
+  if [ "${REUSE:-}" = 1 ] && [ -s "$OUTFILE" ]; then echo "(reused) \$ $* > $OUTFILE"; return; fi
+  echo "\$ $* > $OUTFILE"
+  "$@" > "$OUTFILE" 2> "$OUTFILE.err" || { echo "failed (exit $?): see $OUTFILE.err" >&2; tail -5 "$OUTFILE.err" >&2; exit 1; }
+}
+
+jget() { node -e "const j=JSON.parse(require('fs').readFileSync(process.argv[1],'utf8'));console.log(eval('j.'+process.argv[2]))" "$1" "$2"; }
+
+# klcell <quantized dir> <source model> <text> <seqlen> <work dir>: "mean KL (same top %)" of the quantized
+# model against its source on the first KL_WINDOWS windows of <text> (eval-ppl --kl-base).
+klcell() {
+  OUTFILE="$5/$(basename "$1")-kl-$3.json"
+  run "${QA[@]}" eval-ppl "$1" --kl-base "$2" --text "$3" --seqlen "$4" --max-windows "${KL_WINDOWS:-100}" "${THR[@]}" --json >&2 # the command line to the log, not into the cell
+  echo "$(jget "$OUTFILE" 'kl.meanKl.toExponential(3)') ($(jget "$OUTFILE" '(100*kl.sameTop).toFixed(1)')%)"
+}
