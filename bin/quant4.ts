@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // quant4 command-line entry: one subcommand per file in src/cli/. Exit codes (README "Exit codes"):
-// 0 ok, 1 a quality gate failed, 2 bad input / usage / I/O error, 3 internal error, 130 interrupted.
+// 0 ok, 1 a quality gate or verify failed, 2 bad input / usage / I/O error, 3 internal error, 130 interrupted.
 
 import { Command, CommanderError } from "commander";
 import { registerBench } from "../src/cli/bench.js";
@@ -8,8 +8,10 @@ import { registerEvalPpl } from "../src/cli/eval-ppl.js";
 import { registerGenerate } from "../src/cli/generate.js";
 import { registerInspect } from "../src/cli/inspect.js";
 import { registerQuantize } from "../src/cli/quantize.js";
+import { registerRecipe } from "../src/cli/recipe.js";
 import { registerReport } from "../src/cli/report.js";
 import { registerSensitivity } from "../src/cli/sensitivity.js";
+import { registerVerify } from "../src/cli/verify.js";
 import { EXIT_ERROR, EXIT_OK, reportStdoutError } from "../src/cli/common.js";
 import { VERSION } from "../src/version.js";
 
@@ -26,13 +28,15 @@ program
   .exitOverride()
   .configureOutput({ outputError: (str, write) => write(`quant4: ${str.trimEnd()} (see --help)\n`) })
   .addHelpText("after", `
-Exit codes: 0 ok, 1 a quality gate failed, 2 bad input, usage or I/O error, 3 internal error (please
+Exit codes: 0 ok, 1 a quality gate or verify failed, 2 bad input, usage or I/O error, 3 internal error (please
 report it), 130 interrupted (Ctrl-C; quantize resumes with --resume).`);
 
 registerInspect(program);
 registerGenerate(program);
 registerEvalPpl(program);
 registerQuantize(program);
+registerVerify(program);
+registerRecipe(program);
 registerSensitivity(program);
 registerBench(program);
 registerReport(program);

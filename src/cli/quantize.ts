@@ -16,7 +16,7 @@ import { overridesOf, parseDynamic, parseSkip, type ModuleRule } from "../pipeli
 import { openModel } from "../model/model.js";
 import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
 import type { OutputMeasure } from "../pipeline/summary.js";
-import { conversionProblem } from "../pipeline/convert.js";
+import { conversionProblem, keptFp16Holdable } from "../pipeline/convert.js";
 import { MANIFEST_FILE } from "../pipeline/manifest.js";
 import { loadRecipe, recipeOptions, recipeOutputs, type LoadedRecipe } from "../pipeline/recipe.js";
 import { publishOutputs, type ExtraOutput, type ManifestContext } from "./quantize-publish.js";
@@ -422,7 +422,7 @@ export function resolveRecipeArgs(
  * A recipe's outputs after the first: converted from the quantized one, so each format must hold exactly
  * what the first one holds (same Linears, bits, group size, symmetry, outliers, overrides).
  */
-function checkExtraOutputs(plan: Plan, outs: readonly { dir: string; format: string | null }[], recipe: LoadedRecipe | null, modelDir: string, overwrite: boolean): ExtraOutput[] {
+function checkExtraOutputs(plan: Plan, outs: readonly { dir: string; format: string | null }[], recipe: LoadedRecipe | null, modelDir: string, overwrite: boolean, json: boolean): ExtraOutput[] {
   const dirs = new Set([path.resolve(plan.outDir)]);
   return outs.map((x, i) => {
     const key = `${recipe?.file ?? "recipe"}: recipe.outputs[${i + 1}]`;
@@ -436,6 +436,11 @@ function checkExtraOutputs(plan: Plan, outs: readonly { dir: string; format: str
         `${key}: ${format.name} cannot share the calibration pass of ${plan.format.name} (${plan.settings.bits}-bit, ${plan.settings.groupSize === -1 ? "per row" : `group ${plan.settings.groupSize}`}, ${plan.settings.sym ? "sym" : "asym"}): ${no}; run it as a recipe of its own`,
       );
     checkOutputLocation(modelDir, x.dir, overwrite);
+    const kept = keptFp16Holdable(plan, format);
+    if (kept.length > 0 && !json)
+      process.stderr.write(
+        `quant4: note: ${x.dir} (${format.name}) keeps fp16 the ${kept.length} Linear${kept.length === 1 ? "" : "s"} ${plan.format.name} cannot hold (e.g. ${kept[0]}): converted outputs have exactly the quantized output's weights\n`,
+      );
     return { dir: x.dir, format };
   });
 }
@@ -522,7 +527,7 @@ Exit codes: 0 ok, 1 the quality gate failed (nothing written), 2 bad input or us
         let extras: ExtraOutput[];
         try {
           plan = buildPlan(modelDir, outDir, o, explicit);
-          extras = checkExtraOutputs(plan, outputs.slice(1), recipe, modelDir, o.overwrite);
+          extras = checkExtraOutputs(plan, outputs.slice(1), recipe, modelDir, o.overwrite, o.json);
         } finally {
           status.stop();
         }

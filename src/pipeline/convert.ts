@@ -18,8 +18,7 @@ import { overridesOf } from "./rules.js";
 
 /**
  * Why `to` cannot hold what the run writes in `plan.format` (null: it can): outliers, per-module
- * overrides, or a Linear the run quantizes that `to` would have to keep fp16 (or the other way round:
- * the converted output must quantize exactly the same Linears with the same settings).
+ * overrides, or a Linear the run quantizes that `to` cannot hold with the same settings.
  */
 export function conversionProblem(plan: Pick<QuantizePlan, "src" | "format" | "settings" | "rules" | "outlierFraction">, to: FormatSpec): string | null {
   if ((plan.outlierFraction ?? 0) > 0 && !to.holdsOutliers) return `${to.name} cannot hold outliers (recipe.quantize.outliers needs format quant4)`;
@@ -36,10 +35,24 @@ export function conversionProblem(plan: Pick<QuantizePlan, "src" | "format" | "s
       const here = skipReason(plan, l, name);
       const there = skipReason(other, l, name);
       if (here === null && there !== null) return `${to.name} cannot hold ${name} [${l.out}×${l.in}] as ${plan.format.name} does (${there})`;
-      if (here !== null && there === null)
-        return `${to.name} would quantize ${name} [${l.out}×${l.in}], which ${plan.format.name} keeps fp16 (${here}); list ${to.name} first so it is the quantized output`;
     }
   return null;
+}
+
+/**
+ * Linears the run keeps fp16 that `to` could have held: the converted output keeps them fp16 too (it
+ * has exactly the quantized output's weights), where a run of its own would have quantized them.
+ */
+export function keptFp16Holdable(plan: Pick<QuantizePlan, "src" | "format" | "settings" | "rules">, to: FormatSpec): string[] {
+  const a = plan.src.arch;
+  const other = { ...plan, format: to };
+  const names: string[] = [];
+  for (let b = 0; b < a.nLayers; b++)
+    for (const l of a.linears) {
+      const name = a.blockPrefix(b) + l.name;
+      if (skipReason(plan, l, name) !== null && skipReason(other, l, name) === null) names.push(name);
+    }
+  return names;
 }
 
 /**

@@ -10,7 +10,10 @@ import fs from "node:fs";
 import path from "node:path";
 import { parse as parseYaml, YAMLParseError } from "yaml";
 import { z } from "zod";
+import { formatNames } from "../../formats/index.js";
 import { UsageError } from "../util/errors.js";
+import { METHOD_NAMES } from "./methods.js";
+import { schemeNames } from "./schemes.js";
 
 const BITS = [2, 3, 4, 8];
 
@@ -21,11 +24,14 @@ const num = () => z.number({ error: expected("expected a number") }).finite("exp
 const str = () => z.string({ error: expected("expected a string") });
 const bool = () => z.boolean({ error: expected("expected true or false") });
 const strList = () => z.union([str(), z.array(str(), { error: "expected a list of strings" })]).transform((v) => (Array.isArray(v) ? v : [v]));
+/** One of `names()` (read when validating, so the lists stay the registries'). */
+const oneOf = (names: () => readonly string[]) =>
+  str().refine((v) => names().includes(v), { error: () => `expected one of ${names().join(", ")}` });
 const section = <T extends z.ZodRawShape>(shape: T) => z.strictObject(shape, { error: "expected a mapping of keys to values" });
 
 export const recipeQuantizeSchema = section({
-  method: str().optional(),
-  scheme: str().optional(),
+  method: oneOf(() => METHOD_NAMES).optional(),
+  scheme: oneOf(schemeNames).optional(),
   bits: z.number({ error: "expected 2, 3, 4 or 8" }).refine((b) => BITS.includes(b), "expected 2, 3, 4 or 8").optional(),
   groupSize: z
     .number({ error: "expected -1 (per row) or a positive integer" })
@@ -42,7 +48,7 @@ export const recipeQuantizeSchema = section({
   dynamic: strList().optional(),
   skip: strList().optional(),
   targetBits: num().min(2, "expected an average from 2 to 16").max(16, "expected an average from 2 to 16").optional(),
-  format: str().optional(),
+  format: oneOf(() => ["auto", ...formatNames()]).optional(),
 });
 
 export const recipeCalibrationSchema = section({
@@ -55,7 +61,7 @@ export const recipeCalibrationSchema = section({
 
 export const recipeOutputSchema = section({
   dir: str().min(1, "expected a directory"),
-  format: str(),
+  format: oneOf(formatNames),
 });
 
 export const recipeGateSchema = section({
