@@ -170,7 +170,7 @@ describe("quantize stories260K → compressed-tensors, per-row asymmetric (all 3
     const { out, json } = await quantized(method, "ct");
     expectNoLeftovers(out);
     // What a loader needs travels (the tokenizer); the rest of the folder (greedy-reference.txt) does not.
-    expect(listFiles(out)).toEqual(["config.json", "model.safetensors", "tokenizer.model"]);
+    expect(listFiles(out)).toEqual(["config.json", "model.safetensors", "quant4-manifest.json", "tokenizer.model"]);
     expect(fs.readFileSync(path.join(out, "tokenizer.model")).equals(fs.readFileSync(path.join(MODEL, "tokenizer.model")))).toBe(true);
 
     const cfg = readConfig(out);
@@ -291,7 +291,7 @@ describe("quantize stories260K → gptq, g32 symmetric (172-wide MLP Linears sta
   it.each(["rtn", "gptq"] as const)("%s: quantization_config, quantize_config.json, dynamic skips, warnings, tensors", async (method) => {
     const { out, result, json } = await quantized(method, "gptq");
     expectNoLeftovers(out);
-    expect(listFiles(out)).toEqual(["config.json", "model.safetensors", "quantize_config.json", "tokenizer.model"]);
+    expect(listFiles(out)).toEqual(["config.json", "model.safetensors", "quant4-manifest.json", "quantize_config.json", "tokenizer.model"]);
     expect(fs.readFileSync(path.join(out, "tokenizer.model")).equals(fs.readFileSync(path.join(MODEL, "tokenizer.model")))).toBe(true);
 
     const qc = readConfig(out).quantization_config;
