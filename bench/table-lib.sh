@@ -18,5 +18,5 @@ jget() { node -e "const j=JSON.parse(require('fs').readFileSync(process.argv[1],
 klcell() {
   OUTFILE="$5/$(basename "$1")-kl-$3.json"
   run "${QA[@]}" eval-ppl "$1" --kl-base "$2" --text "$3" --seqlen "$4" --max-windows "${KL_WINDOWS:-100}" "${THR[@]}" --json >&2 # the command line to the log, not into the cell
-  echo "$(jget "$OUTFILE" 'kl.meanKl.toExponential(3)') ($(jget "$OUTFILE" '(100*kl.sameTop).toFixed(1)')%)"
+  node -e 'const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(`${j.kl.meanKl.toExponential(3)} (${(100 * j.kl.sameTop).toFixed(1)}%)`)' "$OUTFILE"
 }
