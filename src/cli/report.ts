@@ -170,7 +170,13 @@ failed the report's gate, 2 bad input or usage (one line naming the file), 3 int
             const gate = gatePpl(inp);
             const gateProtocol = (inp.summary.gate?.protocol as ReportProtocol | undefined) ?? null;
             let view: PplView | null = null;
-            if (m) view = { ppl: m.ppl, baseline: baseline?.ppl ?? null, increasePercent: null, source: m.source, verdict: null };
+            if (m) {
+              // eval-ppl's own gate (--baseline/--max-increase/--max-ppl when it ran) is the verdict unless the report sets limits.
+              const g = e!.r["gate"];
+              const verdict = g === "pass" || g === "fail" ? { pass: g === "pass", line: String(e!.r["gateReason"] ?? g) } : null;
+              const own = e!.r["baseline"];
+              view = { ppl: m.ppl, baseline: baseline?.ppl ?? (typeof own === "number" ? own : null), increasePercent: null, source: m.source, verdict };
+            }
             else if (gate && (!baseline || sameProtocol(baseline.protocol, gateProtocol)))
               view = { ...gate, baseline: baseline?.ppl ?? gate.baseline, increasePercent: null };
             else if (baseline) {
