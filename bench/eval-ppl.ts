@@ -7,7 +7,8 @@
 //   1. plain runs of evaluatePerplexity (the CLI's code path, unwrapped backend): tokens/s, best of --reps;
 //   2. one instrumented run: the model's backend is swapped for a timing proxy that times every GEMM and
 //      classifies it (B is a block Linear weight → "linear", the LM head → "lm_head", anything else →
-//      "attention"), and the loop is split into forward and NLL (windowNll); nothing in src/ is changed;
+//      "other"), times the Backend's block ops (norms, RoPE, attention, activations, residual adds) per op,
+//      and the loop is split into forward and NLL (windowNll); nothing in src/ is changed;
 //   3. the GEMM rate at each exact Linear shape (M = seqlen rows, N = out, K = in, B transposed, as
 //      forward.ts's linear() calls it), best of several repetitions;
 //   4. gemmPeakGflops (n = 512 and 1024), best of several calls, before and after the model runs.
@@ -17,7 +18,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { resolveText } from "../src/calibration/texts.js";
-import type { Backend } from "../src/compute/backend.js";
+import type { ActivationKind, AttentionShape, Backend, KvCache, RopeTable } from "../src/compute/backend.js";
 import { gemmPeakGflops, getBackend, type CpuBackend } from "../src/compute/index.js";
 import { evaluatePerplexity, windowNll } from "../src/eval/perplexity.js";
 import { Model } from "../src/model/model.js";
@@ -118,6 +119,43 @@ class TimingBackend implements Backend {
   choleskyInverse(A: Float32Array, n: number): boolean {
     return this.inner.choleskyInverse(A, n);
   }
+  // Block ops: timed per op.
+  readonly ops = new Map<string, { calls: number; seconds: number }>();
+  private time(op: string, fn: () => void): void {
+    const t0 = process.hrtime.bigint();
+    fn();
+    const dt = Number(process.hrtime.bigint() - t0) / 1e9;
+    let s = this.ops.get(op);
+    if (!s) this.ops.set(op, (s = { calls: 0, seconds: 0 }));
+    s.calls++;
+    s.seconds += dt;
+  }
+  get opsSeconds(): number {
+    let t = 0;
+    for (const s of this.ops.values()) t += s.seconds;
+    return t;
+  }
+  rmsNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, eps: number, out: Float32Array): void {
+    this.time("norm", () => this.inner.rmsNorm(x, rows, dim, w, eps, out));
+  }
+  layerNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, b: Float32Array | undefined, eps: number, out: Float32Array): void {
+    this.time("norm", () => this.inner.layerNorm(x, rows, dim, w, b, eps, out));
+  }
+  rope(x: Float32Array, rows: number, T: number, nHeads: number, pos0: number, table: RopeTable): void {
+    this.time("rope", () => this.inner.rope(x, rows, T, nHeads, pos0, table));
+  }
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, shape: AttentionShape, cache: KvCache | undefined, out: Float32Array): void {
+    this.time("attention", () => this.inner.attention(q, k, v, shape, cache, out));
+  }
+  activate(kind: ActivationKind, x: Float32Array): void {
+    this.time("activation", () => this.inner.activate(kind, x));
+  }
+  activateMul(kind: ActivationKind, gate: Float32Array, up: Float32Array): void {
+    this.time("activation", () => this.inner.activateMul(kind, gate, up));
+  }
+  add(a: Float32Array, b: Float32Array, out: Float32Array): void {
+    this.time("residual add", () => this.inner.add(a, b, out));
+  }
 }
 
 /** Best GFLOP/s of C[M×N] = A[M×K]·B[N×K]ᵀ (linear()'s call), over `reps` timed calls after a warm-up. */
@@ -214,12 +252,14 @@ for (const dir of args.models) {
   const st = timed.stats;
   const pct = (s: number) => `${((100 * s) / wall).toFixed(1)}%`;
   const rate = (c: ClassStats) => c.flops / c.seconds / 1e9;
-  const other = fwdS - st.linear.seconds - st.lm_head.seconds - st.attention.seconds;
+  const opsS = timed.opsSeconds;
+  const other = fwdS - st.linear.seconds - st.lm_head.seconds - st.attention.seconds - opsS;
   log(`instrumented run: ${wall.toFixed(2)} s wall, ${((windows * seqlen) / wall).toFixed(0)} tokens/s`);
   log(`  block Linears GEMM  ${st.linear.seconds.toFixed(3)} s  ${pct(st.linear.seconds)}  ${rate(st.linear).toFixed(1)} GFLOP/s  (${st.linear.calls} calls)`);
   log(`  LM head GEMM        ${st.lm_head.seconds.toFixed(3)} s  ${pct(st.lm_head.seconds)}  ${rate(st.lm_head).toFixed(1)} GFLOP/s  (${st.lm_head.calls} calls)`);
-  log(`  attention GEMMs     ${st.attention.seconds.toFixed(3)} s  ${pct(st.attention.seconds)}  ${rate(st.attention).toFixed(1)} GFLOP/s  (${st.attention.calls} calls)`);
-  log(`  rest of forward     ${other.toFixed(3)} s  ${pct(other)}  (norms, RoPE, softmax, SiLU, copies, allocation)`);
+  if (st.attention.calls > 0) log(`  other GEMMs         ${st.attention.seconds.toFixed(3)} s  ${pct(st.attention.seconds)}  ${rate(st.attention).toFixed(1)} GFLOP/s  (${st.attention.calls} calls)`);
+  log(`  block ops           ${opsS.toFixed(3)} s  ${pct(opsS)}  (Backend: ${[...timed.ops].map(([k, o]) => `${k} ${o.seconds.toFixed(3)} s`).join(", ")})`);
+  log(`  rest of forward     ${other.toFixed(3)} s  ${pct(other)}  (embedding, q/k/v split, allocation, JavaScript between calls)`);
   log(`  windowNll           ${nllS.toFixed(3)} s  ${pct(nllS)}  (log-softmax over the vocabulary)`);
 
   // 3. GEMM rate at the exact Linear shapes
@@ -253,6 +293,7 @@ for (const dir of args.models) {
       forwardSeconds: fwdS,
       nllSeconds: nllS,
       gemm: st,
+      blockOps: Object.fromEntries(timed.ops),
       otherForwardSeconds: other,
     },
     linear: { shareOfWall: linAll.seconds / wall, gflops: linRate, blockGflops: rate(st.linear), ratioToPeak: linRate / pk, targetMet: linRate >= 0.6 * pk },

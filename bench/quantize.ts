@@ -55,7 +55,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { sampleWindows } from "../src/calibration/sampler.js";
 import { resolveText } from "../src/calibration/texts.js";
-import type { Backend } from "../src/compute/backend.js";
+import type { ActivationKind, AttentionShape, Backend, KvCache, RopeTable } from "../src/compute/backend.js";
 import { gemmPeakGflops, getBackend, type CpuBackend } from "../src/compute/index.js";
 import { openModel } from "../src/model/model.js";
 import { AWQ_CLIP_TOKENS, AWQ_SCALE_TOKENS } from "../src/pipeline/awq.js";
@@ -202,7 +202,7 @@ interface AwqShapes {
 
 /**
  * Times every Backend call and keeps a phase clock driven by the pipeline's events and its call pattern:
- * a forward phase ends at the end of its last forward call (gemm with B transposed, or attention's S·V,
+ * a forward phase ends at the end of its last forward call (gemm with B transposed, a block op,
  * or syrk) before GPTQ's first Cholesky or, without GPTQ, before the relative error's first GEMM; a plain
  * (no-transpose) gemm whose B is a Hessian the pipeline accumulated (syrk's output) starts the
  * relative-error phase, the end of its second gemm starts packing; onLayerDone ends the Linear. For AWQ,
@@ -310,6 +310,32 @@ class PhaseClock implements Backend {
     this.cur.choleskySeconds += now() - t0;
     this.cur.choleskyFlops += n * n * n;
     return r;
+  }
+  // The block ops (norms, RoPE, attention, activations, residual adds) are forward work.
+  private op(fn: () => void): void {
+    fn();
+    if (this.phase === "forward") this.lastForwardEnd = now();
+  }
+  rmsNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, eps: number, out: Float32Array): void {
+    this.op(() => this.inner.rmsNorm(x, rows, dim, w, eps, out));
+  }
+  layerNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, b: Float32Array | undefined, eps: number, out: Float32Array): void {
+    this.op(() => this.inner.layerNorm(x, rows, dim, w, b, eps, out));
+  }
+  rope(x: Float32Array, rows: number, T: number, nHeads: number, pos0: number, table: RopeTable): void {
+    this.op(() => this.inner.rope(x, rows, T, nHeads, pos0, table));
+  }
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, shape: AttentionShape, cache: KvCache | undefined, out: Float32Array): void {
+    this.op(() => this.inner.attention(q, k, v, shape, cache, out));
+  }
+  activate(kind: ActivationKind, x: Float32Array): void {
+    this.op(() => this.inner.activate(kind, x));
+  }
+  activateMul(kind: ActivationKind, gate: Float32Array, up: Float32Array): void {
+    this.op(() => this.inner.activateMul(kind, gate, up));
+  }
+  add(a: Float32Array, b: Float32Array, out: Float32Array): void {
+    this.op(() => this.inner.add(a, b, out));
   }
 }
 

@@ -723,6 +723,8 @@ void DequantRows(const PackedLinear& L, int64_t r0, int64_t r1, float* dst) {
   for (int64_t r = r0; r < r1; r++) DequantRow(L, r, dst + (r - r0) * L.in);
 }
 
+void ParallelFor(int chunks, const std::function<void(int, int)>& fn) { ThePool().Run(chunks, fn); }
+
 void SetThreads(int n) { ThePool().SetThreads(n); }
 int Threads() { return ThePool().Threads(); }
 bool SetSimd(bool on) {

@@ -26,6 +26,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -93,7 +94,13 @@ void Dequantize(const PackedLinear& L, float* w);
 /** Rows r0..r1 of the fp32 weight into dst [(r1−r0), in] (the GEMM tile; embeddings' row lookup). */
 void DequantRows(const PackedLinear& L, int64_t r0, int64_t r1, float* dst);
 
-/** Kernel threads (the GEMV/dequant pool; BLAS threads are set separately). */
+/**
+ * Runs fn(chunk, chunks) for every chunk in [0, chunks) on the kernel pool (the caller takes part; chunks
+ * are claimed dynamically; one job at a time). Used by the block ops (blockops.cc).
+ */
+void ParallelFor(int chunks, const std::function<void(int, int)>& fn);
+
+/** Kernel threads (the GEMV/dequant pool and the block ops; BLAS threads are set separately). */
 void SetThreads(int n);
 int Threads();
 /** SIMD: true = AVX2/FMA kernels when the CPU has them. Returns whether they are in use. */

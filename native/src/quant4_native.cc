@@ -18,9 +18,16 @@
 //   qdequant(handle, r0, r1, dst)                          rows r0..r1 of the fp32 weight
 //   qbytes(handle) -> number                               resident bytes
 //   kernelInfo() -> {simd, simdAvailable, threads}; setSimd(on) -> boolean; trimMemory() -> boolean
+// Block ops (blockops.h), on the kernel pool, AVX2 or scalar with the packed kernels' switch:
+//   rmsNorm(x, rows, dim, w, eps, out); layerNorm(x, rows, dim, w, b|null, eps, out)
+//   rope(x, rows, T, nHeads, headDim, pos0, cos, sin)      in place, rotate_half layout
+//   attention(q, k, v, B, T, nHeads, nKvHeads, headDim, pos0, kCache|null, vCache|null, out)
+//   activate(kind, x); activateMul(kind, gate, up)          kind 0 silu, 1 relu, 2 gelu_new, 3 gelu
+//   add(a, b, out); fastExp(x) -> number
 
 #include <napi.h>
 
+#include "blockops.h"
 #include "qkernels.h"
 
 #if defined(__linux__) && defined(__GLIBC__)
@@ -514,6 +521,216 @@ Napi::Value SetSimd(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, q4::SetSimd(on));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Block ops (blockops.h): norms, RoPE, attention, activations, residual add
+
+// A Float32Array of any length (its view in *out), for arguments whose size is checked by the caller.
+bool GetF32Any(const Napi::CallbackInfo& info, size_t i, const char* fn, const char* name, bool optional, F32View* out) {
+  Napi::Value v = info[i];
+  if (optional && (v.IsNull() || v.IsUndefined())) {
+    *out = F32View();
+    return true;
+  }
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    ThrowTypeError(info.Env(), std::string(fn) + ": " + name + " must be a Float32Array");
+    return false;
+  }
+  Napi::Float32Array arr = v.As<Napi::Float32Array>();
+  out->data = arr.Data();
+  out->length = arr.ElementLength();
+  return true;
+}
+
+bool GetEps(const Napi::CallbackInfo& info, size_t i, const char* fn, double* out) {
+  if (!info[i].IsNumber() || !(info[i].As<Napi::Number>().DoubleValue() >= 0)) {
+    ThrowTypeError(info.Env(), std::string(fn) + ": eps must be a non-negative number");
+    return false;
+  }
+  *out = info[i].As<Napi::Number>().DoubleValue();
+  return true;
+}
+
+// Same memory exactly, or none: in-place ops accept out === x, nothing partial.
+bool SameOrDisjoint(const F32View& a, const F32View& b) { return a.data == b.data ? a.length == b.length : !Overlaps(a, b); }
+
+// rmsNorm(x, rows, dim, w, eps, out) / layerNorm(x, rows, dim, w, b|null, eps, out)
+Napi::Value NormImpl(const Napi::CallbackInfo& info, bool layer) {
+  Napi::Env env = info.Env();
+  const char* fn = layer ? "layerNorm" : "rmsNorm";
+  if (!CheckArgCount(info, layer ? 7 : 6, fn)) return env.Undefined();
+  int64_t rows, dim;
+  double eps;
+  if (!GetDim(info, 1, fn, "rows", &rows) || !GetDim(info, 2, fn, "dim", &dim) || !GetEps(info, layer ? 5 : 4, fn, &eps)) return env.Undefined();
+  F32View X, W, B, O;
+  if (!GetF32(info, 0, fn, "x", rows * dim, "rows*dim", &X) || !GetF32(info, 3, fn, "w", dim, "dim", &W) ||
+      !GetF32(info, layer ? 6 : 5, fn, "out", rows * dim, "rows*dim", &O))
+    return env.Undefined();
+  if (layer) {
+    if (!GetF32Any(info, 4, fn, "b", true, &B)) return env.Undefined();
+    if (B.data && static_cast<int64_t>(B.length) != dim) {
+      ThrowError(env, std::string(fn) + ": b has " + std::to_string(B.length) + " elements, expected dim=" + std::to_string(dim));
+      return env.Undefined();
+    }
+  }
+  if (!SameOrDisjoint(O, X) || Overlaps(O, W) || Overlaps(O, B)) {
+    ThrowError(env, std::string(fn) + ": out must be x itself or not share memory with the inputs");
+    return env.Undefined();
+  }
+  if (rows == 0 || dim == 0) return env.Undefined();
+  if (layer) q4::LayerNorm(X.data, rows, dim, W.data, B.data, eps, O.data);
+  else q4::RmsNorm(X.data, rows, dim, W.data, eps, O.data);
+  return env.Undefined();
+}
+Napi::Value RmsNormFn(const Napi::CallbackInfo& info) { return NormImpl(info, false); }
+Napi::Value LayerNormFn(const Napi::CallbackInfo& info) { return NormImpl(info, true); }
+
+// rope(x, rows, T, nHeads, headDim, pos0, cos, sin): in place; cos/sin [positions, headDim/2]
+Napi::Value RopeFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "rope";
+  if (!CheckArgCount(info, 8, fn)) return env.Undefined();
+  int64_t rows, T, nH, d, pos0;
+  if (!GetDim(info, 1, fn, "rows", &rows) || !GetDim(info, 2, fn, "T", &T) || !GetDim(info, 3, fn, "nHeads", &nH) ||
+      !GetDim(info, 4, fn, "headDim", &d) || !GetDim(info, 5, fn, "pos0", &pos0))
+    return env.Undefined();
+  F32View X, C, S;
+  if (!GetF32(info, 0, fn, "x", rows * nH * d, "rows*nHeads*headDim", &X) || !GetF32Any(info, 6, fn, "cos", false, &C) ||
+      !GetF32Any(info, 7, fn, "sin", false, &S))
+    return env.Undefined();
+  if (rows == 0 || nH == 0) return env.Undefined();
+  if (d % 2 != 0 || T < 1) {
+    ThrowError(env, "rope: headDim must be even and T >= 1, got headDim " + std::to_string(d) + ", T " + std::to_string(T));
+    return env.Undefined();
+  }
+  const int64_t need = (pos0 + std::min(T, rows)) * (d / 2);
+  if (static_cast<int64_t>(C.length) < need || S.length != C.length) {
+    ThrowError(env, "rope: the cos/sin tables (" + std::to_string(C.length) + ", " + std::to_string(S.length) + " elements) do not cover positions up to " +
+                        std::to_string(pos0 + std::min(T, rows)) + " (" + std::to_string(need) + " elements each)");
+    return env.Undefined();
+  }
+  if (Overlaps(X, C) || Overlaps(X, S)) {
+    ThrowError(env, "rope: x must not share memory with the tables");
+    return env.Undefined();
+  }
+  q4::Rope(X.data, rows, T, nH, d, pos0, C.data, S.data);
+  return env.Undefined();
+}
+
+// attention(q, k, v, B, T, nHeads, nKvHeads, headDim, pos0, kCache|null, vCache|null, out)
+Napi::Value AttentionFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "attention";
+  if (!CheckArgCount(info, 12, fn)) return env.Undefined();
+  q4::AttnShape s;
+  if (!GetDim(info, 3, fn, "B", &s.B) || !GetDim(info, 4, fn, "T", &s.T) || !GetDim(info, 5, fn, "nHeads", &s.nHeads) ||
+      !GetDim(info, 6, fn, "nKvHeads", &s.nKv) || !GetDim(info, 7, fn, "headDim", &s.headDim) || !GetDim(info, 8, fn, "pos0", &s.pos0))
+    return env.Undefined();
+  if (s.nKv < 1 || s.nHeads % s.nKv != 0 || s.headDim < 1) {
+    ThrowError(env, "attention: nHeads (" + std::to_string(s.nHeads) + ") must be a multiple of nKvHeads (" + std::to_string(s.nKv) + ") >= 1, headDim >= 1");
+    return env.Undefined();
+  }
+  const int64_t rows = s.B * s.T, qDim = s.nHeads * s.headDim, kvDim = s.nKv * s.headDim;
+  F32View Q, K, V, KC, VC, O;
+  if (!GetF32(info, 0, fn, "q", rows * qDim, "B*T*nHeads*headDim", &Q) || !GetF32(info, 1, fn, "k", rows * kvDim, "B*T*nKvHeads*headDim", &K) ||
+      !GetF32(info, 2, fn, "v", rows * kvDim, "B*T*nKvHeads*headDim", &V) || !GetF32Any(info, 9, fn, "kCache", true, &KC) ||
+      !GetF32Any(info, 10, fn, "vCache", true, &VC) || !GetF32(info, 11, fn, "out", rows * qDim, "B*T*nHeads*headDim", &O))
+    return env.Undefined();
+  if ((KC.data == nullptr) != (VC.data == nullptr)) {
+    ThrowError(env, "attention: give both caches or neither");
+    return env.Undefined();
+  }
+  if (KC.data) {
+    if (s.B != 1) {
+      ThrowError(env, "attention: a KV cache holds a single sequence, got B=" + std::to_string(s.B));
+      return env.Undefined();
+    }
+    if (KC.length != VC.length || KC.length % std::max<int64_t>(kvDim, 1) != 0 ||
+        static_cast<int64_t>(KC.length) / std::max<int64_t>(kvDim, 1) < s.pos0 + s.T) {
+      ThrowError(env, "attention: KV cache capacity " + std::to_string(KC.length / std::max<int64_t>(kvDim, 1)) + " exceeded (" +
+                          std::to_string(s.pos0 + s.T) + " positions; cache arrays of " + std::to_string(KC.length) + " and " + std::to_string(VC.length) + " elements)");
+      return env.Undefined();
+    }
+  } else if (s.pos0 != 0) {
+    ThrowError(env, "attention: pos0 must be 0 without a KV cache, got " + std::to_string(s.pos0));
+    return env.Undefined();
+  }
+  if (Overlaps(O, Q) || Overlaps(O, K) || Overlaps(O, V) || Overlaps(O, KC) || Overlaps(O, VC) || Overlaps(KC, VC) ||
+      Overlaps(KC, Q) || Overlaps(KC, K) || Overlaps(KC, V) || Overlaps(VC, Q) || Overlaps(VC, K) || Overlaps(VC, V)) {
+    ThrowError(env, "attention: out and the caches must not share memory with each other or the inputs");
+    return env.Undefined();
+  }
+  if (rows == 0 || qDim == 0) return env.Undefined();
+  q4::Attention(Q.data, K.data, V.data, s, KC.data, VC.data, O.data);
+  return env.Undefined();
+}
+
+bool GetAct(const Napi::CallbackInfo& info, size_t i, const char* fn, int* kind) {
+  int64_t k;
+  if (!GetDim(info, i, fn, "kind", &k)) return false;
+  if (k > 3) {
+    ThrowError(info.Env(), std::string(fn) + ": unknown activation " + std::to_string(k));
+    return false;
+  }
+  *kind = static_cast<int>(k);
+  return true;
+}
+
+// activate(kind, x) in place
+Napi::Value ActivateFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "activate";
+  if (!CheckArgCount(info, 2, fn)) return env.Undefined();
+  int kind;
+  F32View X;
+  if (!GetAct(info, 0, fn, &kind) || !GetF32Any(info, 1, fn, "x", false, &X)) return env.Undefined();
+  q4::Activate(kind, X.data, static_cast<int64_t>(X.length));
+  return env.Undefined();
+}
+
+// activateMul(kind, gate, up): gate = act(gate) · up
+Napi::Value ActivateMulFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "activateMul";
+  if (!CheckArgCount(info, 3, fn)) return env.Undefined();
+  int kind;
+  F32View G, U;
+  if (!GetAct(info, 0, fn, &kind) || !GetF32Any(info, 1, fn, "gate", false, &G) ||
+      !GetF32(info, 2, fn, "up", static_cast<int64_t>(G.length), "gate.length", &U))
+    return env.Undefined();
+  if (Overlaps(G, U)) {
+    ThrowError(env, "activateMul: gate must not share memory with up");
+    return env.Undefined();
+  }
+  q4::ActivateMul(kind, G.data, U.data, static_cast<int64_t>(G.length));
+  return env.Undefined();
+}
+
+// add(a, b, out): out = a + b
+Napi::Value AddFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "add";
+  if (!CheckArgCount(info, 3, fn)) return env.Undefined();
+  F32View A, B, O;
+  if (!GetF32Any(info, 0, fn, "a", false, &A) || !GetF32(info, 1, fn, "b", static_cast<int64_t>(A.length), "a.length", &B) ||
+      !GetF32(info, 2, fn, "out", static_cast<int64_t>(A.length), "a.length", &O))
+    return env.Undefined();
+  if (!SameOrDisjoint(O, A) || !SameOrDisjoint(O, B)) {
+    ThrowError(env, "add: out must be a or b itself or not share memory with them");
+    return env.Undefined();
+  }
+  q4::Add(A.data, B.data, O.data, static_cast<int64_t>(A.length));
+  return env.Undefined();
+}
+
+// fastExp(x): the block ops' float64 e^x (tests)
+Napi::Value FastExpFn(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) {
+    ThrowTypeError(info.Env(), "fastExp: x must be a number");
+    return info.Env().Undefined();
+  }
+  return Napi::Number::New(info.Env(), q4::FastExp(info[0].As<Napi::Number>().DoubleValue()));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sgemm", Napi::Function::New(env, Sgemm, "sgemm"));
   exports.Set("ssyrk", Napi::Function::New(env, Ssyrk, "ssyrk"));
@@ -530,6 +747,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("kernelInfo", Napi::Function::New(env, KernelInfo, "kernelInfo"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
   exports.Set("trimMemory", Napi::Function::New(env, TrimMemory, "trimMemory"));
+  exports.Set("rmsNorm", Napi::Function::New(env, RmsNormFn, "rmsNorm"));
+  exports.Set("layerNorm", Napi::Function::New(env, LayerNormFn, "layerNorm"));
+  exports.Set("rope", Napi::Function::New(env, RopeFn, "rope"));
+  exports.Set("attention", Napi::Function::New(env, AttentionFn, "attention"));
+  exports.Set("activate", Napi::Function::New(env, ActivateFn, "activate"));
+  exports.Set("activateMul", Napi::Function::New(env, ActivateMulFn, "activateMul"));
+  exports.Set("add", Napi::Function::New(env, AddFn, "add"));
+  exports.Set("fastExp", Napi::Function::New(env, FastExpFn, "fastExp"));
 #ifndef QUANT4_ACCELERATE
   q4::SetThreads(openblas_get_num_threads());
 #endif

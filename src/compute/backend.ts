@@ -3,6 +3,8 @@
 // algorithm code never touches an addon directly. All matrices are dense, ROW-MAJOR, Float32Array,
 // except resident Linear weights (LinearHandle): packed INT2..8 or fp16 weights in the backend's own
 // runtime layout, made once at load, that compute y = x·Wᵀ straight from that layout.
+// The block ops (norms, RoPE, causal attention over a KV cache, activations, residual add) are Backend
+// methods too, so the whole decoder block runs on the backend: forward.ts has no arithmetic of its own.
 
 import type { QuantizedLinear } from "../../formats/types.js";
 
@@ -28,6 +30,35 @@ export interface LinearHandle {
   linear(x: Float32Array, rows: number, y: Float32Array, bias?: Float32Array): void;
   /** Rows [r0, r1) of the weight as fp32 into dst [(r1 − r0)·in] (embedding lookups, tests). */
   rows(r0: number, r1: number, dst: Float32Array): void;
+}
+
+/** Rotary embedding tables: cos/sin [maxPos, headDim/2] (src/model/ops.ts RopeTables builds them, HF's way). */
+export interface RopeTable {
+  readonly headDim: number;
+  readonly maxPos: number;
+  readonly cos: Float32Array;
+  readonly sin: Float32Array;
+}
+
+/** The MLP activations of the supported architectures (architectures.ts). */
+export type ActivationKind = "silu" | "relu" | "gelu_new" | "gelu";
+
+/** Causal self-attention of B sequences of T rows, query heads sharing K/V heads in groups (GQA/MQA). */
+export interface AttentionShape {
+  B: number;
+  T: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  /** Absolute position of each sequence's first row (non-zero only with a cache). */
+  pos0: number;
+}
+
+/** K/V rows of one sequence and one layer: [capacity, nKvHeads·headDim] each. */
+export interface KvCache {
+  k: Float32Array;
+  v: Float32Array;
+  capacity: number;
 }
 
 export interface Backend {
@@ -76,4 +107,34 @@ export interface Backend {
 
   /** A resident fp16 weight [out, in] from raw IEEE half bits. Absent: callers widen to fp32. */
   f16Linear?(w: Uint16Array, out: number, inF: number): LinearHandle;
+
+  // --- Block ops. Row-wise, on rows of `dim` (or the shapes given); `out` may be `x` itself. ---
+
+  /** out[r] = x[r] / rms(x[r]) · w  (HF LlamaRMSNorm: sum of squares in float64). */
+  rmsNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, eps: number, out: Float32Array): void;
+
+  /** torch.nn.LayerNorm over the last dim (biased variance), optional bias. */
+  layerNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, b: Float32Array | undefined, eps: number, out: Float32Array): void;
+
+  /**
+   * Rotary embedding in place, rotate_half layout (element i pairs with i + headDim/2), every head of
+   * x [rows, nHeads·headDim]; row r has position pos0 + (r mod T).
+   */
+  rope(x: Float32Array, rows: number, T: number, nHeads: number, pos0: number, table: RopeTable): void;
+
+  /**
+   * Causal self-attention, softmax(q·kᵀ/√d)·v per head: q [B·T, nHeads·d], k/v [B·T, nKvHeads·d] (RoPE
+   * applied), query head h reading K/V head ⌊h·nKvHeads/nHeads⌋. With a cache (B = 1) this call's k/v rows
+   * are stored at pos0 and row t attends to positions [0, pos0 + t]. Result in out [B·T, nHeads·d].
+   */
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, shape: AttentionShape, cache: KvCache | undefined, out: Float32Array): void;
+
+  /** x = act(x) in place. */
+  activate(kind: ActivationKind, x: Float32Array): void;
+
+  /** gate = act(gate) · up, in place (the gated MLP). */
+  activateMul(kind: ActivationKind, gate: Float32Array, up: Float32Array): void;
+
+  /** out = a + b (the residual stream); out may be a or b. */
+  add(a: Float32Array, b: Float32Array, out: Float32Array): void;
 }

@@ -8,7 +8,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { BackendError } from "../util/errors.js";
-import type { Backend, LinearHandle, PackableLinear } from "./backend.js";
+import type { ActivationKind, AttentionShape, Backend, KvCache, LinearHandle, PackableLinear, RopeTable } from "./backend.js";
 
 /** The raw addon surface (native/src/quant4_native.cc). */
 export interface NativeAddon {
@@ -34,7 +34,22 @@ export interface NativeAddon {
   kernelInfo(): KernelInfo;
   setSimd(on: boolean): boolean;
   trimMemory(): boolean;
+  // Block ops (native/src/blockops.h).
+  rmsNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, eps: number, out: Float32Array): void;
+  layerNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, b: Float32Array | null, eps: number, out: Float32Array): void;
+  rope(x: Float32Array, rows: number, T: number, nHeads: number, headDim: number, pos0: number, cos: Float32Array, sin: Float32Array): void;
+  attention(
+    q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number, nHeads: number, nKvHeads: number, headDim: number, pos0: number,
+    kCache: Float32Array | null, vCache: Float32Array | null, out: Float32Array,
+  ): void;
+  activate(kind: number, x: Float32Array): void;
+  activateMul(kind: number, gate: Float32Array, up: Float32Array): void;
+  add(a: Float32Array, b: Float32Array, out: Float32Array): void;
+  /** The block ops' float64 e^x (the TypeScript reference's fastExp, bit for bit). */
+  fastExp(x: number): number;
 }
+
+const ACTIVATION: Record<ActivationKind, number> = { silu: 0, relu: 1, gelu_new: 2, gelu: 3 };
 
 /** An addon-owned weight (napi External). */
 export type NativeWeight = { readonly __nativeWeight: unique symbol };
@@ -198,6 +213,41 @@ export class CpuBackend implements Backend {
   f16Linear(w: Uint16Array, out: number, inF: number): CpuLinearHandle {
     const h = call(() => this.addon.qpackF16(out, inF, w));
     return new CpuLinearHandle(this.addon, h, "f16", out, inF, this.addon.qbytes(h), "fp16");
+  }
+
+  rmsNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, eps: number, out: Float32Array): void {
+    call(() => this.addon.rmsNorm(x, rows, dim, w, eps, out));
+  }
+
+  layerNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, b: Float32Array | undefined, eps: number, out: Float32Array): void {
+    call(() => this.addon.layerNorm(x, rows, dim, w, b ?? null, eps, out));
+  }
+
+  rope(x: Float32Array, rows: number, T: number, nHeads: number, pos0: number, table: RopeTable): void {
+    call(() => this.addon.rope(x, rows, T, nHeads, table.headDim, pos0, table.cos, table.sin));
+  }
+
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, s: AttentionShape, cache: KvCache | undefined, out: Float32Array): void {
+    if (cache && cache.k.length !== cache.capacity * s.nKvHeads * s.headDim)
+      throw new BackendError(`attention: KV cache of capacity ${cache.capacity} has ${cache.k.length} elements, expected ${cache.capacity * s.nKvHeads * s.headDim}`);
+    call(() => this.addon.attention(q, k, v, s.B, s.T, s.nHeads, s.nKvHeads, s.headDim, s.pos0, cache?.k ?? null, cache?.v ?? null, out));
+  }
+
+  activate(kind: ActivationKind, x: Float32Array): void {
+    call(() => this.addon.activate(ACTIVATION[kind], x));
+  }
+
+  activateMul(kind: ActivationKind, gate: Float32Array, up: Float32Array): void {
+    call(() => this.addon.activateMul(ACTIVATION[kind], gate, up));
+  }
+
+  add(a: Float32Array, b: Float32Array, out: Float32Array): void {
+    call(() => this.addon.add(a, b, out));
+  }
+
+  /** The block ops' float64 e^x (equal to src/model/ops.ts fastExp bit for bit; for tests). */
+  nativeExp(x: number): number {
+    return this.addon.fastExp(x);
   }
 
   /** The packed kernels in use (SIMD level, pool threads). */

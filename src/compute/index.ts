@@ -4,7 +4,7 @@ import { BackendError } from "../util/errors.js";
 import type { Backend } from "./backend.js";
 import { CpuBackend } from "./cpu.js";
 
-export type { Backend, LinearHandle, PackableLinear } from "./backend.js";
+export type { ActivationKind, AttentionShape, Backend, KvCache, LinearHandle, PackableLinear, RopeTable } from "./backend.js";
 export { CpuBackend, CpuLinearHandle, type KernelInfo, type KernelPath } from "./cpu.js";
 
 export type Device = "cpu" | "cuda";

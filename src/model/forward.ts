@@ -1,10 +1,12 @@
 // The fp32 forward pass of one decoder block, written once against ArchSpec and the Backend. Used by
 // generate/eval (with an optional KV cache) and by the quantize pipeline (with a hook that sees the
-// input of every Linear, which is how calibration statistics are collected).
+// input of every Linear, which is how calibration statistics are collected). Every computation is a
+// Backend call (Linears, norms, RoPE, attention, activations, residual adds): this file only sequences
+// them and owns the scratch buffers.
 
-import type { Backend, LinearHandle } from "../compute/backend.js";
+import type { Backend, KvCache, LinearHandle } from "../compute/backend.js";
 import type { ArchSpec, NormSpec } from "./architectures.js";
-import { RopeTables, activate, activateMul, layerNorm, rmsNorm, softmaxCausalUnscaled } from "./ops.js";
+import { RopeTables } from "./ops.js";
 
 /** A block's tensors keyed relative to its prefix ("self_attn.q_proj.weight"); Linear weights are fp32 [out, in]. */
 export type BlockWeights = Map<string, Float32Array>;
@@ -24,12 +26,8 @@ export interface ForwardContext {
   rope: RopeTables | null;
 }
 
-/** Per-layer K/V storage for incremental decoding of ONE sequence. */
-export interface LayerCache {
-  k: Float32Array; // [capacity, nKvHeads*headDim]
-  v: Float32Array;
-  capacity: number;
-}
+/** Per-layer K/V storage for incremental decoding of ONE sequence: [capacity, nKvHeads*headDim] each. */
+export type LayerCache = KvCache;
 
 export interface BlockRunOptions {
   /** Absolute position of the first row of each sequence (non-zero only with a cache). */
@@ -100,11 +98,11 @@ export function linear(backend: Backend, x: Float32Array, rows: number, W: Weigh
   return y;
 }
 
-export function applyNorm(arch: ArchSpec, get: (name: string) => Float32Array | undefined, spec: NormSpec, x: Float32Array, rows: number, out: Float32Array = new Float32Array(x.length)): Float32Array {
+export function applyNorm(backend: Backend, arch: ArchSpec, get: (name: string) => Float32Array | undefined, spec: NormSpec, x: Float32Array, rows: number, out: Float32Array = new Float32Array(x.length)): Float32Array {
   const w = get(spec.weight);
   if (!w) throw new Error(`internal: norm weight "${spec.weight}" not loaded`);
-  if (arch.normKind === "rms") rmsNorm(x, rows, arch.hidden, w, arch.normEps, out);
-  else layerNorm(x, rows, arch.hidden, w, spec.bias ? get(spec.bias) : undefined, arch.normEps, out);
+  if (arch.normKind === "rms") backend.rmsNorm(x, rows, arch.hidden, w, arch.normEps, out);
+  else backend.layerNorm(x, rows, arch.hidden, w, spec.bias ? get(spec.bias) : undefined, arch.normEps, out);
   return out;
 }
 
@@ -113,82 +111,6 @@ function runLinear(ctx: ForwardContext, w: BlockTensors, name: string, x: Float3
   const spec = ctx.arch.linears.find((l) => l.name === name)!;
   opts.onLinearInput?.(name, x, rows);
   return linear(ctx.backend, x, rows, weight(w, `${name}.weight`), spec.out, spec.in, spec.bias ? denseTensor(w, `${name}.bias`) : undefined, y ?? new Float32Array(rows * spec.out));
-}
-
-/** Query rows per causal chunk: a chunk's scores span only the keys it can see (about half the work at T ≫ CHUNK). */
-const CHUNK = 128;
-
-/**
- * Causal self-attention for B sequences of T rows. q: [B*T, nH*d], k/v: [B*T, nKv*d] (RoPE already applied).
- * With a cache (B = 1), k/v are appended at pos0 and attention spans positions [0, pos0+T).
- * Written into `out` [B*T, nH*d]. The query heads that share a K/V head are stacked into one GEMM,
- * and query rows go in chunks of CHUNK whose scores cover only the keys they can see.
- */
-function attention(ctx: ForwardContext, q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number, pos0: number, cache: LayerCache | undefined, out: Float32Array): void {
-  const { nHeads, nKvHeads, headDim: d } = ctx.arch;
-  const backend = ctx.backend;
-  const sc = scratch(ctx);
-  const qDim = nHeads * d;
-  const kvDim = nKvHeads * d;
-  const G = nHeads / nKvHeads;
-  const L = pos0 + T;
-  const Tc = Math.min(T, CHUNK);
-  const Kh = sc.get("att.K", L * d);
-  const Vh = sc.get("att.V", L * d);
-  const scale = 1 / Math.sqrt(d);
-  const inv = new Float64Array(G * Tc);
-  for (let b = 0; b < B; b++) {
-    let kSrc = k, vSrc = v, kRow0 = b * T;
-    if (cache) {
-      if (B !== 1) throw new Error("internal: KV cache needs a single sequence");
-      if (L > cache.capacity) throw new Error(`internal: KV cache capacity ${cache.capacity} exceeded`);
-      cache.k.set(k.subarray(0, T * kvDim), pos0 * kvDim);
-      cache.v.set(v.subarray(0, T * kvDim), pos0 * kvDim);
-      kSrc = cache.k;
-      vSrc = cache.v;
-      kRow0 = 0;
-    }
-    for (let kh = 0; kh < nKvHeads; kh++) {
-      for (let j = 0; j < L; j++) {
-        const src = (kRow0 + j) * kvDim + kh * d;
-        const dst = j * d;
-        for (let i = 0; i < d; i++) {
-          Kh[dst + i] = kSrc[src + i]!;
-          Vh[dst + i] = vSrc[src + i]!;
-        }
-      }
-      for (let t0 = 0; t0 < T; t0 += Tc) {
-        const tc = Math.min(Tc, T - t0);
-        const Lc = pos0 + t0 + tc; // keys visible to the chunk's last row
-        const M = G * tc;
-        // Qg[g*tc + t, :] = q[b*T + t0 + t, head kh*G + g]
-        const Qg = sc.get("att.Q", M * d);
-        for (let g = 0; g < G; g++) {
-          const h = kh * G + g;
-          for (let t = 0; t < tc; t++) {
-            const src = (b * T + t0 + t) * qDim + h * d;
-            const dst = (g * tc + t) * d;
-            for (let i = 0; i < d; i++) Qg[dst + i] = q[src + i]!;
-          }
-        }
-        const S = sc.get("att.S", M * Lc);
-        backend.gemm(false, true, M, Lc, d, scale, Qg, Lc === L ? Kh : Kh.subarray(0, Lc * d), 0, S);
-        // Unnormalized probabilities; each row's 1/Σ is applied to its (d-wide) output row instead.
-        for (let g = 0; g < G; g++) softmaxCausalUnscaled(S, g * tc * Lc, tc, Lc, pos0 + t0 + 1, inv, g * tc);
-        const Og = sc.get("att.O", M * d);
-        backend.gemm(false, false, M, d, Lc, 1, S, Lc === L ? Vh : Vh.subarray(0, Lc * d), 0, Og);
-        for (let g = 0; g < G; g++) {
-          const h = kh * G + g;
-          for (let t = 0; t < tc; t++) {
-            const dst = (b * T + t0 + t) * qDim + h * d;
-            const src = (g * tc + t) * d;
-            const f = inv[g * tc + t]!;
-            for (let i = 0; i < d; i++) out[dst + i] = Og[src + i]! * f;
-          }
-        }
-      }
-    }
-  }
 }
 
 /** Buffers of one block run: fresh arrays where a hook may keep them, scratch otherwise. */
@@ -231,11 +153,12 @@ export function attentionModule(ctx: ForwardContext, w: BlockTensors, h: Float32
     v = runLinear(ctx, w, arch.attn.v, h, rows, opts, sc.get("v", rows * kvDim));
   }
   if (ctx.rope) {
-    ctx.rope.apply(q, rows, T, arch.nHeads, pos0);
-    ctx.rope.apply(k, rows, T, arch.nKvHeads, pos0);
+    ctx.backend.rope(q, rows, T, arch.nHeads, pos0, ctx.rope);
+    ctx.backend.rope(k, rows, T, arch.nKvHeads, pos0, ctx.rope);
   }
   const att = input("att", rows * qDim);
-  attention(ctx, q, k, v, B, T, pos0, opts.cache, att);
+  const shape = { B, T, nHeads: arch.nHeads, nKvHeads: arch.nKvHeads, headDim: arch.headDim, pos0 };
+  ctx.backend.attention(q, k, v, shape, opts.cache, att);
   return runLinear(ctx, w, arch.attn.o, att, rows, opts, sc.get("o", rows * hd));
 }
 
@@ -250,11 +173,11 @@ export function mlpModule(ctx: ForwardContext, w: BlockTensors, h: Float32Array,
   if (m.gate) {
     const gate = runLinear(ctx, w, m.gate, h, rows, opts, input("gate", rows * inter));
     const up = runLinear(ctx, w, m.up, h, rows, opts, sc.get("up", rows * inter));
-    activateMul(arch.activation, gate, up);
+    ctx.backend.activateMul(arch.activation, gate, up);
     act = gate;
   } else {
     act = runLinear(ctx, w, m.up, h, rows, opts, input("up", rows * inter));
-    activate(arch.activation, act);
+    ctx.backend.activate(arch.activation, act);
   }
   return runLinear(ctx, w, m.down, act, rows, opts, sc.get("down", rows * arch.hidden));
 }
@@ -274,13 +197,14 @@ export function blockForward(ctx: ForwardContext, w: BlockTensors, x: Float32Arr
   const rows = B * T;
   const get = (n: string) => denseTensor(w, n);
   const input = inputBuffer(ctx, opts);
-  const h1 = applyNorm(arch, get, arch.attnNorm, x, rows, input("h1", rows * arch.hidden));
+  const be = ctx.backend;
+  const h1 = applyNorm(be, arch, get, arch.attnNorm, x, rows, input("h1", rows * arch.hidden));
   const o = attentionModule(ctx, w, h1, B, T, opts);
   const x2 = new Float32Array(rows * arch.hidden);
-  for (let i = 0; i < x2.length; i++) x2[i] = x[i]! + o[i]!;
-  const h2 = applyNorm(arch, get, arch.mlpNorm, x2, rows, input("h2", rows * arch.hidden));
+  be.add(x, o, x2);
+  const h2 = applyNorm(be, arch, get, arch.mlpNorm, x2, rows, input("h2", rows * arch.hidden));
   const down = mlpModule(ctx, w, h2, rows, opts);
-  for (let i = 0; i < x2.length; i++) x2[i] = x2[i]! + down[i]!;
+  be.add(x2, down, x2);
   return x2;
 }
 
@@ -295,7 +219,8 @@ export function linearInput(ctx: ForwardContext, w: BlockTensors, x: Float32Arra
   const get = (n: string) => denseTensor(w, n);
   let seen: Float32Array | null = null;
   const hook = { onLinearInput: (n: string, inp: Float32Array) => void (n === name && seen === null && (seen = inp)) };
-  const h1 = applyNorm(arch, get, arch.attnNorm, x, rows);
+  const be = ctx.backend;
+  const h1 = applyNorm(be, arch, get, arch.attnNorm, x, rows);
   if (inAttention(arch, name)) {
     if (name !== arch.attn.o) return h1;
     attentionModule(ctx, w, h1, B, T, hook);
@@ -303,8 +228,8 @@ export function linearInput(ctx: ForwardContext, w: BlockTensors, x: Float32Arra
   }
   const o = attentionModule(ctx, w, h1, B, T);
   const x2 = new Float32Array(rows * arch.hidden);
-  for (let i = 0; i < x2.length; i++) x2[i] = x[i]! + o[i]!;
-  const h2 = applyNorm(arch, get, arch.mlpNorm, x2, rows);
+  be.add(x, o, x2);
+  const h2 = applyNorm(be, arch, get, arch.mlpNorm, x2, rows);
   if (name !== arch.mlpLinears.down) return h2;
   mlpModule(ctx, w, h2, rows, hook);
   return seen!;

@@ -358,7 +358,7 @@ export function embedTokens(arch: ArchSpec, g: Pick<RuntimeGlobals, "embed" | "p
 /** Final norm + LM head: logits [rows, vocab]. */
 export function logitsOf(ctx: ForwardContext, g: Pick<RuntimeGlobals, "finalNorm" | "lmHead">, x: Float32Array, rows: number): Float32Array {
   const a = ctx.arch;
-  const n = applyNorm(a, (k) => g.finalNorm.get(k), a.finalNorm, x, rows);
+  const n = applyNorm(ctx.backend, a, (k) => g.finalNorm.get(k), a.finalNorm, x, rows);
   return linear(ctx.backend, n, rows, g.lmHead, a.vocabSize, a.hidden);
 }
 

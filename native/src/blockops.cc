@@ -1,0 +1,599 @@
+// quant4 block ops (see blockops.h): norms, RoPE, causal attention, activations, residual add.
+// Scalar versions are the portable fallback and the exact transcription of the TypeScript reference; the
+// AVX2/FMA ones (__attribute__((target)), chosen at run time) keep the same float64 steps where the
+// reference rounds in float64, so they differ from it only where a sum's order differs.
+//
+// No FMA contraction in the scalar code: it is compiled for baseline x86-64 (no FMA instructions), and the
+// AVX2 functions spell every multiply and add with intrinsics (their tails call the scalar code).
+
+#include "blockops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "qkernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define Q4B_X86 1
+#include <immintrin.h>
+#define Q4_AVX2 __attribute__((target("avx2,fma,f16c")))
+#endif
+
+namespace q4 {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Threads
+
+// Elements below which a row-wise op stays on the calling thread (a pool hand-off costs a few µs).
+constexpr int64_t kParallelElems = 1 << 14;
+
+/** fn(r0, r1) over row ranges, on the pool when the call is large enough. */
+template <typename F>
+void ForRows(int64_t rows, int64_t elemsPerRow, F&& fn) {
+  const int threads = Threads();
+  if (threads <= 1 || rows < 2 || rows * elemsPerRow < kParallelElems) {
+    fn(int64_t(0), rows);
+    return;
+  }
+  const int chunks = static_cast<int>(std::min<int64_t>(rows, 4 * threads));
+  ParallelFor(chunks, [&](int p, int n) {
+    const int64_t lo = rows * p / n, hi = rows * (p + 1) / n;
+    if (lo < hi) fn(lo, hi);
+  });
+}
+
+bool Simd() {
+#ifdef Q4B_X86
+  return SimdInUse();
+#else
+  return false;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// exp: the reference's float64 e^x (src/model/ops.ts fastExp), bit for bit.
+
+// 2^(j/64), j = 0..63, correctly rounded (the reference computes them exactly with BigInt).
+constexpr uint64_t kExpTBits[64] = {
+    0x3ff0000000000000ULL, 0x3ff02c9a3e778061ULL, 0x3ff059b0d3158574ULL, 0x3ff0874518759bc8ULL, 0x3ff0b5586cf9890fULL,
+    0x3ff0e3ec32d3d1a2ULL, 0x3ff11301d0125b51ULL, 0x3ff1429aaea92de0ULL, 0x3ff172b83c7d517bULL, 0x3ff1a35beb6fcb75ULL,
+    0x3ff1d4873168b9aaULL, 0x3ff2063b88628cd6ULL, 0x3ff2387a6e756238ULL, 0x3ff26b4565e27cddULL, 0x3ff29e9df51fdee1ULL,
+    0x3ff2d285a6e4030bULL, 0x3ff306fe0a31b715ULL, 0x3ff33c08b26416ffULL, 0x3ff371a7373aa9cbULL, 0x3ff3a7db34e59ff7ULL,
+    0x3ff3dea64c123422ULL, 0x3ff4160a21f72e2aULL, 0x3ff44e086061892dULL, 0x3ff486a2b5c13cd0ULL, 0x3ff4bfdad5362a27ULL,
+    0x3ff4f9b2769d2ca7ULL, 0x3ff5342b569d4f82ULL, 0x3ff56f4736b527daULL, 0x3ff5ab07dd485429ULL, 0x3ff5e76f15ad2148ULL,
+    0x3ff6247eb03a5585ULL, 0x3ff6623882552225ULL, 0x3ff6a09e667f3bcdULL, 0x3ff6dfb23c651a2fULL, 0x3ff71f75e8ec5f74ULL,
+    0x3ff75feb564267c9ULL, 0x3ff7a11473eb0187ULL, 0x3ff7e2f336cf4e62ULL, 0x3ff82589994cce13ULL, 0x3ff868d99b4492edULL,
+    0x3ff8ace5422aa0dbULL, 0x3ff8f1ae99157736ULL, 0x3ff93737b0cdc5e5ULL, 0x3ff97d829fde4e50ULL, 0x3ff9c49182a3f090ULL,
+    0x3ffa0c667b5de565ULL, 0x3ffa5503b23e255dULL, 0x3ffa9e6b5579fdbfULL, 0x3ffae89f995ad3adULL, 0x3ffb33a2b84f15fbULL,
+    0x3ffb7f76f2fb5e47ULL, 0x3ffbcc1e904bc1d2ULL, 0x3ffc199bdd85529cULL, 0x3ffc67f12e57d14bULL, 0x3ffcb720dcef9069ULL,
+    0x3ffd072d4a07897cULL, 0x3ffd5818dcfba487ULL, 0x3ffda9e603db3285ULL, 0x3ffdfc97337b9b5fULL, 0x3ffe502ee78b3ff6ULL,
+    0x3ffea4afa2a490daULL, 0x3ffefa1bee615a27ULL, 0x3fff50765b6e4540ULL, 0x3fffa7c1819e90d8ULL};
+
+struct ExpTable {
+  alignas(64) double t[64];
+  ExpTable() { std::memcpy(t, kExpTBits, sizeof t); }
+};
+const ExpTable g_expT;
+
+constexpr double kExpInv = 64.0 / 0.6931471805599453;  // 64 / Math.LN2
+constexpr double kExpShift = 6755399441055744.0;       // 1.5·2^52
+constexpr double kExpHi = 6.93147180369123816490e-1 / 64;
+constexpr double kExpLo = 1.90821492927058770002e-10 / 64;
+
+double Pow2(int e) {  // 2^e for a normal result (|e| ≤ 1022)
+  const uint64_t bits = static_cast<uint64_t>(e + 1023) << 52;
+  double d;
+  std::memcpy(&d, &bits, 8);
+  return d;
+}
+
+double ExpScalar(double x) {
+  if (!(x > -700 && x < 700)) return std::exp(x);
+  const double k = x * kExpInv + kExpShift - kExpShift;  // rounds to an integer (IEEE: never reassociated)
+  const double r = x - k * kExpHi - k * kExpLo;
+  const int ki = static_cast<int>(k);
+  const double r2 = r * r;
+  const double q = r + r2 * (0.5 + r * (1.0 / 6) + r2 * (1.0 / 24 + r * (1.0 / 120)));
+  const double t = g_expT.t[ki & 63];
+  return (t + t * q) * Pow2(ki >> 6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar ops (the reference transcribed)
+
+void RmsNormRowsScalar(const float* x, int64_t r0, int64_t r1, int64_t dim, const float* w, double eps, float* out) {
+  for (int64_t r = r0; r < r1; r++) {
+    const float* xr = x + r * dim;
+    float* o = out + r * dim;
+    double ss = 0;
+    for (int64_t i = 0; i < dim; i++) ss += static_cast<double>(xr[i]) * xr[i];
+    const double inv = 1 / std::sqrt(ss / dim + eps);
+    for (int64_t i = 0; i < dim; i++) o[i] = static_cast<float>(xr[i] * inv) * w[i];
+  }
+}
+
+void LayerNormRowsScalar(const float* x, int64_t r0, int64_t r1, int64_t dim, const float* w, const float* b, double eps, float* out) {
+  for (int64_t r = r0; r < r1; r++) {
+    const float* xr = x + r * dim;
+    float* o = out + r * dim;
+    double mean = 0;
+    for (int64_t i = 0; i < dim; i++) mean += xr[i];
+    mean /= dim;
+    double v = 0;
+    for (int64_t i = 0; i < dim; i++) {
+      const double d = xr[i] - mean;
+      v += d * d;
+    }
+    const double inv = 1 / std::sqrt(v / dim + eps);
+    for (int64_t i = 0; i < dim; i++) o[i] = static_cast<float>((xr[i] - mean) * inv * w[i] + (b ? static_cast<double>(b[i]) : 0.0));
+  }
+}
+
+void RopeHeadScalar(float* x, const float* c, const float* s, int64_t i0, int64_t half) {
+  for (int64_t i = i0; i < half; i++) {
+    const double a = x[i], b = x[i + half];
+    x[i] = static_cast<float>(a * c[i] - b * s[i]);
+    x[i + half] = static_cast<float>(b * c[i] + a * s[i]);
+  }
+}
+
+float SiluScalar(float v) { return static_cast<float>(v / (1 + ExpScalar(-static_cast<double>(v)))); }
+
+/** erf as the reference computes it (Maclaurin series below 2.5, a continued fraction above). */
+double ErfRef(double x) {
+  const double ax = std::fabs(x);
+  if (ax < 2.5) {
+    double sum = x, term = x;
+    const double x2 = x * x;
+    for (int n = 1; n < 60; n++) {
+      term *= -x2 / n;
+      const double add = term / (2 * n + 1);
+      sum += add;
+      if (std::fabs(add) < 1e-17 * std::fabs(sum)) break;
+    }
+    return (2 / std::sqrt(M_PI)) * sum;
+  }
+  double f = 0;
+  for (int n = 60; n >= 1; n--) f = n / 2.0 / (ax + f);
+  const double erfc = std::exp(-ax * ax) / std::sqrt(M_PI) / (ax + f);
+  return x > 0 ? 1 - erfc : erfc - 1;
+}
+
+float ActScalar(int kind, float v) {
+  switch (kind) {
+    case kSilu: return SiluScalar(v);
+    case kRelu: return v < 0 ? 0.0f : v;
+    case kGeluNew: {
+      const double c = std::sqrt(2 / M_PI);
+      const double d = v;
+      return static_cast<float>(0.5 * d * (1 + std::tanh(c * (d + 0.044715 * d * d * d))));
+    }
+    default: return static_cast<float>(0.5 * v * (1 + ErfRef(v / M_SQRT2)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2
+
+#ifdef Q4B_X86
+Q4_AVX2 inline double HsumPd(__m256d v) {
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+Q4_AVX2 inline float HsumPs(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/** The 4 horizontal sums of a0..a3 as one vector (lane j = Σ aj). */
+Q4_AVX2 inline __m128 Hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 s01 = _mm256_hadd_ps(a0, a1);
+  const __m256 s23 = _mm256_hadd_ps(a2, a3);
+  const __m256 s = _mm256_hadd_ps(s01, s23);
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/** ExpScalar on 4 lanes (same operations, so the same bits); lanes outside (−700, 700) go to ExpScalar. */
+Q4_AVX2 inline __m256d ExpPd(__m256d x) {
+  const __m256d inRange = _mm256_and_pd(_mm256_cmp_pd(x, _mm256_set1_pd(-700), _CMP_GT_OQ), _mm256_cmp_pd(x, _mm256_set1_pd(700), _CMP_LT_OQ));
+  if (_mm256_movemask_pd(inRange) != 0xf) {
+    alignas(32) double v[4];
+    _mm256_store_pd(v, x);
+    for (double& e : v) e = ExpScalar(e);
+    return _mm256_load_pd(v);
+  }
+  const __m256d shift = _mm256_set1_pd(kExpShift);
+  const __m256d k = _mm256_sub_pd(_mm256_add_pd(_mm256_mul_pd(x, _mm256_set1_pd(kExpInv)), shift), shift);
+  const __m256d r = _mm256_sub_pd(_mm256_sub_pd(x, _mm256_mul_pd(k, _mm256_set1_pd(kExpHi))), _mm256_mul_pd(k, _mm256_set1_pd(kExpLo)));
+  const __m128i ki = _mm256_cvtpd_epi32(k);  // k is an integer: exact
+  const __m256d r2 = _mm256_mul_pd(r, r);
+  // q = r + r2·((0.5 + r/6) + r2·(1/24 + r/120)), each operation rounded as in the reference
+  const __m256d inner = _mm256_add_pd(_mm256_set1_pd(1.0 / 24), _mm256_mul_pd(r, _mm256_set1_pd(1.0 / 120)));
+  const __m256d poly = _mm256_add_pd(_mm256_add_pd(_mm256_set1_pd(0.5), _mm256_mul_pd(r, _mm256_set1_pd(1.0 / 6))), _mm256_mul_pd(r2, inner));
+  const __m256d q = _mm256_add_pd(r, _mm256_mul_pd(r2, poly));
+  const __m256d t = _mm256_mask_i32gather_pd(_mm256_setzero_pd(), g_expT.t, _mm_and_si128(ki, _mm_set1_epi32(63)), _mm256_castsi256_pd(_mm256_set1_epi64x(-1)), 8);
+  const __m256i e = _mm256_slli_epi64(_mm256_cvtepi32_epi64(_mm_add_epi32(_mm_srai_epi32(ki, 6), _mm_set1_epi32(1023))), 52);
+  return _mm256_mul_pd(_mm256_add_pd(t, _mm256_mul_pd(t, q)), _mm256_castsi256_pd(e));
+}
+
+Q4_AVX2 void RmsNormRowsAvx2(const float* x, int64_t r0, int64_t r1, int64_t dim, const float* w, double eps, float* out) {
+  for (int64_t r = r0; r < r1; r++) {
+    const float* xr = x + r * dim;
+    float* o = out + r * dim;
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 8 <= dim; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xr + i);
+      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+      a0 = _mm256_fmadd_pd(lo, lo, a0);  // x² is exact in float64: fused or not, the same sum
+      a1 = _mm256_fmadd_pd(hi, hi, a1);
+    }
+    double ss = HsumPd(_mm256_add_pd(a0, a1));
+    for (; i < dim; i++) ss += static_cast<double>(xr[i]) * xr[i];
+    const double inv = 1 / std::sqrt(ss / dim + eps);
+    const __m256d iv = _mm256_set1_pd(inv);
+    i = 0;
+    for (; i + 8 <= dim; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xr + i);
+      const __m128 lo = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), iv));
+      const __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), iv));
+      _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_set_m128(hi, lo), _mm256_loadu_ps(w + i)));
+    }
+    for (; i < dim; i++) o[i] = static_cast<float>(xr[i] * inv) * w[i];
+  }
+}
+
+Q4_AVX2 void RopeHeadAvx2(float* x, const float* c, const float* s, int64_t half) {
+  int64_t i = 0;
+  for (; i + 4 <= half; i += 4) {
+    const __m256d a = _mm256_cvtps_pd(_mm_loadu_ps(x + i)), b = _mm256_cvtps_pd(_mm_loadu_ps(x + i + half));
+    const __m256d cv = _mm256_cvtps_pd(_mm_loadu_ps(c + i)), sv = _mm256_cvtps_pd(_mm_loadu_ps(s + i));
+    _mm_storeu_ps(x + i, _mm256_cvtpd_ps(_mm256_sub_pd(_mm256_mul_pd(a, cv), _mm256_mul_pd(b, sv))));
+    _mm_storeu_ps(x + i + half, _mm256_cvtpd_ps(_mm256_add_pd(_mm256_mul_pd(b, cv), _mm256_mul_pd(a, sv))));
+  }
+  RopeHeadScalar(x, c, s, i, half);
+}
+
+/** gate[i] = float(silu(gate[i])) · up[i] (up null: silu only), 4 lanes of float64. */
+Q4_AVX2 void SiluAvx2(float* gate, const float* up, int64_t n) {
+  const __m256d one = _mm256_set1_pd(1.0);
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(gate + i));
+    const __m256d e = ExpPd(_mm256_sub_pd(_mm256_setzero_pd(), v));
+    __m128 f = _mm256_cvtpd_ps(_mm256_div_pd(v, _mm256_add_pd(one, e)));
+    if (up) f = _mm_mul_ps(f, _mm_loadu_ps(up + i));
+    _mm_storeu_ps(gate + i, f);
+  }
+  for (; i < n; i++) gate[i] = up ? SiluScalar(gate[i]) * up[i] : SiluScalar(gate[i]);
+}
+#endif  // Q4B_X86
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+/** Query rows per attention task. */
+constexpr int64_t kQChunk = 32;
+
+struct AttnArgs {
+  const float* q;
+  const float* kS;  // K rows: row j of sequence b at kS + (kRow0(b) + j)·kvDim
+  const float* vS;
+  int64_t kRowStride;  // rows between sequences (T without a cache, 0 with)
+  int64_t T, nH, nKv, d, pos0, qDim, kvDim, G;
+  float scale;
+  float* out;
+};
+
+/** Scores row t (local), keys [0, n): S[j] = scale · q·k_j (fp32). */
+void ScoresScalar(const float* qr, const float* K, int64_t kvDim, int64_t d, int64_t n, float scale, float* S) {
+  for (int64_t j = 0; j < n; j++) {
+    const float* kr = K + j * kvDim;
+    float acc = 0;
+    for (int64_t i = 0; i < d; i++) acc += qr[i] * kr[i];
+    S[j] = acc * scale;
+  }
+}
+
+/** e^(S − max) over [0, n) in place (fp32 storage, float64 exp), zeros on [n, nFill); returns 1/Σ. */
+double SoftmaxScalar(float* S, int64_t n, int64_t nFill) {
+  float m = -INFINITY;
+  for (int64_t j = 0; j < n; j++) m = std::max(m, S[j]);
+  double sum = 0;
+  for (int64_t j = 0; j < n; j++) {
+    const float e = static_cast<float>(ExpScalar(static_cast<double>(S[j]) - m));
+    S[j] = e;
+    sum += e;
+  }
+  for (int64_t j = n; j < nFill; j++) S[j] = 0;
+  return 1 / sum;
+}
+
+/** o[c] = Σ_j P[j]·V[j, c] for one row, scaled by inv (float64) at the end. */
+void PvScalar(const float* P, const float* V, int64_t kvDim, int64_t d, int64_t n, double inv, float* o) {
+  for (int64_t c = 0; c < d; c++) {
+    float acc = 0;
+    for (int64_t j = 0; j < n; j++) acc += P[j] * V[j * kvDim + c];
+    o[c] = static_cast<float>(acc * inv);
+  }
+}
+
+#ifdef Q4B_X86
+/** S rows for query rows qa (and qb when given) over keys [0, n): 2 rows × 4 keys per step. d % 8 == 0. */
+Q4_AVX2 void Scores2Avx2(const float* qa, const float* qb, const float* K, int64_t kvDim, int64_t d, int64_t n, float scale, float* Sa, float* Sb) {
+  const __m128 sc = _mm_set1_ps(scale);
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const float* k0 = K + j * kvDim;
+    const float* k1 = k0 + kvDim;
+    const float* k2 = k1 + kvDim;
+    const float* k3 = k2 + kvDim;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (int64_t i = 0; i < d; i += 8) {
+      const __m256 x0 = _mm256_loadu_ps(k0 + i), x1 = _mm256_loadu_ps(k1 + i), x2 = _mm256_loadu_ps(k2 + i), x3 = _mm256_loadu_ps(k3 + i);
+      const __m256 qv = _mm256_loadu_ps(qa + i);
+      a0 = _mm256_fmadd_ps(qv, x0, a0);
+      a1 = _mm256_fmadd_ps(qv, x1, a1);
+      a2 = _mm256_fmadd_ps(qv, x2, a2);
+      a3 = _mm256_fmadd_ps(qv, x3, a3);
+      if (qb) {
+        const __m256 qw = _mm256_loadu_ps(qb + i);
+        b0 = _mm256_fmadd_ps(qw, x0, b0);
+        b1 = _mm256_fmadd_ps(qw, x1, b1);
+        b2 = _mm256_fmadd_ps(qw, x2, b2);
+        b3 = _mm256_fmadd_ps(qw, x3, b3);
+      }
+    }
+    _mm_storeu_ps(Sa + j, _mm_mul_ps(Hsum4(a0, a1, a2, a3), sc));
+    if (qb) _mm_storeu_ps(Sb + j, _mm_mul_ps(Hsum4(b0, b1, b2, b3), sc));
+  }
+  for (; j < n; j++) {
+    const float* kr = K + j * kvDim;
+    __m256 a = _mm256_setzero_ps(), b = a;
+    for (int64_t i = 0; i < d; i += 8) {
+      const __m256 x = _mm256_loadu_ps(kr + i);
+      a = _mm256_fmadd_ps(_mm256_loadu_ps(qa + i), x, a);
+      if (qb) b = _mm256_fmadd_ps(_mm256_loadu_ps(qb + i), x, b);
+    }
+    Sa[j] = HsumPs(a) * scale;
+    if (qb) Sb[j] = HsumPs(b) * scale;
+  }
+}
+
+Q4_AVX2 double SoftmaxAvx2(float* S, int64_t n, int64_t nFill) {
+  __m256 mv = _mm256_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(S + j));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  float m = _mm_cvtss_f32(m4);
+  for (; j < n; j++) m = std::max(m, S[j]);
+  const __m256d md = _mm256_set1_pd(m);
+  __m256d sum = _mm256_setzero_pd();
+  j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const __m128 e = _mm256_cvtpd_ps(ExpPd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(S + j)), md)));
+    _mm_storeu_ps(S + j, e);
+    sum = _mm256_add_pd(sum, _mm256_cvtps_pd(e));
+  }
+  double s = HsumPd(sum);
+  for (; j < n; j++) {
+    const float e = static_cast<float>(ExpScalar(static_cast<double>(S[j]) - m));
+    S[j] = e;
+    s += e;
+  }
+  for (j = n; j < nFill; j++) S[j] = 0;
+  return 1 / s;
+}
+
+/**
+ * R rows (R ≤ 4) of O = P·V over keys [0, n): P rows at P + r·ldp, V row j at V + j·kvDim; 16 (or 8)
+ * output columns per pass; each row scaled by inv[r] in float64 at the end. d % 8 == 0.
+ */
+template <int R>
+Q4_AVX2 void PvAvx2(const float* P, int64_t ldp, const float* V, int64_t kvDim, int64_t d, int64_t n, const double* inv, float* o, int64_t ldo) {
+  int64_t c = 0;
+  for (; c + 16 <= d; c += 16) {
+    __m256 acc[R][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; j++) {
+      const float* vr = V + j * kvDim + c;
+      const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
+      for (int r = 0; r < R; r++) {
+        const __m256 p = _mm256_broadcast_ss(P + r * ldp + j);
+        acc[r][0] = _mm256_fmadd_ps(p, v0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(p, v1, acc[r][1]);
+      }
+    }
+    for (int r = 0; r < R; r++) {
+      const __m256d iv = _mm256_set1_pd(inv[r]);
+      float* orow = o + r * ldo + c;
+      for (int h = 0; h < 2; h++) {
+        const __m256 a = acc[r][h];
+        const __m128 lo = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)), iv));
+        const __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)), iv));
+        _mm256_storeu_ps(orow + 8 * h, _mm256_set_m128(hi, lo));
+      }
+    }
+  }
+  for (; c < d; c += 8) {
+    __m256 acc[R];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; j++) {
+      const __m256 v0 = _mm256_loadu_ps(V + j * kvDim + c);
+      for (int r = 0; r < R; r++) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(P + r * ldp + j), v0, acc[r]);
+    }
+    for (int r = 0; r < R; r++) {
+      const __m256d iv = _mm256_set1_pd(inv[r]);
+      const __m128 lo = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(acc[r])), iv));
+      const __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(acc[r], 1)), iv));
+      _mm256_storeu_ps(o + r * ldo + c, _mm256_set_m128(hi, lo));
+    }
+  }
+}
+#endif  // Q4B_X86
+
+/** One task: sequence b, query head h, query rows [t0, t0 + tc). */
+void AttnTask(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t tc, bool simd) {
+  thread_local std::vector<float> Sbuf;
+  thread_local std::vector<double> invBuf;
+  const int64_t d = a.d;
+  const int64_t kh = h / a.G;
+  const int64_t Lc = a.pos0 + t0 + tc;  // keys visible to the chunk's last row
+  Sbuf.resize(static_cast<size_t>(tc * Lc));
+  invBuf.resize(static_cast<size_t>(tc));
+  float* S = Sbuf.data();
+  double* inv = invBuf.data();
+  const float* K = a.kS + b * a.kRowStride * a.kvDim + kh * d;
+  const float* V = a.vS + b * a.kRowStride * a.kvDim + kh * d;
+  const float* Q = a.q + (b * a.T + t0) * a.qDim + h * d;
+  float* O = a.out + (b * a.T + t0) * a.qDim + h * d;
+  auto visible = [&](int64_t t) { return a.pos0 + t0 + t + 1; };
+#ifdef Q4B_X86
+  if (simd && d % 8 == 0) {
+    int64_t t = 0;
+    for (; t + 2 <= tc; t += 2)
+      Scores2Avx2(Q + t * a.qDim, Q + (t + 1) * a.qDim, K, a.kvDim, d, visible(t + 1), a.scale, S + t * Lc, S + (t + 1) * Lc);
+    if (t < tc) Scores2Avx2(Q + t * a.qDim, nullptr, K, a.kvDim, d, visible(t), a.scale, S + t * Lc, nullptr);
+    // Row t's softmax covers its visible keys; zeros up to the last key its 4-row P·V pass reads.
+    for (t = 0; t < tc; t++) inv[t] = SoftmaxAvx2(S + t * Lc, visible(t), std::min(Lc, visible(t / 4 * 4 + 3)));
+    t = 0;
+    for (; t + 4 <= tc; t += 4) PvAvx2<4>(S + t * Lc, Lc, V, a.kvDim, d, visible(t + 3), inv + t, O + t * a.qDim, a.qDim);
+    const int64_t rest = tc - t;
+    if (rest == 3) PvAvx2<3>(S + t * Lc, Lc, V, a.kvDim, d, visible(t + 2), inv + t, O + t * a.qDim, a.qDim);
+    if (rest == 2) PvAvx2<2>(S + t * Lc, Lc, V, a.kvDim, d, visible(t + 1), inv + t, O + t * a.qDim, a.qDim);
+    if (rest == 1) PvAvx2<1>(S + t * Lc, Lc, V, a.kvDim, d, visible(t), inv + t, O + t * a.qDim, a.qDim);
+    return;
+  }
+#endif
+  (void)simd;
+  for (int64_t t = 0; t < tc; t++) {
+    const int64_t n = visible(t);
+    ScoresScalar(Q + t * a.qDim, K, a.kvDim, d, n, a.scale, S + t * Lc);
+    const double iv = SoftmaxScalar(S + t * Lc, n, n);
+    PvScalar(S + t * Lc, V, a.kvDim, d, n, iv, O + t * a.qDim);
+  }
+}
+
+}  // namespace
+
+double FastExp(double x) { return ExpScalar(x); }
+
+void RmsNorm(const float* x, int64_t rows, int64_t dim, const float* w, double eps, float* out) {
+  const bool simd = Simd();
+  ForRows(rows, dim, [&](int64_t r0, int64_t r1) {
+#ifdef Q4B_X86
+    if (simd) return RmsNormRowsAvx2(x, r0, r1, dim, w, eps, out);
+#endif
+    RmsNormRowsScalar(x, r0, r1, dim, w, eps, out);
+  });
+  (void)simd;
+}
+
+void LayerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, double eps, float* out) {
+  ForRows(rows, dim, [&](int64_t r0, int64_t r1) { LayerNormRowsScalar(x, r0, r1, dim, w, b, eps, out); });
+}
+
+void Rope(float* x, int64_t rows, int64_t T, int64_t nHeads, int64_t headDim, int64_t pos0, const float* cos, const float* sin) {
+  const int64_t half = headDim / 2;
+  const bool simd = Simd();
+  ForRows(rows, nHeads * headDim, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      const int64_t p = pos0 + r % T;
+      const float* c = cos + p * half;
+      const float* s = sin + p * half;
+      for (int64_t h = 0; h < nHeads; h++) {
+        float* xh = x + (r * nHeads + h) * headDim;
+#ifdef Q4B_X86
+        if (simd) {
+          RopeHeadAvx2(xh, c, s, half);
+          continue;
+        }
+#endif
+        RopeHeadScalar(xh, c, s, 0, half);
+      }
+    }
+  });
+  (void)simd;
+}
+
+void Attention(const float* q, const float* k, const float* v, const AttnShape& s, float* kc, float* vc, float* out) {
+  AttnArgs a;
+  a.T = s.T;
+  a.nH = s.nHeads;
+  a.nKv = s.nKv;
+  a.d = s.headDim;
+  a.pos0 = s.pos0;
+  a.qDim = s.nHeads * s.headDim;
+  a.kvDim = s.nKv * s.headDim;
+  a.G = s.nHeads / s.nKv;
+  a.scale = static_cast<float>(1 / std::sqrt(static_cast<double>(s.headDim)));
+  a.q = q;
+  a.out = out;
+  if (kc) {  // B = 1: append this call's rows at pos0, attend over the cache
+    std::memcpy(kc + s.pos0 * a.kvDim, k, sizeof(float) * s.T * a.kvDim);
+    std::memcpy(vc + s.pos0 * a.kvDim, v, sizeof(float) * s.T * a.kvDim);
+    a.kS = kc;
+    a.vS = vc;
+    a.kRowStride = 0;
+  } else {
+    a.kS = k;
+    a.vS = v;
+    a.kRowStride = s.T;
+  }
+  const int64_t nChunks = (s.T + kQChunk - 1) / kQChunk;
+  const int64_t tasks = s.B * s.nHeads * nChunks;
+  const bool simd = Simd();
+  // Work ≈ Σ query rows × visible keys × d; small calls (decoding a small model) stay on this thread.
+  const double work = static_cast<double>(s.B) * s.nHeads * s.T * (s.pos0 + (s.T + 1) / 2.0) * s.headDim;
+  auto run = [&](int64_t task) {
+    // Latest chunks (the most keys) first, so the dynamic claiming ends with short tasks.
+    const int64_t c = nChunks - 1 - task % nChunks;
+    const int64_t bh = task / nChunks;
+    const int64_t t0 = c * kQChunk;
+    AttnTask(a, bh / s.nHeads, bh % s.nHeads, t0, std::min(kQChunk, s.T - t0), simd);
+  };
+  if (Threads() <= 1 || tasks < 2 || work < 65536) {
+    for (int64_t t = 0; t < tasks; t++) run(t);
+    return;
+  }
+  ParallelFor(static_cast<int>(tasks), [&](int p, int) { run(p); });
+}
+
+void Activate(int kind, float* x, int64_t n) {
+  const bool simd = Simd();
+  ForRows(n, 1, [&](int64_t i0, int64_t i1) {
+#ifdef Q4B_X86
+    if (simd && kind == kSilu) return SiluAvx2(x + i0, nullptr, i1 - i0);
+#endif
+    for (int64_t i = i0; i < i1; i++) x[i] = ActScalar(kind, x[i]);
+  });
+  (void)simd;
+}
+
+void ActivateMul(int kind, float* gate, const float* up, int64_t n) {
+  const bool simd = Simd();
+  ForRows(n, 1, [&](int64_t i0, int64_t i1) {
+#ifdef Q4B_X86
+    if (simd && kind == kSilu) return SiluAvx2(gate + i0, up + i0, i1 - i0);
+#endif
+    for (int64_t i = i0; i < i1; i++) gate[i] = ActScalar(kind, gate[i]) * up[i];
+  });
+  (void)simd;
+}
+
+void Add(const float* a, const float* b, float* out, int64_t n) {
+  ForRows(n, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) out[i] = a[i] + b[i];
+  });
+}
+
+}  // namespace q4
