@@ -54,7 +54,7 @@ interface Grid {
 }
 
 function gridOf(c: ConfigView, extraBottom: number): Grid {
-  const cellW = Math.max(58, Math.min(92, 8 * Math.max(...c.modules.map((m) => shortModule(m).length)) + 10));
+  const cellW = Math.max(56, Math.min(84, Math.round(6.4 * Math.max(...c.modules.map((m) => shortModule(m).length)) + 8)));
   const cellH = c.rows.length > 24 ? 18 : 26;
   const left = 74;
   const top = 34;
@@ -92,7 +92,7 @@ export function errorHeatmap(c: ConfigView, range: { min: number; max: number } 
   const g = gridOf(c, legendH);
   const span = range && range.max > range.min ? range.max - range.min : 1;
   const tOf = (e: number): number => (range ? (Math.log10(e) - range.min) / span : 0.5);
-  const showValues = g.cellW >= 58 && g.cellH >= 22;
+  const showValues = g.cellW >= 56 && g.cellH >= 22;
   const cells = cellsOf(
     c,
     (l, x, y) => {
