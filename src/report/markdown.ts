@@ -1,6 +1,6 @@
 // The markdown report, for a pull-request comment: one table of the configurations (settings, size,
 // bits per weight, mean error, perplexity and its change, the gate), the verdict, and the worst layers
-// of each configuration. GitHub-flavoured markdown, no HTML.
+// of each configuration (folded in <details>, which GitHub renders). GitHub-flavoured markdown.
 
 import { fmtBytes } from "../util/format.js";
 import { settingsLine, type ReportDocument } from "./document.js";
