@@ -16,10 +16,10 @@ afterAll(removeTmpDirs);
 const FAST = ["--nsamples", "8", "--seqlen", "128", "--threads", "1"];
 const ARTIFACTS = path.join(ROOT, "test-artifacts");
 
-/** A system Chromium (Debian's `chromium`; .ci/run installs it), or QUANT4_CHROMIUM. */
-const CHROMIUM_CANDIDATES = [process.env["QUANT4_CHROMIUM"], "/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome", "/usr/bin/google-chrome-stable"].filter(
-  (p): p is string => !!p,
-);
+/** A system Chromium (Debian's `chromium`; .ci/run installs it), or only QUANT4_CHROMIUM when it is set. */
+const CHROMIUM_CANDIDATES = process.env["QUANT4_CHROMIUM"]
+  ? [process.env["QUANT4_CHROMIUM"]]
+  : ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome", "/usr/bin/google-chrome-stable"];
 const chromium = CHROMIUM_CANDIDATES.find((p) => fs.existsSync(p)) ?? null;
 const withBrowser = (title: string): string =>
   chromium ? title : `${title} [skipped: no Chromium found (tried ${CHROMIUM_CANDIDATES.join(", ")}); apt-get install chromium, or set QUANT4_CHROMIUM]`;
