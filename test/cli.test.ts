@@ -414,7 +414,7 @@ describe.concurrent("exit codes (README table): 0 ok, 1 gate failed, 2 usage or 
     expect(r.code).toBe(2);
     expect(r.stdout).toBe("");
     expect(r.stderr).toMatch(/^Usage: quant4 /);
-    expect(r.stderr).toContain("Exit codes: 0 ok, 1 a quality gate failed, 2 bad input");
+    expect(r.stderr).toContain("Exit codes: 0 ok, 1 a quality gate or verify failed, 2 bad input");
   });
 
   it("--help and --version exit 0 on stdout", async () => {
