@@ -179,6 +179,7 @@ describe("several outputs from one calibration pass", () => {
       expect(m.outputs.map((o) => o.dir).sort(), name).toEqual([".", ...Object.values(outs).filter((x) => x !== d).map((x) => path.relative(d, x))].sort());
       expect(m.outputs.find((o) => o.dir === ".")!.producedBy).toBe(name === "gptq" ? "quantized" : "converted");
       expect(m.recipe?.file).toBe(file);
+      expect(m.recipe?.content).toMatchObject({ quantize: { groupSize: 32, actOrder: true } });
       expect(m.timing).toEqual(j.timing);
       const v = await runCli(["verify", d]);
       expect(v.code, v.stderr).toBe(0);

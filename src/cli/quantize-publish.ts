@@ -92,7 +92,7 @@ export async function manifestFor(
     manifestVersion: MANIFEST_VERSION,
     quant4Version: VERSION,
     createdAt: new Date().toISOString(),
-    recipe: ctx.recipe ? { file: ctx.recipe.file, sha256: ctx.recipe.sha256 } : null,
+    recipe: ctx.recipe ? { file: ctx.recipe.file, sha256: ctx.recipe.sha256, content: ctx.recipe.recipe } : null,
     options: { ...ctx.options, out: plan.outDir },
     source: { model: ctx.spec, dir: ctx.modelDir, hubId: hub ? ctx.spec : null, files: await sourceFiles(plan.src) },
     calibration: (d["calibration"] as Manifest["calibration"]) ?? null,

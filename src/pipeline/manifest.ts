@@ -112,8 +112,8 @@ export const manifestSchema = z
     quant4Version: z.string(),
     /** ISO 8601, UTC. */
     createdAt: z.string(),
-    /** The recipe file the run was given (path as given, its sha256), or null (flags only). */
-    recipe: z.object({ file: z.string(), sha256: sha256Hex }).nullable(),
+    /** The recipe file the run was given (path as given, its sha256, its validated content), or null (flags only). */
+    recipe: z.object({ file: z.string(), sha256: sha256Hex, content: z.record(z.string(), z.unknown()).optional() }).nullable(),
     /** The resolved options the run used: the one object CLI flags and recipes both produce. */
     options: z.record(z.string(), z.unknown()),
     source: z.object({
