@@ -119,7 +119,14 @@ describe.concurrent("a recipe resolves into the same options as the flags", () =
   it("a recipe-set GPTQ option with --method rtn on the command line is a conflict (the recipe's keys count as given)", async () => {
     const file = writeRecipe("r.yaml", BASE);
     // actOrder: true comes from the recipe.
-    expectOneLineError(await runCli(["quantize", "--recipe", file, "--method", "rtn", "--dry-run"]), "--act-order applies to --method gptq or awq-gptq only");
+    expectOneLineError(
+      await runCli(["quantize", "--recipe", file, "--method", "rtn", "--dry-run"]),
+      "--act-order applies to --method gptq or awq-gptq only",
+      `(set by recipe.quantize.actOrder in ${file})`,
+    );
+    // A value the options check refuses names the recipe key too.
+    const long = writeRecipe("long.yaml", { ...BASE, calibration: { ...BASE.calibration, seqlen: 100000 } });
+    expectOneLineError(await runCli(["quantize", "--recipe", long, "--dry-run"]), "--seqlen 100000 exceeds the model's context", `(set by recipe.calibration.seqlen in ${long})`);
   });
 });
 

@@ -18,7 +18,7 @@ import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from 
 import type { OutputMeasure } from "../pipeline/summary.js";
 import { conversionProblem, keptFp16Holdable } from "../pipeline/convert.js";
 import { MANIFEST_FILE } from "../pipeline/manifest.js";
-import { loadRecipe, recipeOptions, recipeOutputs, type LoadedRecipe } from "../pipeline/recipe.js";
+import { loadRecipe, recipeKeyOf, recipeOptions, recipeOutputs, type LoadedRecipe } from "../pipeline/recipe.js";
 import { publishOutputs, type ExtraOutput, type ManifestContext } from "./quantize-publish.js";
 import type { LayerStat } from "../pipeline/journal.js";
 import { settingsKeyOf } from "../pipeline/journal.js";
@@ -506,73 +506,91 @@ Exit codes: 0 ok, 1 the quality gate failed (nothing written), 2 bad input or us
     .action(
       action(async (specArg: string | undefined, outArg: string | undefined, raw0: Record<string, unknown>, cmd: Command) => {
         const r = resolveRecipeArgs(specArg, outArg, raw0, cmd);
-        const { raw, spec, outputs, recipe } = r;
-        const outDir = outputs[0]!.dir;
-        let { o, explicit } = parseQuantOptions(raw, cmd, r.recipeKeys);
-        const gate = o.gateText !== undefined;
-        const tuned = gate || o.targetBits !== undefined;
-        checkTunedOptions(o, explicit);
-        if (outputs.length > 1 && tuned)
-          throw new UsageError(
-            `${recipe!.file}: recipe.outputs lists ${outputs.length} outputs, which share one calibration pass only without ${gate ? "the gate (gate / --gate-text)" : "--target-bits"}; give one output, or run the recipe once per output`,
-          );
-        // The sensitivity measurements need calibration inputs: RTN then calibrates too (on c4 unless --calib).
-        if (tuned && o.calib === undefined && !METHODS[o.method].needsCalibration) o = { ...o, calib: "c4" };
-        const modelDir = await resolveModelArg(spec, { json: o.json });
-        const backend = setupBackend(o.device, o.threads);
-        const mode = progressMode(o.json);
-        const status = startStatus(mode);
-        status.set(`reading ${modelDir} and ${o.calib ?? "the calibration text"}…`);
-        let plan: ReturnType<typeof buildPlan>;
-        let extras: ExtraOutput[];
         try {
-          plan = buildPlan(modelDir, outDir, o, explicit);
-          extras = checkExtraOutputs(plan, outputs.slice(1), recipe, modelDir, o.overwrite, o.json);
-        } finally {
-          status.stop();
-        }
-        const manifestCtx: ManifestContext = { spec, modelDir, recipe, options: o };
-        if (plan.formatWhy && !o.json) process.stderr.write(`quant4: ${plan.formatWhy}\n`);
-        if (tuned) {
-          // --target-bits and the gate: src/cli/quantize-tuned.ts (loaded only for them).
-          const { quantizeTuned } = await import("./quantize-tuned.js");
-          await quantizeTuned(plan, o, { modelDir, backend, mode, manifest: manifestCtx });
-          return;
-        }
-        if (o.dryRun) {
-          const d = describePlan(plan);
-          const also = extras.map((x) => ({ out: x.dir, format: x.format.name, producedBy: "converted" }));
-          if (o.json) printJson({ dryRun: true, ...d, ...(extras.length > 0 ? { outputs: also } : {}) });
-          else writeStdout(formatPlan(plan, d) + extras.map((x) => `  also        ${x.dir} (${x.format.name}, converted from the quantized layers)\n`).join(""));
-          return;
-        }
-        const say = (m: string): void => {
-          if (!o.json) process.stderr.write(`quant4: ${m}\n`);
-        };
-        let published: Awaited<ReturnType<typeof publishOutputs>> | null = null;
-        await runWithProgress(plan, backend, o.json, mode, {}, {
-          extraFiles: [MANIFEST_FILE],
-          run: async (staging, report, warnings) => {
-            published = await publishOutputs(manifestCtx, plan, staging, report, warnings, extras, say);
-          },
-        });
-        const p = published as Awaited<ReturnType<typeof publishOutputs>> | null;
-        if (!p) throw new Error("the pipeline finished without publishing its output");
-        if (o.json) {
-          printJson(extras.length === 0 ? p.summary : { ...p.summary, outputs: p.conversions.map((c) => ({ out: c.dir, format: c.format, seconds: c.seconds, output: c.summary["output"] })), timing: p.timing });
-        } else {
-          const s = p.summary as { report: QuantizeReport; output: OutputMeasure; worstLayers: LayerStat[] };
-          let text = formatSummary(plan, s.report, s.output, s.worstLayers);
-          for (const c of p.conversions) {
-            const m = c.summary["output"] as OutputMeasure;
-            text += `wrote ${c.dir} (${c.format}, converted from ${plan.format.name}: same codes, scales and zeros) ${fmtBytes(m.outputBytes)}, ${m.bitsPerQuantizedWeight === null ? "-" : m.bitsPerQuantizedWeight.toFixed(3)} bits per quantized weight\n`;
-          }
-          if (p.conversions.length > 0)
-            text += `  timing       quantize ${p.timing.quantizeSeconds.toFixed(1)} s (one calibration pass); ${p.conversions.map((c) => `conversion to ${c.format} ${c.seconds.toFixed(1)} s`).join(", ")}\n`;
-          writeStdout(text);
+          await quantizeAction(r, cmd);
+        } catch (e) {
+          throw r.recipe && e instanceof UsageError ? new UsageError(withRecipeKeys(e.message, r.recipeKeys, r.recipe.file)) : e;
         }
       }),
     );
+}
+
+/** A message naming options a recipe set (`--act-order`) says where: `(recipe.quantize.actOrder in r.yaml)`. */
+function withRecipeKeys(message: string, recipeKeys: ReadonlySet<string>, file: string): string {
+  const set = [...new Set(message.match(/--[a-z][a-z-]*/g) ?? [])]
+    .map((f) => f.slice(2).replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase()))
+    .filter((k) => recipeKeys.has(k) || (k === "asym" && recipeKeys.has("sym")));
+  if (set.length === 0) return message;
+  return `${message} (set by ${set.map((k) => `recipe.${recipeKeyOf(k === "asym" ? "sym" : k)}`).join(", ")} in ${file})`;
+}
+
+/** The quantize command once the command line and the recipe are merged. */
+async function quantizeAction(r: ReturnType<typeof resolveRecipeArgs>, cmd: Command): Promise<void> {
+  const { raw, spec, outputs, recipe } = r;
+  const outDir = outputs[0]!.dir;
+  let { o, explicit } = parseQuantOptions(raw, cmd, r.recipeKeys);
+  const gate = o.gateText !== undefined;
+  const tuned = gate || o.targetBits !== undefined;
+  checkTunedOptions(o, explicit);
+  if (outputs.length > 1 && tuned)
+    throw new UsageError(
+      `${recipe!.file}: recipe.outputs lists ${outputs.length} outputs, which share one calibration pass only without ${gate ? "the gate (gate / --gate-text)" : "--target-bits"}; give one output, or run the recipe once per output`,
+    );
+  // The sensitivity measurements need calibration inputs: RTN then calibrates too (on c4 unless --calib).
+  if (tuned && o.calib === undefined && !METHODS[o.method].needsCalibration) o = { ...o, calib: "c4" };
+  const modelDir = await resolveModelArg(spec, { json: o.json });
+  const backend = setupBackend(o.device, o.threads);
+  const mode = progressMode(o.json);
+  const status = startStatus(mode);
+  status.set(`reading ${modelDir} and ${o.calib ?? "the calibration text"}…`);
+  let plan: ReturnType<typeof buildPlan>;
+  let extras: ExtraOutput[];
+  try {
+    plan = buildPlan(modelDir, outDir, o, explicit);
+    extras = checkExtraOutputs(plan, outputs.slice(1), recipe, modelDir, o.overwrite, o.json);
+  } finally {
+    status.stop();
+  }
+  const manifestCtx: ManifestContext = { spec, modelDir, recipe, options: o };
+  if (plan.formatWhy && !o.json) process.stderr.write(`quant4: ${plan.formatWhy}\n`);
+  if (tuned) {
+    // --target-bits and the gate: src/cli/quantize-tuned.ts (loaded only for them).
+    const { quantizeTuned } = await import("./quantize-tuned.js");
+    await quantizeTuned(plan, o, { modelDir, backend, mode, manifest: manifestCtx });
+    return;
+  }
+  if (o.dryRun) {
+    const d = describePlan(plan);
+    const also = extras.map((x) => ({ out: x.dir, format: x.format.name, producedBy: "converted" }));
+    if (o.json) printJson({ dryRun: true, ...d, ...(extras.length > 0 ? { outputs: also } : {}) });
+    else writeStdout(formatPlan(plan, d) + extras.map((x) => `  also        ${x.dir} (${x.format.name}, converted from the quantized layers)\n`).join(""));
+    return;
+  }
+  const say = (m: string): void => {
+    if (!o.json) process.stderr.write(`quant4: ${m}\n`);
+  };
+  let published: Awaited<ReturnType<typeof publishOutputs>> | null = null;
+  await runWithProgress(plan, backend, o.json, mode, {}, {
+    extraFiles: [MANIFEST_FILE],
+    run: async (staging, report, warnings) => {
+      published = await publishOutputs(manifestCtx, plan, staging, report, warnings, extras, say);
+    },
+  });
+  const p = published as Awaited<ReturnType<typeof publishOutputs>> | null;
+  if (!p) throw new Error("the pipeline finished without publishing its output");
+  if (o.json) {
+    printJson(extras.length === 0 ? p.summary : { ...p.summary, outputs: p.conversions.map((c) => ({ out: c.dir, format: c.format, seconds: c.seconds, output: c.summary["output"] })), timing: p.timing });
+  } else {
+    const s = p.summary as { report: QuantizeReport; output: OutputMeasure; worstLayers: LayerStat[] };
+    let text = formatSummary(plan, s.report, s.output, s.worstLayers);
+    for (const c of p.conversions) {
+      const m = c.summary["output"] as OutputMeasure;
+      text += `wrote ${c.dir} (${c.format}, converted from ${plan.format.name}: same codes, scales and zeros) ${fmtBytes(m.outputBytes)}, ${m.bitsPerQuantizedWeight === null ? "-" : m.bitsPerQuantizedWeight.toFixed(3)} bits per quantized weight\n`;
+    }
+    if (p.conversions.length > 0)
+      text += `  timing       quantize ${p.timing.quantizeSeconds.toFixed(1)} s (one calibration pass); ${p.conversions.map((c) => `conversion to ${c.format} ${c.seconds.toFixed(1)} s`).join(", ")}\n`;
+    writeStdout(text);
+  }
 }
 
 /** Gate and budget flags need each other as documented; refused one line each (exit 2). */

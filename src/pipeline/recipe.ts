@@ -179,6 +179,25 @@ export function recipeOptions(r: Recipe): Record<string, unknown> {
   return o;
 }
 
+/** Where in a recipe an option (commander's name) is set: `bits` → `quantize.bits`, `calib` → `calibration.text`… */
+export function recipeKeyOf(option: string): string {
+  const named: Record<string, string> = {
+    calib: "calibration.text",
+    textEncoding: "calibration.textEncoding",
+    nsamples: "calibration.nsamples",
+    seqlen: "calibration.seqlen",
+    seed: "calibration.seed",
+    gateText: "gate.text",
+    gateMaxIncrease: "gate.maxIncrease",
+    gateSeqlen: "gate.seqlen",
+    gateMaxWindows: "gate.maxWindows",
+    gateRetries: "gate.retries",
+  };
+  if (named[option]) return named[option];
+  if (recipeRunSchema.shape[option as keyof typeof recipeRunSchema.shape]) return `run.${option}`;
+  return `quantize.${option}`;
+}
+
 /** The output directories a recipe names, with their formats (null: the format option decides). */
 export function recipeOutputs(r: Recipe): { dir: string; format: string | null }[] {
   if (r.outputs) return r.outputs.map((x) => ({ dir: x.dir, format: x.format }));
