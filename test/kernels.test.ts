@@ -232,6 +232,33 @@ describe("packed kernels match dequantize-then-fp32-GEMM (relative error < 1e-5)
     worst["gptq 4-bit g128 act-order [608, 4096]"] = checkKernels(q, h, [1, 6], 3000);
   });
 
+  it("2–16 input rows in one pass over the weights: bit-identical to the GEMV once per row", () => {
+    const layers: [string, QuantizedLinear][] = [
+      ["gptq 4-bit g128 act-order + bias", throughFormat("gptq", randomLayer({ out: 256, in: 512, bits: 4, gs: 128, sym: true, actOrder: "gptq", bias: true, seed: 31 }))],
+      ["2-bit g64 asym", randomLayer({ out: 130, in: 256, bits: 2, gs: 64, sym: false, seed: 32 })],
+      ["8-bit per row", randomLayer({ out: 67, in: 320, bits: 8, gs: -1, sym: true, seed: 33 })],
+      ["3-bit g32 with outliers", randomLayer({ out: 96, in: 256, bits: 3, gs: 32, sym: false, outliers: 0.02, seed: 34 })],
+      ["4-bit ragged groups", randomLayer({ out: 41, in: 172, bits: 4, gs: 64, sym: true, seed: 35 })],
+    ];
+    for (const [what, q] of layers) {
+      const h = be.packLinear(q);
+      const bias = q.bias ?? randomInput(q.outFeatures, 36);
+      for (const rows of [2, 3, 4, 5, 8, 11, 16]) {
+        const x = randomInput(rows * q.inFeatures, rows * 7);
+        for (const simd of SIMD_MODES) {
+          be.setSimd(simd);
+          const y = new Float32Array(rows * q.outFeatures);
+          h.linear(x, rows, y, bias, "gemv");
+          const one = new Float32Array(rows * q.outFeatures);
+          for (let i = 0; i < rows; i++)
+            h.linear(x.subarray(i * q.inFeatures, (i + 1) * q.inFeatures), 1, one.subarray(i * q.outFeatures, (i + 1) * q.outFeatures), bias, "gemv");
+          expect(Buffer.from(y.buffer).equals(Buffer.from(one.buffer)), `${what}, ${rows} rows, ${simd ? "avx2" : "scalar"}`).toBe(true);
+        }
+      }
+    }
+    be.setSimd(true);
+  });
+
   it("inputs with a large mean or a few huge channels (real activations): no cancellation in the GEMV", () => {
     // Σ(q − z)·x computed as Σq·x − z·Σx would lose ~1e-5 here (codes centred on z, x ≈ 1 everywhere).
     for (const [bits, sym] of [[4, true], [4, false], [2, false], [8, true]] as const) {

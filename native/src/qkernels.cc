@@ -81,8 +81,10 @@ bool EnvNoSimd() {
 }
 std::atomic<bool> g_simd{g_simdAvailable && !EnvNoSimd()};
 
-// Rows up to which a multi-row call runs the GEMV once per row (above: dequantized tiles + sgemm).
+// Rows up to which a multi-row call runs the GEMV (above: dequantized tiles + sgemm).
 const int g_gemvMaxRows = EnvInt("QUANT4_GEMV_MAX_ROWS", 16);
+// 2..g_gemvMaxRows rows in one pass over the weights (QUANT4_GEMV_MULTI=0: once per row, as before).
+const bool g_multiRow = EnvInt("QUANT4_GEMV_MULTI", 1) != 0;
 // fp32 bytes of one dequantized GEMM tile, and its fewest rows (sgemm is slow on narrow N).
 const int64_t g_tileBytes = static_cast<int64_t>(EnvInt("QUANT4_TILE_KB", 4096)) * 1024;
 const int64_t g_tileMinRows = EnvInt("QUANT4_TILE_MIN_ROWS", 256);
@@ -412,6 +414,109 @@ Q4_AVX2 void GemvBlockAvx2(const PackedLinear& L, const float* xp, int64_t r, fl
   for (int j = 0; j < R; j++) y[r + j] = Hsum(tot[j]);
 }
 
+/**
+ * Several input rows in one pass over the weights: RW weight rows (a pair of a 4-row block, or one tail
+ * row) × NX input rows xs[0..NX) (group-ordered, padded). Each weight vector is dequantized once and
+ * multiplied into every input row; per input row the operations and their order are exactly the
+ * single-row GEMV's, so the results are bit-identical to running GemvBlockAvx2 once per input row.
+ */
+/** acc[i] += (q − z)·x_i for column vector k of one weight row and NX input rows. */
+template <int CW, int k, int NX>
+Q4_AVX2 inline void MultiSlot(__m256i d, __m256i mask, __m256i zi, const float* const* xs, int64_t c, __m256* acc) {
+  const __m256 w = _mm256_cvtepi32_ps(_mm256_sub_epi32(SlotInt<CW, k>(d, mask), zi));
+  for (int i = 0; i < NX; i++) acc[i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[i] + c + 8 * k), acc[i]);
+}
+
+template <int CW, int RW, int NX>
+Q4_AVX2 void GemvMultiAvx2(const PackedLinear& L, const float* const* xs, int64_t r, float* const* ys, bool prefetch) {
+  constexpr int K = 8 / CW;
+  constexpr int BW = 8 * K;
+  const __m256i mask = _mm256_set1_epi32((1 << CW) - 1);
+  const uint8_t* rows[RW];
+  for (int j = 0; j < RW; j++) rows[j] = L.RowBase(r + j);
+  const int64_t stride = L.ChunkStride(r);
+  const int nG = L.nG;
+  __m256 tot[RW][NX];
+  for (int j = 0; j < RW; j++)
+    for (int i = 0; i < NX; i++) tot[j][i] = _mm256_setzero_ps();
+  for (int g = 0; g < nG; g++) {
+    const int64_t cs = L.segStart[g], ce = L.segStart[g + 1];
+    if (cs == ce) continue;
+    __m256i zi[RW];
+    __m256 acc[RW][NX];
+    for (int j = 0; j < RW; j++) {
+      zi[j] = _mm256_set1_epi32(L.zeros[(r + j) * nG + g]);
+      for (int i = 0; i < NX; i++) acc[j][i] = _mm256_setzero_ps();
+    }
+    if (prefetch && kPrefetch > 0 && stride == 32) {  // the 4-row block's stream, as the single-row GEMV
+      const uint8_t* base = rows[0] - (r % 4) * 8;
+      for (int64_t pf = cs / BW * 32; pf < ce / BW * 32; pf += 64) _mm_prefetch(reinterpret_cast<const char*>(base + pf + kPrefetch), _MM_HINT_T0);
+    }
+    for (int64_t c = cs; c < ce; c += BW) {
+      const int64_t bo = c / BW * stride;
+      for (int j = 0; j < RW; j++) {
+        const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + bo)));
+        MultiSlot<CW, 0, NX>(d, mask, zi[j], xs, c, acc[j]);
+        if constexpr (K > 1) MultiSlot<CW, 1, NX>(d, mask, zi[j], xs, c, acc[j]);
+        if constexpr (K > 2) {
+          MultiSlot<CW, 2, NX>(d, mask, zi[j], xs, c, acc[j]);
+          MultiSlot<CW, 3, NX>(d, mask, zi[j], xs, c, acc[j]);
+        }
+      }
+    }
+    for (int j = 0; j < RW; j++) {
+      const __m256 sc = _mm256_set1_ps(L.scales[(r + j) * nG + g]);
+      for (int i = 0; i < NX; i++) tot[j][i] = _mm256_fmadd_ps(acc[j][i], sc, tot[j][i]);
+    }
+  }
+  for (int j = 0; j < RW; j++)
+    for (int i = 0; i < NX; i++) ys[i][r + j] = Hsum(tot[j][i]);
+}
+
+/**
+ * Output rows [r0, r1) (r0 a multiple of 4) for nx input rows: one 4-row block at a time, every input
+ * row (4 at a time) while the block's codes are in L1, so the weights stream from memory once.
+ */
+template <int CW>
+Q4_AVX2 void GemvMultiAvx2T(const PackedLinear& L, const float* const* xs, int nx, int64_t r0, int64_t r1, float* const* ys) {
+  const int64_t blocked = std::min(r1, L.out / 4 * 4);
+  int64_t r = r0;
+  for (; r + 4 <= blocked; r += 4) {
+    int i = 0;
+    for (; i + 4 <= nx; i += 4) {  // 2 weight rows × 4 input rows: 8 accumulators
+      GemvMultiAvx2<CW, 2, 4>(L, xs + i, r, ys + i, i == 0);
+      GemvMultiAvx2<CW, 2, 4>(L, xs + i, r + 2, ys + i, false);
+    }
+    switch (nx - i) {
+      case 3:
+        GemvMultiAvx2<CW, 2, 3>(L, xs + i, r, ys + i, i == 0);
+        GemvMultiAvx2<CW, 2, 3>(L, xs + i, r + 2, ys + i, false);
+        break;
+      case 2: GemvMultiAvx2<CW, 4, 2>(L, xs + i, r, ys + i, i == 0); break;
+      case 1: GemvMultiAvx2<CW, 4, 1>(L, xs + i, r, ys + i, i == 0); break;
+      default: break;
+    }
+  }
+  for (; r < r1; r++) {
+    int i = 0;
+    for (; i + 4 <= nx; i += 4) GemvMultiAvx2<CW, 1, 4>(L, xs + i, r, ys + i, false);
+    switch (nx - i) {
+      case 3: GemvMultiAvx2<CW, 1, 3>(L, xs + i, r, ys + i, false); break;
+      case 2: GemvMultiAvx2<CW, 1, 2>(L, xs + i, r, ys + i, false); break;
+      case 1: GemvMultiAvx2<CW, 1, 1>(L, xs + i, r, ys + i, false); break;
+      default: break;
+    }
+  }
+}
+
+Q4_AVX2 void GemvMultiAvx2Dispatch(const PackedLinear& L, const float* const* xs, int nx, int64_t r0, int64_t r1, float* const* ys) {
+  switch (L.cw) {
+    case 2: GemvMultiAvx2T<2>(L, xs, nx, r0, r1, ys); break;
+    case 4: GemvMultiAvx2T<4>(L, xs, nx, r0, r1, ys); break;
+    default: GemvMultiAvx2T<8>(L, xs, nx, r0, r1, ys); break;
+  }
+}
+
 template <int CW>
 Q4_AVX2 void GemvAvx2T(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
   int64_t r = r0;
@@ -574,6 +679,43 @@ void GemvOne(const PackedLinear& L, const float* x, float* y, const float* bias,
   });
 }
 
+#ifdef Q4_X86
+/**
+ * 2..16 input rows (short prompts, a few sequences) in one pass over the packed weights: each chunk of
+ * output rows runs every input row (4 at a time) while its codes are in cache, so the weights stream from
+ * memory once instead of once per row, and each weight is dequantized once per 4 input rows. Bit-identical
+ * to GemvOne per row.
+ */
+void GemvMulti(const PackedLinear& L, const float* x, int64_t rows, float* y, const float* bias) {
+  std::vector<float> gathered;
+  std::vector<const float*> xs(rows);
+  std::vector<float*> ys(rows);
+  if (!L.identity) gathered.resize(static_cast<size_t>(rows * L.inP));
+  for (int64_t i = 0; i < rows; i++) {
+    ys[i] = y + i * L.out;
+    if (L.identity) {
+      xs[i] = x + i * L.in;
+    } else {
+      float* g = gathered.data() + i * L.inP;
+      for (int64_t c = 0; c < L.inP; c++) g[c] = L.srcCol[c] >= 0 ? x[i * L.in + L.srcCol[c]] : 0.0f;
+      xs[i] = g;
+    }
+  }
+  const int chunks = L.out * L.in >= g_parallelMin ? static_cast<int>(std::min<int64_t>(8 * ThePool().Threads(), (L.out + 63) / 64)) : 1;
+  ThePool().Run(chunks, [&](int p, int n) {
+    int64_t lo, hi;
+    Split(L.out, p, n, 16, &lo, &hi);
+    if (lo >= hi) return;
+    GemvMultiAvx2Dispatch(L, xs.data(), static_cast<int>(rows), lo, hi, ys.data());
+    for (int64_t i = 0; i < rows; i++) {
+      OutlierGemv(L, x + i * L.in, lo, hi, ys[i]);
+      if (bias)
+        for (int64_t r = lo; r < hi; r++) ys[i][r] += bias[r];
+    }
+  });
+}
+#endif
+
 void GemmTiles(const PackedLinear& L, const float* x, int64_t rows, float* y, const float* bias) {
   const int64_t out = L.out, in = L.in;
   if (bias)
@@ -710,6 +852,9 @@ void Linear(const PackedLinear& L, const float* x, int64_t rows, float* y, const
   if (rows <= 0) return;
   const bool gemm = mode == 2 || (mode == 0 && rows > g_gemvMaxRows);
   if (!gemm) {
+#ifdef Q4_X86
+    if (rows > 1 && L.kind == PackedLinear::INT && g_multiRow && g_simd.load(std::memory_order_relaxed)) return GemvMulti(L, x, rows, y, bias);
+#endif
     std::vector<float> xbuf;
     for (int64_t i = 0; i < rows; i++) GemvOne(L, x + i * L.in, y + i * L.out, bias, xbuf);
     return;
