@@ -1,14 +1,15 @@
 {
   # quant4 native compute addon: thin N-API wrappers over BLAS (sgemm, ssyrk) and LAPACK
   # (spotrf, spotri), the packed-weight runtime kernels (src/qkernels.cc: GEMV/GEMM straight from
-  # INT2..8 and fp16 weights) and the block ops (src/blockops.cc: norms, RoPE, attention, activations);
+  # INT2..8 and fp16 weights), the block ops (src/blockops.cc: norms, RoPE, attention, activations) and
+  # GPTQ's column loop (src/gptqloop.cc, no FP contraction: a pragma in the file);
   # AVX2/FMA per function with runtime dispatch, so no -mavx2 here. Linux links OpenBLAS; macOS links the Accelerate framework.
   # Build with `npm run build:native` (scripts/build-native.mjs), which passes --nodedir so
   # node-gyp never downloads headers.
   "targets": [
     {
       "target_name": "quant4_native",
-      "sources": ["src/quant4_native.cc", "src/qkernels.cc", "src/blockops.cc"],
+      "sources": ["src/quant4_native.cc", "src/qkernels.cc", "src/blockops.cc", "src/gptqloop.cc"],
       "include_dirs": [
         "<!(node -p \"require('path').dirname(require.resolve('node-addon-api/package.json'))\")"
       ],

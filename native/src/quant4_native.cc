@@ -24,10 +24,12 @@
 //   attention(q, k, v, B, T, nHeads, nKvHeads, headDim, pos0, kCache|null, vCache|null, out)
 //   activate(kind, x); activateMul(kind, gate, up)          kind 0 silu, 1 relu, 2 gelu_new, 3 gelu
 //   add(a, b, out); fastExp(x) -> number
+// GPTQ (gptqloop.h): gptqColumns(...) -> 0|1|2, one sub-block of the column loop
 
 #include <napi.h>
 
 #include "blockops.h"
+#include "gptqloop.h"
 #include "qkernels.h"
 
 #if defined(__linux__) && defined(__GLIBC__)
@@ -755,6 +757,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("activateMul", Napi::Function::New(env, ActivateMulFn, "activateMul"));
   exports.Set("add", Napi::Function::New(env, AddFn, "add"));
   exports.Set("fastExp", Napi::Function::New(env, FastExpFn, "fastExp"));
+  q4gptq::Register(env, exports);  // gptqColumns (gptqloop.cc)
 #ifndef QUANT4_ACCELERATE
   q4::SetThreads(openblas_get_num_threads());
 #endif

@@ -61,6 +61,40 @@ export interface KvCache {
   capacity: number;
 }
 
+/**
+ * GPTQ's column loop state for one Linear (algorithms/gptq.ts gptqQuantize explains the layouts; its
+ * gptqColumnsTs is the reference a backend's gptqColumns must match bit for bit).
+ */
+export interface GptqColumnsJob {
+  /** [n, out] transposed, permuted weights (updated in place). */
+  Wt: Float32Array;
+  /** [n, n] upper Cholesky factor of the damped inverse Hessian, processing order. */
+  U: Float32Array;
+  /** [n, out] codes, processing order. */
+  qt: Uint8Array;
+  /** [blockSize, out] the lazy block's scaled errors (row p − i1). */
+  err: Float32Array;
+  /** [nGroups, out] scales and zeros, transposed. */
+  sT: Float32Array;
+  zT: Uint8Array;
+  /** [n, out] outlier mask and fp16 values (processing order), or null. */
+  ot: Uint8Array | null;
+  vt: Float32Array | null;
+  /** [n] act-order permutation, or null. */
+  perm: Int32Array | null;
+  n: number;
+  out: number;
+  bits: number;
+  sym: boolean;
+  /** −1 = per row. */
+  groupSize: number;
+  staticGroups: boolean;
+  /** Outlier saliency threshold of dynamic groups. */
+  tau: number;
+  /** [loss, outliers left]: read and updated by every call. */
+  state: Float64Array;
+}
+
 export interface Backend {
   readonly name: string;
 
@@ -107,6 +141,14 @@ export interface Backend {
 
   /** A resident fp16 weight [out, in] from raw IEEE half bits. Absent: callers widen to fp32. */
   f16Linear?(w: Uint16Array, out: number, inF: number): LinearHandle;
+
+  /**
+   * GPTQ's per-column work on columns [s1, s2) of the lazy block starting at i1 (find_params at a dynamic
+   * group's first column, quantize, error, rank-1 updates inside [s1, s2)), bit-identical to
+   * algorithms/gptq.ts gptqColumnsTs. Returns 0, 1 (a group holds a non-finite weight) or 2 (a scale
+   * overflows float16). Absent: gptqQuantize runs its TypeScript loop.
+   */
+  gptqColumns?(job: GptqColumnsJob, i1: number, s1: number, s2: number): number;
 
   // --- Block ops. Row-wise, on rows of `dim` (or the shapes given); `out` may be `x` itself. ---
 

@@ -8,7 +8,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { BackendError } from "../util/errors.js";
-import type { ActivationKind, AttentionShape, Backend, KvCache, LinearHandle, PackableLinear, RopeTable } from "./backend.js";
+import type { ActivationKind, AttentionShape, Backend, GptqColumnsJob, KvCache, LinearHandle, PackableLinear, RopeTable } from "./backend.js";
 
 /** The raw addon surface (native/src/quant4_native.cc). */
 export interface NativeAddon {
@@ -47,6 +47,12 @@ export interface NativeAddon {
   add(a: Float32Array, b: Float32Array, out: Float32Array): void;
   /** The block ops' float64 e^x (the TypeScript reference's fastExp, bit for bit). */
   fastExp(x: number): number;
+  /** GPTQ's column loop over one sub-block (native/src/gptqloop.cc). */
+  gptqColumns(
+    Wt: Float32Array, U: Float32Array, qt: Uint8Array, err: Float32Array, sT: Float32Array, zT: Uint8Array,
+    ot: Uint8Array | null, vt: Float32Array | null, perm: Int32Array | null, n: number, out: number, bits: number,
+    sym: boolean, groupSize: number, staticGroups: boolean, tau: number, state: Float64Array, i1: number, s1: number, s2: number,
+  ): number;
 }
 
 const ACTIVATION: Record<ActivationKind, number> = { silu: 0, relu: 1, gelu_new: 2, gelu: 3 };
@@ -243,6 +249,12 @@ export class CpuBackend implements Backend {
 
   add(a: Float32Array, b: Float32Array, out: Float32Array): void {
     call(() => this.addon.add(a, b, out));
+  }
+
+  gptqColumns(j: GptqColumnsJob, i1: number, s1: number, s2: number): number {
+    return call(() =>
+      this.addon.gptqColumns(j.Wt, j.U, j.qt, j.err, j.sT, j.zT, j.ot, j.vt, j.perm, j.n, j.out, j.bits, j.sym, j.groupSize, j.staticGroups, j.tau, j.state, i1, s1, s2),
+    );
   }
 
   /** The block ops' float64 e^x (equal to src/model/ops.ts fastExp bit for bit; for tests). */

@@ -1,0 +1,353 @@
+// GPTQ's per-column work inside one sub-block of the lazy-batch column loop, bit-identical to the
+// TypeScript reference in algorithms/gptq.ts (gptqColumnsTs). The TypeScript computes in float64 and
+// rounds to float32 where it stores into a Float32Array or calls Math.fround; every expression below
+// does exactly the same operations in the same order (double where the TypeScript has a number,
+// float where it has a float32), so no contraction into fused multiply-adds may happen: the pragma
+// below turns it off for this file (GCC's default is -ffp-contract=fast), and nothing here is built
+// with -ffast-math or for an FMA target.
+//
+// Export (registered by Register, called from quant4_native.cc's Init):
+//   gptqColumns(Wt, U, qt, err, sT, zT, ot|null, vt|null, perm|null, n, out, bits, sym, groupSize,
+//               staticGroups, tau, state, i1, s1, s2) -> 0 | 1 | 2
+//     0 done; 1 a group holds a non-finite weight; 2 a scale overflows float16 (the caller throws).
+
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include "gptqloop.h"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace q4gptq {
+
+namespace {
+
+// ---- float16 rounding, as src/io/dtype.ts f32BitsToF16 / f16BitsToF32 (round to nearest even).
+
+uint16_t F32BitsToF16(uint32_t x) {
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t exp = (x >> 23) & 0xffu;
+  const uint32_t mant = x & 0x7fffffu;
+  if (exp == 0xff) return static_cast<uint16_t>(mant ? (sign | 0x7e00u | (mant >> 13)) : (sign | 0x7c00u));
+  const int e = static_cast<int>(exp) - 112;
+  if (e >= 0x1f) return static_cast<uint16_t>(sign | 0x7c00u);
+  if (e <= 0) {
+    if (e < -10) return static_cast<uint16_t>(sign);
+    const uint32_t full = mant | 0x800000u;
+    const int shift = 14 - e;
+    uint32_t r = full >> shift;
+    const uint32_t rem = full & ((1u << shift) - 1u);
+    const uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (r & 1u))) r++;
+    return static_cast<uint16_t>(sign | r);
+  }
+  uint32_t r = (static_cast<uint32_t>(e) << 10) | (mant >> 13);
+  const uint32_t rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) r++;
+  return static_cast<uint16_t>(sign | r);
+}
+
+float F16BitsToF32(uint16_t h) {
+  const double sign = (h & 0x8000u) ? -1.0 : 1.0;
+  const int exp = (h >> 10) & 0x1f;
+  const int mant = h & 0x3ff;
+  if (exp == 0) return static_cast<float>(sign * mant * std::ldexp(1.0, -24));
+  if (exp == 0x1f) return mant ? NAN : static_cast<float>(sign * INFINITY);
+  return static_cast<float>(sign * (1.0 + mant / 1024.0) * std::ldexp(1.0, exp - 15));
+}
+
+float RoundToF16(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  return F16BitsToF32(F32BitsToF16(bits));
+}
+
+// algorithms/quantizer.ts roundHalfEven.
+double RoundHalfEven(double x) {
+  const double f = std::floor(x);
+  const double d = x - f;
+  if (d > 0.5) return f + 1;
+  if (d < 0.5) return f;
+  return std::fmod(f, 2.0) == 0 ? f : f + 1;
+}
+
+// algorithms/quantizer.ts paramsFromRanges over `count` lanes. Returns 0, 1 (non-finite range) or 2
+// (the scale overflows float16), checked in the reference's order (all ranges first).
+int ParamsFromRanges(const float* mins, const float* maxs, int64_t count, int bits, bool sym, float* scales,
+                     uint8_t* zeros, float* xminL) {
+  const double maxq = static_cast<double>((1 << bits) - 1);
+  const double symZero = (maxq + 1) / 2;
+  for (int64_t k = 0; k < count; k++) {
+    // Math.min(v, 0) / Math.max(v, 0); ±0 and NaN cannot change the result below (NaN never reaches
+    // here: the ranges come from < and > comparisons, which skip it).
+    double xmin = mins[k] < 0 ? static_cast<double>(mins[k]) : 0.0;
+    double xmax = maxs[k] > 0 ? static_cast<double>(maxs[k]) : 0.0;
+    if (!std::isfinite(xmin) || !std::isfinite(xmax)) return 1;
+    if (sym) {
+      const double a = std::fabs(xmin);
+      xmax = a > xmax ? a : xmax;
+      if (xmin < 0) xmin = -xmax;
+    }
+    if (xmin == 0 && xmax == 0) {
+      xmin = -1;
+      xmax = 1;
+    }
+    xminL[k] = static_cast<float>(xmin);
+    const float range = static_cast<float>(xmax - xmin);
+    scales[k] = static_cast<float>(static_cast<double>(range) / maxq);
+  }
+  for (int64_t k = 0; k < count; k++) scales[k] = RoundToF16(scales[k]);
+  for (int64_t k = 0; k < count; k++) {
+    float s = scales[k];
+    if (s == 0) s = scales[k] = static_cast<float>(std::ldexp(1.0, -24));
+    if (!std::isfinite(s)) return 2;
+    if (sym) {
+      zeros[k] = static_cast<uint8_t>(symZero);
+    } else {
+      const double z = RoundHalfEven(static_cast<float>(-static_cast<double>(xminL[k]) / static_cast<double>(s)));
+      zeros[k] = static_cast<uint8_t>(z < 0 ? 0 : z > maxq ? maxq : z);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int Columns(const ColumnsJob& j, int64_t i1, int64_t s1, int64_t s2) {
+  const int64_t n = j.n;
+  const int64_t out = j.out;
+  const double maxq = static_cast<double>((1 << j.bits) - 1);
+  const bool grouped = j.groupSize != -1;
+  const int64_t gs = grouped ? j.groupSize : n;
+  float* const Wt = j.Wt;
+  const float* const U = j.U;
+  uint8_t* const ot = j.ot;
+  double loss = j.state[0];
+  double left = j.state[1];
+  std::vector<float> mins, maxs, xminL;
+
+  for (int64_t p = s1; p < s2; p++) {
+    int64_t base = 0;
+    if (grouped) {
+      if (j.staticGroups) {
+        base = ((j.perm ? j.perm[p] : p) / gs) * out;
+      } else {
+        const int64_t g = p / gs;
+        base = g * out;
+        if (p % gs == 0) {
+          // find_params on the (current) weights of this group's columns.
+          if (mins.empty()) {
+            mins.resize(out);
+            maxs.resize(out);
+            xminL.resize(out);
+          }
+          for (int64_t r = 0; r < out; r++) {
+            mins[r] = INFINITY;
+            maxs[r] = -INFINITY;
+          }
+          const int64_t p1 = p + gs < n ? p + gs : n;
+          if (ot && left > 0) {
+            for (int64_t c = p; c < p1 && left > 0; c++) {
+              const double d = U[c * n + c];
+              const double dd = d * d;
+              for (int64_t r = 0; r < out && left > 0; r++) {
+                const double w = Wt[c * out + r];
+                if ((w * w) / dd >= j.tau) {
+                  ot[c * out + r] = 1;
+                  left--;
+                }
+              }
+            }
+          }
+          for (int64_t c = p; c < p1; c++) {
+            const float* wc = Wt + c * out;
+            const uint8_t* oc = ot ? ot + c * out : nullptr;
+            for (int64_t r = 0; r < out; r++) {
+              if (oc && oc[r]) continue;
+              const float v = wc[r];
+              if (v < mins[r]) mins[r] = v;
+              if (v > maxs[r]) maxs[r] = v;
+            }
+          }
+          for (int64_t r = 0; r < out; r++)
+            if (mins[r] == INFINITY) mins[r] = maxs[r] = 0;  // a row of outliers only
+          const int rc = ParamsFromRanges(mins.data(), maxs.data(), out, j.bits, j.sym, j.sT + base, j.zT + base, xminL.data());
+          if (rc != 0) {
+            j.state[0] = loss;
+            j.state[1] = left;
+            return rc;
+          }
+        }
+      }
+    }
+
+    const float d = U[p * n + p];
+    const double dd = d;
+    const int64_t rowOff = p * out;
+    float* const wp = Wt + rowOff;
+    float* const e = j.err + (p - i1) * out;
+    const float* const s = j.sT + base;
+    const uint8_t* const z = j.zT + base;
+    uint8_t* const q8 = j.qt + rowOff;
+    const uint8_t* const op = ot ? ot + rowOff : nullptr;
+    double lsum = 0;
+    for (int64_t r = 0; r < out; r++) {
+      const float w = wp[r];
+      const float sr = s[r];
+      const double zr = z[r];
+      // q = clamp(round_half_even(w / s) + z, 0, maxq), as the reference (adding and removing 1.5·2^23
+      // in float32 rounds |t| ≤ 2^22 to an integer, half to even).
+      double t = static_cast<float>(static_cast<double>(w) / static_cast<double>(sr));
+      t = t > 4194304 ? 4194304 : t < -4194304 ? -4194304 : t;
+      double q = static_cast<double>(static_cast<float>(t + 12582912)) - 12582912 + zr;
+      q = q < 0 ? 0 : q > maxq ? maxq : q;
+      q8[r] = q == q ? static_cast<uint8_t>(q) : 0;  // (a Uint8Array stores NaN as 0)
+      double kept = static_cast<float>(static_cast<double>(sr) * (q - zr));
+      if (op && op[r]) {
+        const float v = RoundToF16(w);
+        j.vt[rowOff + r] = v;
+        kept = v;
+      }
+      const double diff = static_cast<double>(w) - kept;
+      lsum += diff * diff;
+      e[r] = static_cast<float>(diff / dd);
+    }
+    loss += lsum / (dd * dd) / 2;
+
+    // W1[:, c] -= err · Hinv[p, c] for the rest of the sub-block (rank-1 update, row by row). The
+    // product of two float32 values is exact in float64, so this is one rounding to float64, then float32.
+    const float* const uRow = U + p * n;
+    for (int64_t c = p + 1; c < s2; c++) {
+      const float h = uRow[c];
+      if (h == 0) continue;
+      const double hd = h;
+      float* const wc = Wt + c * out;
+      for (int64_t r = 0; r < out; r++) wc[r] = static_cast<float>(static_cast<double>(wc[r]) - static_cast<double>(e[r]) * hd);
+    }
+  }
+  j.state[0] = loss;
+  j.state[1] = left;
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// N-API wrapper
+
+namespace {
+
+void Fail(Napi::Env env, const std::string& msg) {
+  Napi::Error::New(env, "gptqColumns: " + msg).ThrowAsJavaScriptException();
+}
+
+template <typename T>
+bool View(const Napi::CallbackInfo& info, size_t i, napi_typedarray_type type, const char* name, int64_t minLen,
+          bool nullable, T** data, int64_t* len) {
+  Napi::Value v = info[i];
+  if (nullable && v.IsNull()) {
+    *data = nullptr;
+    *len = 0;
+    return true;
+  }
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) {
+    Napi::TypeError::New(info.Env(), std::string("gptqColumns: ") + name + " has the wrong type").ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::TypedArray a = v.As<Napi::TypedArray>();
+  *len = static_cast<int64_t>(a.ElementLength());
+  if (*len < minLen) {
+    Fail(info.Env(), std::string(name) + " has " + std::to_string(*len) + " elements, expected at least " + std::to_string(minLen));
+    return false;
+  }
+  *data = reinterpret_cast<T*>(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset());
+  return true;
+}
+
+bool Int(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t lo, int64_t hi, int64_t* out) {
+  if (!info[i].IsNumber()) {
+    Napi::TypeError::New(info.Env(), std::string("gptqColumns: ") + name + " must be a number").ThrowAsJavaScriptException();
+    return false;
+  }
+  const double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!(v >= static_cast<double>(lo) && v <= static_cast<double>(hi)) || v != std::floor(v)) {
+    Fail(info.Env(), std::string(name) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                         info[i].ToString().Utf8Value());
+    return false;
+  }
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
+Napi::Value GptqColumnsFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 20) {
+    Napi::TypeError::New(env, "gptqColumns: expected 20 arguments, got " + std::to_string(info.Length())).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int64_t n, out, bits, groupSize, i1, s1, s2;
+  if (!Int(info, 9, "n", 1, INT32_MAX, &n) || !Int(info, 10, "out", 1, INT32_MAX, &out) || !Int(info, 11, "bits", 2, 8, &bits) ||
+      !Int(info, 13, "groupSize", -1, INT32_MAX, &groupSize) || !Int(info, 17, "i1", 0, n, &i1) ||
+      !Int(info, 18, "s1", i1, n, &s1) || !Int(info, 19, "s2", s1, n, &s2))
+    return env.Undefined();
+  if (groupSize == 0) {
+    Fail(env, "groupSize must be -1 or positive");
+    return env.Undefined();
+  }
+  if (!info[12].IsBoolean() || !info[14].IsBoolean() || !info[15].IsNumber()) {
+    Napi::TypeError::New(env, "gptqColumns: sym and staticGroups must be booleans, tau a number").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const int64_t nG = groupSize == -1 ? 1 : (n + groupSize - 1) / groupSize;
+  const int64_t nOut = n * out;
+  ColumnsJob j{};
+  int64_t len;
+  float* U;
+  double* state;
+  int32_t* perm;
+  if (!View(info, 0, napi_float32_array, "Wt", nOut, false, &j.Wt, &len) ||
+      !View(info, 1, napi_float32_array, "U", n * n, false, &U, &len) ||
+      !View(info, 2, napi_uint8_array, "qt", nOut, false, &j.qt, &len) ||
+      !View(info, 3, napi_float32_array, "err", (s2 - i1) * out, false, &j.err, &len) ||
+      !View(info, 4, napi_float32_array, "sT", nG * out, false, &j.sT, &len) ||
+      !View(info, 5, napi_uint8_array, "zT", nG * out, false, &j.zT, &len) ||
+      !View(info, 6, napi_uint8_array, "ot", nOut, true, &j.ot, &len) ||
+      !View(info, 7, napi_float32_array, "vt", nOut, true, &j.vt, &len) ||
+      !View(info, 8, napi_int32_array, "perm", n, true, &perm, &len) ||
+      !View(info, 16, napi_float64_array, "state", 2, false, &state, &len))
+    return env.Undefined();
+  if ((j.ot == nullptr) != (j.vt == nullptr)) {
+    Fail(env, "ot and vt must both be given or both be null");
+    return env.Undefined();
+  }
+  j.U = U;
+  j.perm = perm;
+  j.n = n;
+  j.out = out;
+  j.bits = static_cast<int>(bits);
+  j.sym = info[12].As<Napi::Boolean>().Value();
+  j.groupSize = groupSize;
+  j.staticGroups = info[14].As<Napi::Boolean>().Value();
+  j.tau = info[15].As<Napi::Number>().DoubleValue();
+  j.state = state;
+  if (perm && groupSize != -1 && j.staticGroups) {
+    for (int64_t p = s1; p < s2; p++)
+      if (perm[p] < 0 || perm[p] >= n) {
+        Fail(env, "perm holds an index out of range");
+        return env.Undefined();
+      }
+  }
+  return Napi::Number::New(env, Columns(j, i1, s1, s2));
+}
+
+}  // namespace
+
+void Register(Napi::Env env, Napi::Object exports) {
+  exports.Set("gptqColumns", Napi::Function::New(env, GptqColumnsFn, "gptqColumns"));
+}
+
+}  // namespace q4gptq
