@@ -23,8 +23,7 @@ import {
   stderrLines,
   STORIES_SHARED,
   STORIES_VENDORED,
-  type CliResult,
-} from "./helpers.js";
+  type CliResult, expectOneLineError } from "./helpers.js";
 
 afterAll(removeTmpDirs);
 
@@ -39,18 +38,6 @@ const BROWN_WIKI_WINDOWS_512 = 894;
 const REFERENCE = readFileSync(path.join(STORIES_VENDORED, "greedy-reference.txt"), "utf8");
 const STORIES_CONFIG = JSON.parse(readFileSync(path.join(STORIES_VENDORED, "config.json"), "utf8"));
 
-/** A failed command: exit 2, nothing on stdout, exactly one `quant4: error:` line on stderr, no stack. */
-function expectOneLineError(r: CliResult, ...mustContain: (string | RegExp)[]): string {
-  expect(r.code, r.stderr).toBe(2);
-  const lines = stderrLines(r);
-  expect(lines, r.stderr).toHaveLength(1);
-  const line = lines[0]!;
-  expect(line).toMatch(/^quant4: error: /);
-  expect(r.stderr).not.toMatch(/\n\s+at /);
-  expect(r.stderr).not.toMatch(/internal error/);
-  for (const m of mustContain) typeof m === "string" ? expect(line).toContain(m) : expect(line).toMatch(m);
-  return line;
-}
 
 function parseJson(r: CliResult): Record<string, any> {
   expect(r.code, r.stderr).not.toBe(2);

@@ -7,6 +7,7 @@ import { spawn } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { expect } from "vitest";
 import { writeSafetensors } from "../src/io/writer.js";
 
 export const ROOT = path.resolve(import.meta.dirname, "..");
@@ -67,6 +68,22 @@ export function collapseWs(s: string): string {
 /** The lines of stderr that have any content. */
 export function stderrLines(r: CliResult): string[] {
   return r.stderr.split("\n").filter((l) => l.trim() !== "");
+}
+
+/**
+ * The contract for bad input: exit 2, nothing on stdout, exactly one `quant4: error:` line on stderr
+ * (no stack trace, not an internal error) containing each of `mustContain`. Returns the line.
+ */
+export function expectOneLineError(r: CliResult, ...mustContain: (string | RegExp)[]): string {
+  expect(r.code, r.stderr + r.stdout).toBe(2);
+  expect(r.stdout).toBe("");
+  const lines = stderrLines(r);
+  expect(lines, r.stderr).toHaveLength(1);
+  const line = lines[0]!;
+  expect(line).toMatch(/^quant4: error: /);
+  expect(r.stderr).not.toMatch(/\n\s+at |internal error/);
+  for (const m of mustContain) typeof m === "string" ? expect(line).toContain(m) : expect(line).toMatch(m);
+  return line;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isHubSpec, parseHubId } from "../src/io/hub.js";
 import { writeSafetensors } from "../src/io/writer.js";
-import { makeTmpDir, removeTmpDirs, runCli, stderrLines, STORIES_VENDORED, type CliResult } from "./helpers.js";
+import { makeTmpDir, removeTmpDirs, runCli, stderrLines, STORIES_VENDORED, type CliResult, expectOneLineError } from "./helpers.js";
 
 const TOKEN = "hf_test_token_1234";
 
@@ -222,17 +222,6 @@ function cli(hub: FakeHub, args: string[], home: string, env: NodeJS.ProcessEnv 
   return runCli(args, { env: { HF_ENDPOINT: hub.url, HF_HOME: home, HF_HUB_CACHE: "", HF_TOKEN: "", HF_HUB_OFFLINE: "", ...env }, timeoutMs: 30_000 });
 }
 
-/** A failed command: exit 2, nothing on stdout, one `quant4: error:` line with no stack. */
-function expectOneLineError(r: CliResult, ...mustContain: (string | RegExp)[]): string {
-  expect(r.code, r.stderr).toBe(2);
-  expect(r.stdout).toBe("");
-  const lines = stderrLines(r);
-  expect(lines, r.stderr).toHaveLength(1);
-  const line = lines[0]!;
-  expect(line).toMatch(/^quant4: error: /);
-  for (const m of mustContain) typeof m === "string" ? expect(line).toContain(m) : expect(line).toMatch(m);
-  return line;
-}
 
 const repoDir = (home: string, repo: string): string => path.join(home, "hub", `models--${repo.replace("/", "--")}`);
 const resolved = (hub: FakeHub, repo: string): string[] =>

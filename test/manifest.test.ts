@@ -10,7 +10,7 @@ import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { resolveText } from "../src/calibration/texts.js";
 import { MANIFEST_FILE, manifestSchema, type Manifest } from "../src/pipeline/manifest.js";
-import { makeTmpDir, removeTmpDirs, ROOT, runCli, stderrLines, STORIES_VENDORED, type CliResult } from "./helpers.js";
+import { makeTmpDir, removeTmpDirs, ROOT, runCli, stderrLines, STORIES_VENDORED, type CliResult, expectOneLineError } from "./helpers.js";
 
 afterAll(removeTmpDirs);
 
@@ -34,14 +34,6 @@ function expectHashesMatch(dir: string, m: Manifest): void {
   }
 }
 
-function expectOneLineError(r: CliResult, ...parts: string[]): void {
-  expect(r.code, r.stderr).toBe(2);
-  expect(r.stdout).toBe("");
-  const lines = stderrLines(r);
-  expect(lines, r.stderr).toHaveLength(1);
-  expect(lines[0]).toMatch(/^quant4: error: /);
-  for (const p of parts) expect(lines[0]).toContain(p);
-}
 
 /** A fresh copy of a finished output (each verify failure test damages its own). */
 function copyOut(src: string): string {

@@ -26,7 +26,7 @@ import { embedTokens, loadBlockWeights, loadGlobalWeights, Model, openModel } fr
 import { runQuantize } from "../src/pipeline/quantize.js";
 import { loadTokenizer } from "../src/tokenizer/index.js";
 import { UsageError } from "../src/util/errors.js";
-import { BROWN, hasShared, makeTmpDir, removeTmpDirs, ROOT, runCli, STORIES_VENDORED, withShared, stderrLines, TINYSTORIES_TXT, writeSyntheticModel, type CliResult } from "./helpers.js";
+import { BROWN, hasShared, makeTmpDir, removeTmpDirs, ROOT, runCli, STORIES_VENDORED, withShared, stderrLines, TINYSTORIES_TXT, writeSyntheticModel, type CliResult, expectOneLineError } from "./helpers.js";
 
 const MODEL = STORIES_VENDORED;
 const NSAMPLES = 8;
@@ -54,17 +54,6 @@ function quantizeArgs(method: Method, layout: Layout, out: string, extra: string
   return ["quantize", MODEL, out, "--method", method, ...layoutArgs(layout), ...CALIB, ...extra];
 }
 
-/** Exit 2 with exactly one stderr line, "quant4: error: ...", and no stack trace. */
-function expectOneLineError(r: CliResult, ...needles: (string | RegExp)[]): string {
-  expect(r.code, r.stderr).toBe(2);
-  const lines = stderrLines(r);
-  expect(lines, r.stderr).toHaveLength(1);
-  expect(lines[0]).toMatch(/^quant4: error: /);
-  expect(r.stderr).not.toMatch(/\n\s+at /);
-  expect(r.stderr).not.toMatch(/internal error/);
-  for (const n of needles) expect(lines[0]).toMatch(n);
-  return lines[0]!;
-}
 
 function parseJson(r: CliResult): Record<string, any> {
   expect(r.code, r.stderr).toBe(0);

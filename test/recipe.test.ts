@@ -12,7 +12,7 @@ import { dequantize } from "../formats/index.js";
 import { linearQuantSettings, openModel, unpackLinear } from "../src/model/model.js";
 import { MANIFEST_FILE, manifestSchema } from "../src/pipeline/manifest.js";
 import { validateRecipe } from "../src/pipeline/recipe.js";
-import { makeTmpDir, removeTmpDirs, runCli, stderrLines, STORIES_VENDORED, type CliResult } from "./helpers.js";
+import { makeTmpDir, removeTmpDirs, runCli, stderrLines, STORIES_VENDORED, type CliResult, expectOneLineError } from "./helpers.js";
 
 afterAll(removeTmpDirs);
 
@@ -28,15 +28,6 @@ function writeRecipe(name: string, content: unknown): string {
 /** YAML is a superset of JSON: a flow-style document is valid YAML. */
 const jsonToYaml = (x: unknown): string => `# written by the test\n${JSON.stringify(x)}\n`;
 
-function expectOneLineError(r: CliResult, ...parts: string[]): string {
-  expect(r.code, r.stderr).toBe(2);
-  expect(r.stdout).toBe("");
-  const lines = stderrLines(r);
-  expect(lines, r.stderr).toHaveLength(1);
-  expect(lines[0]).toMatch(/^quant4: error: /);
-  for (const p of parts) expect(lines[0]).toContain(p);
-  return lines[0]!;
-}
 
 async function dryRun(args: string[]): Promise<Record<string, any>> {
   const r = await runCli(["quantize", ...args, "--dry-run", "--json"]);

@@ -5,7 +5,9 @@ import fs from "node:fs";
 import type { Command } from "commander";
 import { z } from "zod";
 import { resolveText, textEncodingSchema } from "../calibration/texts.js";
-import { evaluatePerplexity, windowCount, type PplResult } from "../eval/perplexity.js";
+import { evaluatePerplexity, pplProtocolSchema, windowCount, type PplProtocol, type PplResult } from "../eval/perplexity.js";
+
+export type { PplProtocol };
 import { Model } from "../model/model.js";
 import { loadTokenizer } from "../tokenizer/index.js";
 import { FileFormatError, UsageError } from "../util/errors.js";
@@ -27,22 +29,6 @@ const optionsSchema = z.object({
   klBase: z.string().optional(),
 });
 
-/**
- * What makes two perplexities comparable: the same scored tokens (text and tokenizer, hashed together),
- * window length, window count and BOS handling. Stored in `--json` results; a baseline file that
- * disagrees is refused.
- */
-export interface PplProtocol {
-  text: string;
-  textSha256: string;
-  vocabSize: number;
-  /** sha256 of the text's whole token stream (int32 LE, BOS included): catches another tokenizer on the same text. */
-  tokensSha256: string;
-  seqlen: number;
-  windows: number;
-  bos: boolean;
-}
-
 export function pplProtocol(textName: string, text: string, vocabSize: number, tokens: ArrayLike<number>, res: { seqlen: number; windows: number }, bos: boolean): PplProtocol {
   const stream = Int32Array.from(tokens);
   return {
@@ -55,16 +41,6 @@ export function pplProtocol(textName: string, text: string, vocabSize: number, t
     bos,
   };
 }
-
-const protocolSchema = z.object({
-  text: z.string(),
-  textSha256: z.string(),
-  vocabSize: z.number(),
-  tokensSha256: z.string(),
-  seqlen: z.number(),
-  windows: z.number(),
-  bos: z.boolean(),
-});
 
 export interface Baseline {
   ppl: number;
@@ -86,7 +62,7 @@ export function readBaseline(spec: string): Baseline {
   }
   const r = z.object({ ppl: z.number().positive() }).passthrough().safeParse(obj);
   if (!r.success) throw new FileFormatError(spec, `no positive number "ppl" (expected the output of quant4 eval-ppl --json)`);
-  const p = protocolSchema.safeParse((obj as Record<string, unknown>)["protocol"]);
+  const p = pplProtocolSchema.safeParse((obj as Record<string, unknown>)["protocol"]);
   return { ppl: r.data.ppl, protocol: p.success ? p.data : null, source: spec };
 }
 

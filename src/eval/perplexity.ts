@@ -2,9 +2,27 @@
 // model has one), cut into non-overlapping windows of `seqlen` tokens (tail dropped), every next-token
 // prediction inside each window scored, ppl = exp(mean NLL). The protocol is returned with the number.
 
+import { z } from "zod";
 import type { Model } from "../model/model.js";
 import { fastExp } from "../model/ops.js";
 import { ModelError, UsageError } from "../util/errors.js";
+
+/**
+ * What makes two perplexities comparable: the same scored tokens (text and tokenizer, hashed together),
+ * window length, window count and BOS handling. Stored with every result (eval-ppl --json, the gate,
+ * the manifest); a baseline measured on another protocol is refused.
+ */
+export const pplProtocolSchema = z.object({
+  text: z.string(),
+  textSha256: z.string(),
+  vocabSize: z.number(),
+  /** sha256 of the text's whole token stream (int32 LE, BOS included): catches another tokenizer on the same text. */
+  tokensSha256: z.string(),
+  seqlen: z.number(),
+  windows: z.number(),
+  bos: z.boolean(),
+});
+export type PplProtocol = z.infer<typeof pplProtocolSchema>;
 
 export interface PplOptions {
   seqlen: number;

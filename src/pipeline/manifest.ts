@@ -15,6 +15,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { atomicWriteFile } from "../io/writer.js";
+import { pplProtocolSchema } from "../eval/perplexity.js";
 import { FileFormatError } from "../util/errors.js";
 
 /** The manifest's file name inside an output directory. */
@@ -56,16 +57,7 @@ export const manifestCalibrationSchema = z.object({
 });
 
 /** Perplexity evaluation protocol (eval-ppl's): what a perplexity number was measured on. */
-export const manifestProtocolSchema = z
-  .object({
-    text: z.string(),
-    textSha256: z.string(),
-    vocabSize: z.number(),
-    tokensSha256: z.string(),
-    seqlen: z.number(),
-    windows: z.number(),
-    bos: z.boolean(),
-  });
+export const manifestProtocolSchema = pplProtocolSchema;
 
 /** The quality gate (`quantize --gate-text`), when it ran: its protocol, the fp and final perplexities, every attempt. */
 export const manifestGateSchema = z

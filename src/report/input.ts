@@ -8,6 +8,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { MANIFEST_FILE, manifestSchema, type Manifest } from "../pipeline/manifest.js";
+import { pplProtocolSchema, type PplProtocol } from "../eval/perplexity.js";
 import { FileFormatError } from "../util/errors.js";
 
 const layerSchema = z
@@ -22,8 +23,8 @@ const layerSchema = z
   .passthrough();
 export type SummaryLayer = z.infer<typeof layerSchema>;
 
-const protocolSchema = z.object({ text: z.string(), textSha256: z.string(), vocabSize: z.number(), tokensSha256: z.string(), seqlen: z.number(), windows: z.number(), bos: z.boolean() });
-export type ReportProtocol = z.infer<typeof protocolSchema>;
+const protocolSchema = pplProtocolSchema;
+export type ReportProtocol = PplProtocol;
 
 /** `quantize --gate-text` record (in the --json result and the manifest). */
 const gateSchema = z
