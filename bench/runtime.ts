@@ -11,6 +11,8 @@
 //    - decode (batch 1): the packed INT4 g128 GEMV vs fp32 sgemm with M = 1 (how an fp16 checkpoint runs
 //      today) and the fp16 GEMV, each over enough copies of the layer to stream from DRAM (> 4× L3), best
 //      of several passes; achieved bandwidth = resident bytes of the weight / time;
+//    - short prompts: the packed GEMV on 4 and 16 input rows in one pass over the weights (the kernel's
+//      multi-row path) vs once per row (the path before it), ms per call, weights streamed from DRAM;
 //    - prefill: packed GEMM (dequantized tiles + sgemm) vs fp32 sgemm at M = 128 and 512 rows, GFLOP/s.
 // 3. model: a synthetic checkpoint with Llama-2-7B layer shapes (hidden 4096, intermediate 11008, 32 heads,
 //    --blocks blocks, vocab 512 with models/stories260K's tokenizer, random fp16 weights; the generator of
@@ -108,6 +110,7 @@ interface ShapeResult {
   gemvF16Ms: number;
   gemvF16GBs: number;
   decodeSpeedup: number;
+  shortPrompt: Array<{ rows: number; onePassMs: number; perRowMs: number; speedup: number }>;
   prefill: Array<{ rows: number; packedGflops: number; fp32Gflops: number; ratio: number }>;
 }
 
@@ -148,6 +151,17 @@ function kernelBench(be: CpuBackend): ShapeResult[] {
     const y1 = new Float32Array(out);
     for (const h of hs) h.linear(x1, 1, y1); // page in
     const gemv = bestPerCall(copies, 8, (i) => hs[i]!.linear(x1, 1, y1, undefined, "gemv"));
+    // short prompts: several rows in one pass over the weights vs the GEMV once per row
+    const shortPrompt: ShapeResult["shortPrompt"] = [];
+    for (const rows of [4, 16]) {
+      const x = Float32Array.from({ length: rows * inF }, () => r() * 2 - 1);
+      const y = new Float32Array(rows * out);
+      const onePass = bestPerCall(copies, 4, (i) => hs[i]!.linear(x, rows, y, undefined, "gemv"));
+      const perRow = bestPerCall(copies, 4, (i) => {
+        for (let t = 0; t < rows; t++) hs[i]!.linear(x.subarray(t * inF, (t + 1) * inF), 1, y.subarray(t * out, (t + 1) * out), undefined, "gemv");
+      });
+      shortPrompt.push({ rows, onePassMs: 1000 * onePass, perRowMs: 1000 * perRow, speedup: perRow / onePass });
+    }
     // fp32 (the fp16 source widened, as eval/generate run an fp checkpoint) and fp16 weights.
     const W = new Float32Array(out * inF);
     first.rows(0, out, W);
@@ -188,6 +202,7 @@ function kernelBench(be: CpuBackend): ShapeResult[] {
       gemvF16Ms: 1000 * gemvF16,
       gemvF16GBs: w16.byteLength / gemvF16 / GB,
       decodeSpeedup: sgemv / gemv,
+      shortPrompt,
       prefill,
     });
   }
@@ -296,6 +311,11 @@ async function main(): Promise<void> {
     console.log(table([
       ["shape", "INT4 g128 GEMV", "fp32 sgemm M=1 (today)", "fp16 GEMV", "INT4 vs fp32"],
       ...kernels.map((k) => [k.shape, `${p(k.gemvInt4Ms, 2)} ms, ${p(k.gemvInt4GBs)} GB/s`, `${p(k.sgemvFp32Ms, 2)} ms, ${p(k.sgemvFp32GBs)} GB/s`, `${p(k.gemvF16Ms, 2)} ms, ${p(k.gemvF16GBs)} GB/s`, `${p(k.decodeSpeedup, 2)}×`]),
+    ]));
+    console.log("\nShort prompts: INT4 GEMV on several input rows, one pass over the weights vs once per row, ms per Linear:\n");
+    console.log(table([
+      ["shape", "rows", "one pass", "once per row", "speed-up"],
+      ...kernels.flatMap((k) => k.shortPrompt.map((s) => [k.shape, String(s.rows), p(s.onePassMs, 2), p(s.perRowMs, 2), `${p(s.speedup, 2)}×`])),
     ]));
     console.log("\nPrefill GEMM (dequantized tiles + sgemm vs fp32 sgemm), GFLOP/s:\n");
     console.log(table([

@@ -367,6 +367,28 @@ Q4_AVX2 void Scores2Avx2(const float* qa, const float* qb, const float* K, int64
   }
 }
 
+/**
+ * e^x in fp32 for x ≤ 0 (softmax arguments), 8 lanes: x = n·ln2 + r (Cody–Waite, FMA), a degree-7
+ * polynomial for e^r (Cephes expf), 2^n through the exponent bits; within 2 ulp of the correctly rounded
+ * value (the float64 reference's e^x rounded to fp32), arguments below −87 give 2^−126·e^(…) ≈ 0.
+ */
+Q4_AVX2 inline __m256 ExpNegPs(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 e = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(r, r), p, r), _mm256_set1_ps(1.0f));
+  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(e, _mm256_castsi256_ps(pow2n));
+}
+
+/** Softmax numerators e^(s − max) (fp32) over [0, n) in place, zeros on [n, nFill); returns 1/Σ (float64 sum). */
 Q4_AVX2 double SoftmaxAvx2(float* S, int64_t n, int64_t nFill) {
   __m256 mv = _mm256_set1_ps(-INFINITY);
   int64_t j = 0;
@@ -376,19 +398,24 @@ Q4_AVX2 double SoftmaxAvx2(float* S, int64_t n, int64_t nFill) {
   m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
   float m = _mm_cvtss_f32(m4);
   for (; j < n; j++) m = std::max(m, S[j]);
-  const __m256d md = _mm256_set1_pd(m);
-  __m256d sum = _mm256_setzero_pd();
+  const __m256 mvv = _mm256_set1_ps(m);
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
   j = 0;
-  for (; j + 4 <= n; j += 4) {
-    const __m128 e = _mm256_cvtpd_ps(ExpPd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(S + j)), md)));
-    _mm_storeu_ps(S + j, e);
-    sum = _mm256_add_pd(sum, _mm256_cvtps_pd(e));
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = ExpNegPs(_mm256_sub_ps(_mm256_loadu_ps(S + j), mvv));
+    _mm256_storeu_ps(S + j, e);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
   }
-  double s = HsumPd(sum);
-  for (; j < n; j++) {
-    const float e = static_cast<float>(ExpScalar(static_cast<double>(S[j]) - m));
-    S[j] = e;
-    s += e;
+  double s = HsumPd(_mm256_add_pd(s0, s1));
+  if (j < n) {  // the last 1..7: the same kernel on a padded vector
+    alignas(32) float t[8];
+    for (int i = 0; i < 8; i++) t[i] = j + i < n ? S[j + i] - m : -100.0f;
+    _mm256_store_ps(t, ExpNegPs(_mm256_load_ps(t)));
+    for (int64_t i = 0; j + i < n; i++) {
+      S[j + i] = t[i];
+      s += t[i];
+    }
   }
   for (j = n; j < nFill; j++) S[j] = 0;
   return 1 / s;

@@ -12,7 +12,8 @@
 // products) and rounds once; exp is the reference's float64 e^x (a correctly rounded 2^(j/64) table and a
 // degree-5 polynomial, 4 lanes at a time under AVX2); attention scores and the weighted sum of V are fp32
 // dot products (their summation order differs from the sgemm calls they replace: fp32 rounding), the
-// softmax keeps e^(s − max) in fp32 and its 1/Σ (float64) scales the output row.
+// softmax keeps e^(s − max) in fp32 (AVX2: an 8-lane fp32 e^x within 2 ulp; scalar: the reference's
+// float64 one) and its 1/Σ (float64) scales the output row.
 
 #pragma once
 
