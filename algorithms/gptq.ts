@@ -14,7 +14,7 @@
 // cut short where a group starting inside it would reach past its end. For group size 128 with
 // blocksize 128 (the common setting) and for per-row quantization both are identical.
 
-import type { Backend } from "../src/compute/backend.js";
+import type { Backend, GptqColumnsJob } from "../src/compute/backend.js";
 import { ModelError, UsageError } from "../src/util/errors.js";
 import { kthLargest, outlierBudget, outliersCsr, topKMask } from "./outliers.js";
 import {
@@ -96,6 +96,33 @@ export interface GptqOptions extends QuantOptions {
    * min/max and contribute only their fp16 rounding to the error feedback. Default 0.
    */
   outlierFraction?: number;
+  /**
+   * The damped inverse Cholesky factor of H (gptqFactor), shared by the Linears of one Hessian (q/k/v,
+   * gate/up): it depends only on H, damp and actOrder, which must match. Given, H is not read or modified.
+   */
+  factor?: GptqFactor;
+}
+
+/**
+ * What gptqQuantize needs of H, computed once per Hessian: dead columns, the act-order permutation and
+ * the upper Cholesky factor U of the damped inverse, (H[perm][:, perm] + damp·I)⁻¹ = UᵀU, with dead
+ * diagonal entries taken as 1 (as the reference sets them).
+ */
+export interface GptqFactor {
+  readonly n: number;
+  /** The percdamp asked for and the act-order setting (checked against the quantize options). */
+  readonly percdamp: number;
+  readonly actOrder: boolean;
+  /** dead[i] = 1 where H_ii = 0 (an input never activated). */
+  readonly dead: Uint8Array;
+  readonly perm: Int32Array | null;
+  /** [n, n] row-major, processing order; read only. */
+  readonly U: Float32Array;
+  /** The percdamp finally used and how many increases it took. */
+  readonly damp: number;
+  readonly retries: number;
+  /** The percdamp values that failed on the way (a warning each when the factor is used). */
+  readonly failedDamps: readonly number[];
 }
 
 export interface GptqResult {
@@ -138,6 +165,14 @@ export function gptqQuantize(
   if (!(percdamp >= 0) || !Number.isFinite(percdamp)) throw new UsageError(`${label}damp must be a non-negative number, got ${String(opts.damp)}`);
   const blockSize = opts.blockSize ?? 128;
   if (!Number.isInteger(blockSize) || blockSize < 1) throw new UsageError(`${label}blockSize must be a positive integer, got ${String(opts.blockSize)}`);
+  const actOrder = opts.actOrder === true;
+  const given = opts.factor;
+  if (given && (given.n !== inF || given.percdamp !== percdamp || given.actOrder !== actOrder)) {
+    throw new UsageError(
+      `${label}the shared Hessian factor was made for ${given.n} inputs, damp ${given.percdamp}, actOrder ${given.actOrder}; ` +
+      `this Linear has ${inF}, ${percdamp}, ${actOrder}`,
+    );
+  }
   for (let i = 0; i < W.length; i++) {
     const v = W[i]!;
     if (v - v !== 0) throw new ModelError(`${label}weight holds a non-finite value (NaN or Inf) at row ${Math.floor(i / inF)}, column ${i % inF}`);
@@ -145,12 +180,10 @@ export function gptqQuantize(
 
   const n = inF;
   const { bits, sym } = opts;
-  const maxq = maxQ(bits);
   const grouped = opts.groupSize !== -1;
   const gs = grouped ? opts.groupSize : n;
   const nG = numGroups(n, opts.groupSize);
   const staticG = grouped && opts.staticGroups === true;
-  const actOrder = opts.actOrder === true;
 
   // Group parameters, transposed: sT[g*out + r], zT[g*out + r].
   const sT = new Float32Array(nG * out);
@@ -159,38 +192,24 @@ export function gptqQuantize(
   // Per-row: find_params on the whole weight, BEFORE dead columns are zeroed (as the reference).
   if (!grouped) rangesToParams(W, out, n, n, 1, null, bits, sym, sT, zT);
 
-  // Dead inputs (never activated): H_ii = 1, W[:, i] = 0.
-  const dead = new Uint8Array(n);
-  let nDead = 0;
-  for (let i = 0; i < n; i++) {
-    const d = H[i * n + i]!;
-    if (!Number.isFinite(d)) throw new ModelError(`${label}Hessian has a non-finite diagonal entry at column ${i}`);
-    if (d === 0) {
-      H[i * n + i] = 1;
-      dead[i] = 1;
-      nDead++;
-    }
+  // Dead inputs (never activated): H_ii = 1 (done here to H itself without a shared factor), W[:, i] = 0.
+  // Act-order: decreasing diag(H), ties by index. Then the damped inverse Cholesky factor.
+  let factor: GptqFactor;
+  if (given) {
+    factor = given;
+  } else {
+    factor = gptqFactor(backend, H, n, { damp: percdamp, actOrder, name: opts.name });
+    for (let i = 0; i < n; i++) if (factor.dead[i]) H[i * n + i] = 1;
   }
-  if (nDead === n) {
-    throw new ModelError(`${label}Hessian is all zero: no calibration activations reached this layer (GPTQ would zero the whole weight)`);
-  }
+  for (const pd of factor.failedDamps) opts.onWarning?.(`${label}Hessian not positive definite with damp ${pd}; retrying with damp ${nextDamp(pd)}`);
+  const { dead, perm, U, damp, retries } = factor;
 
   if (staticG) rangesToParams(W, out, n, gs, nG, dead, bits, sym, sT, zT);
-
-  // Act-order: decreasing diag(H), ties by index (a stable sort).
-  let perm: Int32Array | null = null;
-  if (actOrder) {
-    const idx = Array.from({ length: n }, (_, i) => i);
-    idx.sort((a, b) => H[b * n + b]! - H[a * n + a]! || a - b);
-    perm = Int32Array.from(idx);
-  }
 
   // Wt[p, r] = W[r, perm[p]], dead columns zeroed.
   const Wt = new Float32Array(n * out);
   transposeGather(W, out, n, perm, Wt);
   for (let p = 0; p < n; p++) if (dead[perm ? perm[p]! : p]) Wt.fill(0, p * out, (p + 1) * out);
-
-  const { U, damp, retries } = dampedInverseCholesky(backend, H, n, perm, percdamp, label, opts.onWarning);
 
   // ---- outliers: ot[p*out + r] marks a kept weight (processing order), vt holds its fp16 value
   const budget = outlierBudget(opts.outlierFraction ?? 0, out, n);
@@ -198,14 +217,9 @@ export function gptqQuantize(
   const vt = budget > 0 ? new Float32Array(n * out) : null;
   let left = budget;
   let tau = Infinity;
-  const saliency = (p: number, r: number): number => {
-    const w = Wt[p * out + r]!;
-    const d = U[p * n + p]!;
-    return (w * w) / (d * d);
-  };
   if (ot) {
     const sal = new Float64Array(n * out);
-    for (let p = 0; p < n; p++) for (let r = 0; r < out; r++) sal[p * out + r] = saliency(p, r);
+    for (let p = 0; p < n; p++) for (let r = 0; r < out; r++) sal[p * out + r] = saliency(Wt, U, n, out, p, r);
     if (!grouped || staticG) {
       // Parameters are fixed before the loop: pick the outliers now and recompute them without.
       ot.set(topKMask(sal, budget));
@@ -224,9 +238,14 @@ export function gptqQuantize(
   const Err = new Float32Array(maxBlock * out);
   const Ablk = new Float32Array(maxBlock * Math.max(n - 1, 1));
   const Asub = new Float32Array(SUB * maxBlock);
-  const mins = new Float32Array(out);
-  const maxs = new Float32Array(out);
-  let loss = 0;
+  const job: GptqColumnsJob = {
+    Wt, U, qt, err: Err, sT, zT, ot, vt, perm, n, out, bits, sym, groupSize: opts.groupSize, staticGroups: staticG, tau,
+    state: new Float64Array([0, left]),
+  };
+  // The per-column work of a sub-block: the backend's native loop, or the TypeScript reference.
+  const columns = backend.gptqColumns
+    ? (i1: number, s1: number, s2: number): void => columnsError(backend.gptqColumns!(job, i1, s1, s2), bits)
+    : (i1: number, s1: number, s2: number): void => gptqColumnsTs(job, i1, s1, s2);
 
   for (let i1 = 0; i1 < n;) {
     let i2 = Math.min(i1 + blockSize, n);
@@ -242,69 +261,7 @@ export function gptqQuantize(
     for (let s1 = i1; s1 < i2;) {
       let s2 = Math.min(s1 + SUB, i2);
       if (grouped && !staticG) s2 = Math.min(s2, (Math.floor(s1 / gs) + 1) * gs); // a group starts a sub-block
-      for (let p = s1; p < s2; p++) {
-        let base = 0;
-        if (grouped) {
-          if (staticG) {
-            base = Math.floor((perm ? perm[p]! : p) / gs) * out;
-          } else {
-            const g = Math.floor(p / gs);
-            base = g * out;
-            if (p % gs === 0) {
-              // find_params on the (current) weights of this group's columns.
-              mins.fill(Infinity);
-              maxs.fill(-Infinity);
-              const p1 = Math.min(p + gs, n);
-              if (ot && left > 0)
-                for (let c = p; c < p1 && left > 0; c++)
-                  for (let r = 0; r < out && left > 0; r++) if (saliency(c, r) >= tau) (ot[c * out + r] = 1), left--;
-              for (let c = p; c < p1; c++) {
-                const off = c * out;
-                for (let r = 0; r < out; r++) {
-                  if (ot && ot[off + r]) continue;
-                  const v = Wt[off + r]!;
-                  if (v < mins[r]!) mins[r] = v;
-                  if (v > maxs[r]!) maxs[r] = v;
-                }
-              }
-              for (let r = 0; r < out; r++) if (mins[r] === Infinity) mins[r] = maxs[r] = 0; // a row of outliers only
-              paramsFromRanges(mins, maxs, out, bits, sym, sT.subarray(base, base + out), zT.subarray(base, base + out));
-            }
-          }
-        }
-
-        const d = U[p * n + p]!;
-        const rowOff = p * out;
-        const eOff = (p - i1) * out;
-        let lsum = 0;
-        for (let r = 0; r < out; r++) {
-          const w = Wt[rowOff + r]!;
-          const s = sT[base + r]!;
-          const z = zT[base + r]!;
-          // q = clamp(round_half_even(w / s) + z, 0, maxq). For |t| ≤ 2^22, adding and removing
-          // 1.5·2^23 in float32 rounds t to an integer, half to even (exactly roundHalfEven).
-          let t = Math.fround(w / s);
-          t = t > 4194304 ? 4194304 : t < -4194304 ? -4194304 : t;
-          let q = Math.fround(t + 12582912) - 12582912 + z;
-          q = q < 0 ? 0 : q > maxq ? maxq : q;
-          qt[rowOff + r] = q;
-          let kept = Math.fround(s * (q - z));
-          if (ot && ot[rowOff + r]) kept = vt![rowOff + r] = roundToF16(w);
-          const diff = w - kept;
-          lsum += diff * diff;
-          Err[eOff + r] = diff / d;
-        }
-        loss += lsum / (d * d) / 2;
-
-        // W1[:, j] -= err · Hinv[p, j] for the rest of the sub-block (rank-1 update, row by row).
-        const uRow = p * n;
-        for (let j = p + 1; j < s2; j++) {
-          const h = U[uRow + j]!;
-          if (h === 0) continue;
-          const jo = j * out;
-          for (let r = 0; r < out; r++) Wt[jo + r] -= Err[eOff + r]! * h;
-        }
-      }
+      columns(i1, s1, s2);
 
       if (s2 < i2) {
         const m = i2 - s2;
@@ -329,6 +286,7 @@ export function gptqQuantize(
     }
     i1 = i2;
   }
+  const loss = job.state[0]!;
   if (!Number.isFinite(loss)) throw new ModelError(`${label}GPTQ produced a non-finite loss (degenerate Hessian?)`);
 
   // ---- back to natural order
@@ -376,6 +334,103 @@ export function gptqQuantize(
 
 // ---------------------------------------------------------------------------------------------
 // helpers
+
+/** GPTQ's saliency of weight (p, r) in processing order: w² / [H⁻¹]ₚₚ² (= U_pp⁴, compared consistently). */
+function saliency(Wt: Float32Array, U: Float32Array, n: number, out: number, p: number, r: number): number {
+  const w = Wt[p * out + r]!;
+  const d = U[p * n + p]!;
+  return (w * w) / (d * d);
+}
+
+/** A backend's gptqColumns result as the reference's error (paramsFromRanges' messages). */
+function columnsError(rc: number, bits: number): void {
+  if (rc === 0) return;
+  if (rc === 1) throw new ModelError(`cannot quantize a group holding a non-finite weight (NaN or Inf)`);
+  throw new ModelError(`quantization scale overflows float16 (weights of magnitude above ~${(65504 * maxQ(bits) / 2).toExponential(2)})`);
+}
+
+/**
+ * The per-column work of columns [s1, s2) of the lazy block starting at i1: find_params at a dynamic
+ * group's first column (outlier picking included), quantize each column, its scaled error into
+ * job.err, and the rank-1 updates of the rest of [s1, s2). The reference for Backend.gptqColumns
+ * (native/src/gptqloop.cc), which must match it bit for bit; used when a backend has none.
+ */
+export function gptqColumnsTs(job: GptqColumnsJob, i1: number, s1: number, s2: number): void {
+  const { Wt, U, qt, err: Err, sT, zT, ot, vt, perm, n, out, bits, sym, staticGroups: staticG, tau, state } = job;
+  const maxq = maxQ(bits);
+  const grouped = job.groupSize !== -1;
+  const gs = grouped ? job.groupSize : n;
+  let loss = state[0]!;
+  let left = state[1]!;
+  try {
+    for (let p = s1; p < s2; p++) {
+      let base = 0;
+      if (grouped) {
+        if (staticG) {
+          base = Math.floor((perm ? perm[p]! : p) / gs) * out;
+        } else {
+          const g = Math.floor(p / gs);
+          base = g * out;
+          if (p % gs === 0) {
+            // find_params on the (current) weights of this group's columns.
+            const mins = new Float32Array(out).fill(Infinity);
+            const maxs = new Float32Array(out).fill(-Infinity);
+            const p1 = Math.min(p + gs, n);
+            if (ot && left > 0)
+              for (let c = p; c < p1 && left > 0; c++)
+                for (let r = 0; r < out && left > 0; r++) if (saliency(Wt, U, n, out, c, r) >= tau) (ot[c * out + r] = 1), left--;
+            for (let c = p; c < p1; c++) {
+              const off = c * out;
+              for (let r = 0; r < out; r++) {
+                if (ot && ot[off + r]) continue;
+                const v = Wt[off + r]!;
+                if (v < mins[r]!) mins[r] = v;
+                if (v > maxs[r]!) maxs[r] = v;
+              }
+            }
+            for (let r = 0; r < out; r++) if (mins[r] === Infinity) mins[r] = maxs[r] = 0; // a row of outliers only
+            paramsFromRanges(mins, maxs, out, bits, sym, sT.subarray(base, base + out), zT.subarray(base, base + out));
+          }
+        }
+      }
+
+      const d = U[p * n + p]!;
+      const rowOff = p * out;
+      const eOff = (p - i1) * out;
+      let lsum = 0;
+      for (let r = 0; r < out; r++) {
+        const w = Wt[rowOff + r]!;
+        const s = sT[base + r]!;
+        const z = zT[base + r]!;
+        // q = clamp(round_half_even(w / s) + z, 0, maxq). For |t| ≤ 2^22, adding and removing
+        // 1.5·2^23 in float32 rounds t to an integer, half to even (exactly roundHalfEven).
+        let t = Math.fround(w / s);
+        t = t > 4194304 ? 4194304 : t < -4194304 ? -4194304 : t;
+        let q = Math.fround(t + 12582912) - 12582912 + z;
+        q = q < 0 ? 0 : q > maxq ? maxq : q;
+        qt[rowOff + r] = q;
+        let kept = Math.fround(s * (q - z));
+        if (ot && ot[rowOff + r]) kept = vt![rowOff + r] = roundToF16(w);
+        const diff = w - kept;
+        lsum += diff * diff;
+        Err[eOff + r] = diff / d;
+      }
+      loss += lsum / (d * d) / 2;
+
+      // W1[:, j] -= err · Hinv[p, j] for the rest of the sub-block (rank-1 update, row by row).
+      const uRow = p * n;
+      for (let j = p + 1; j < s2; j++) {
+        const h = U[uRow + j]!;
+        if (h === 0) continue;
+        const jo = j * out;
+        for (let r = 0; r < out; r++) Wt[jo + r] -= Err[eOff + r]! * h;
+      }
+    }
+  } finally {
+    state[0] = loss;
+    state[1] = left;
+  }
+}
 
 /**
  * Min-max parameters of every (row, natural group) of W, written transposed into sT/zT[g*out + r].
@@ -439,18 +494,65 @@ function transposeScatter(qt: Uint8Array, out: number, n: number, perm: Int32Arr
 }
 
 /**
+ * The damped inverse Cholesky factor of H for gptqQuantize (GptqOptions.factor), computed once and shared
+ * by the Linears of one Hessian. H is not modified (dead diagonal entries are read as 1). Throws
+ * ModelError for a non-finite diagonal, an all-zero H, or an H not positive definite after the retries.
+ */
+export function gptqFactor(
+  backend: Backend, H: Float32Array, n: number, opts: { damp?: number; actOrder?: boolean; name?: string | undefined },
+): GptqFactor {
+  const label = opts.name ? `${opts.name}: ` : "";
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${label}input features must be a positive integer, got ${n}`);
+  if (H.length !== n * n) throw new UsageError(`${label}Hessian holds ${H.length} values, expected ${n}×${n}`);
+  const percdamp = opts.damp ?? 0.01;
+  if (!(percdamp >= 0) || !Number.isFinite(percdamp)) throw new UsageError(`${label}damp must be a non-negative number, got ${String(opts.damp)}`);
+  const actOrder = opts.actOrder === true;
+
+  // Dead inputs (never activated): H_ii taken as 1.
+  const dead = new Uint8Array(n);
+  const diag = new Float32Array(n);
+  let nDead = 0;
+  for (let i = 0; i < n; i++) {
+    const d = H[i * n + i]!;
+    if (!Number.isFinite(d)) throw new ModelError(`${label}Hessian has a non-finite diagonal entry at column ${i}`);
+    if (d === 0) {
+      dead[i] = 1;
+      nDead++;
+    }
+    diag[i] = d === 0 ? 1 : d;
+  }
+  if (nDead === n) {
+    throw new ModelError(`${label}Hessian is all zero: no calibration activations reached this layer (GPTQ would zero the whole weight)`);
+  }
+
+  // Act-order: decreasing diag(H), ties by index (a stable sort).
+  let perm: Int32Array | null = null;
+  if (actOrder) {
+    const idx = Array.from({ length: n }, (_, i) => i);
+    idx.sort((a, b) => diag[b]! - diag[a]! || a - b);
+    perm = Int32Array.from(idx);
+  }
+  const { U, damp, retries, failedDamps } = dampedInverseCholesky(backend, H, diag, n, perm, percdamp, label);
+  return { n, percdamp, actOrder, dead, perm, U, damp, retries, failedDamps };
+}
+
+function nextDamp(pd: number): number {
+  return pd === 0 ? 0.01 : pd * 10;
+}
+
+/**
  * Hinv = upper Cholesky factor of (H[perm][:, perm] + damp·I)⁻¹, damp = percdamp·mean(diag H), as the
- * reference (cholesky, cholesky_inverse, cholesky upper). Not positive definite → percdamp ×10, up
- * to MAX_DAMP_RETRIES times, then a ModelError.
+ * reference (cholesky, cholesky_inverse, cholesky upper), with diag H read from `diag` (dead entries 1).
+ * Not positive definite → percdamp ×10, up to MAX_DAMP_RETRIES times, then a ModelError.
  */
 function dampedInverseCholesky(
-  backend: Backend, H: Float32Array, n: number, perm: Int32Array | null, percdamp: number,
-  label: string, onWarning: ((m: string) => void) | undefined,
-): { U: Float32Array; damp: number; retries: number } {
+  backend: Backend, H: Float32Array, diag: Float32Array, n: number, perm: Int32Array | null, percdamp: number, label: string,
+): { U: Float32Array; damp: number; retries: number; failedDamps: number[] } {
   let mean = 0;
-  for (let i = 0; i < n; i++) mean += H[i * n + i]!;
+  for (let i = 0; i < n; i++) mean += diag[i]!;
   mean /= n;
   const U = new Float32Array(n * n);
+  const failedDamps: number[] = [];
   let pd = percdamp;
   for (let attempt = 0; ; attempt++) {
     if (perm) {
@@ -463,9 +565,9 @@ function dampedInverseCholesky(
       U.set(H);
     }
     const add = Math.fround(pd * mean);
-    for (let i = 0; i < n; i++) U[i * n + i] += add;
+    for (let i = 0; i < n; i++) U[i * n + i] = diag[perm ? perm[i]! : i]! + add;
     if (backend.choleskyInverse(U, n) && backend.cholesky(U, n, true) && positiveDiagonal(U, n)) {
-      return { U, damp: pd, retries: attempt };
+      return { U, damp: pd, retries: attempt, failedDamps };
     }
     if (attempt >= MAX_DAMP_RETRIES) {
       throw new ModelError(
@@ -473,9 +575,8 @@ function dampedInverseCholesky(
         `use more or more varied calibration samples, or a larger --damp`,
       );
     }
-    const next = pd === 0 ? 0.01 : pd * 10;
-    onWarning?.(`${label}Hessian not positive definite with damp ${pd}; retrying with damp ${next}`);
-    pd = next;
+    failedDamps.push(pd);
+    pd = nextDamp(pd);
   }
 }
 

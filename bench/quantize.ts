@@ -5,8 +5,11 @@
 //   node --import tsx bench/quantize.ts [--case brown|stories|7b|all] [--windows 32] [--7b-windows 8] [--blocks 1]
 //                                       [--full] [--seqlen 512] [--threads T] [--calib c4] [--json] [--keep]
 //                                       [--method gptq[,awq,awq-gptq,rtn]] [--bits 4] [--group-size 128]
-//                                       [--asym] [--propagate auto|quantized|fp] [--format gptq]
+//                                       [--asym] [--propagate auto|quantized|fp] [--format gptq] [--ts-columns]
 //   node --import tsx bench/quantize.ts --print saved.json       (re-render a --json result)
+//
+// --ts-columns runs GPTQ's per-column work in the TypeScript reference (algorithms/gptq.ts gptqColumnsTs)
+// instead of the backend's native gptqColumns: same output, the time it took before native code.
 //
 // --method takes a comma-separated list: each method runs on each case (same calibration windows), and
 // the wall time of every method is printed as a ratio to the first (e.g. --method gptq,awq: AWQ/GPTQ).
@@ -28,8 +31,8 @@
 //             input, plus the pass that makes the next block's inputs), without the Hessian updates
 //   hessian   GptqHessian.addBatch = Backend.syrk (X^T X, both triangles written)
 //   cholesky  Backend.choleskyInverse + Backend.cholesky of the damped Hessian (potrf, potri, potrf)
-//   gptq      the rest of gptqQuantize: the column loop and its lazy-batch GEMMs (shown separately),
-//             transposes, dequantize
+//   gptq      the rest of gptqQuantize: the column loop — its per-column work (Backend.gptqColumns, native)
+//             and its lazy-batch GEMMs shown separately — transposes, dequantize
 //   relerr    the pipeline's relative output error tr(ΔHΔᵀ)/tr(WHWᵀ) (two out×in×in GEMMs per Linear)
 //   pack      format.pack of the quantized Linear
 //   write     writing the block's journal file
@@ -55,7 +58,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { sampleWindows } from "../src/calibration/sampler.js";
 import { resolveText } from "../src/calibration/texts.js";
-import type { ActivationKind, AttentionShape, Backend, KvCache, RopeTable } from "../src/compute/backend.js";
+import { gptqColumnsTs } from "../algorithms/gptq.js";
+import type { ActivationKind, AttentionShape, Backend, GptqColumnsJob, KvCache, RopeTable } from "../src/compute/backend.js";
 import { gemmPeakGflops, getBackend, type CpuBackend } from "../src/compute/index.js";
 import { openModel } from "../src/model/model.js";
 import { AWQ_CLIP_TOKENS, AWQ_SCALE_TOKENS } from "../src/pipeline/awq.js";
@@ -85,10 +89,11 @@ interface Args {
   calib: string;
   json: boolean;
   keep: boolean;
+  tsColumns: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { cases: ["brown", "7b"], methods: ["gptq"], bits: 4, groupSize: 128, sym: true, propagate: "auto", format: "gptq", windows: 32, windows7b: 8, seqlen: 512, blocks: 1, calib: "c4", json: false, keep: false };
+  const a: Args = { cases: ["brown", "7b"], methods: ["gptq"], bits: 4, groupSize: 128, sym: true, propagate: "auto", format: "gptq", windows: 32, windows7b: 8, seqlen: 512, blocks: 1, calib: "c4", json: false, keep: false, tsColumns: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => {
@@ -121,6 +126,7 @@ function parseArgs(argv: string[]): Args {
       a.propagate = p;
     }
     else if (k === "--keep") a.keep = true;
+    else if (k === "--ts-columns") a.tsColumns = true;
     else if (k === "-h" || k === "--help") {
       console.log(fs.readFileSync(here, "utf8").split("\n").slice(0, 50).join("\n"));
       process.exit(0);
@@ -148,6 +154,8 @@ interface BlockTiming {
   choleskySeconds: number;
   choleskyFlops: number;
   lazyGemmSeconds: number;
+  /** Backend.gptqColumns (the per-column work of GPTQ's loop); absent in older results. */
+  columnsSeconds?: number;
   forwardGemmSeconds: number;
   forwardGemmFlops: number;
   /** GEMMs inside AWQ's scale search (module outputs of the candidates); absent in older results. */
@@ -179,7 +187,7 @@ interface ChildResult {
 function newBlock(block: number): BlockTiming {
   return {
     block, seconds: 0, phases: { forward: 0, gptq: 0, relerr: 0, pack: 0, write: 0, "awq-capture": 0, "awq-scale": 0, "awq-clip": 0 },
-    hessianSeconds: 0, hessianFlops: 0, choleskySeconds: 0, choleskyFlops: 0, lazyGemmSeconds: 0, forwardGemmSeconds: 0, forwardGemmFlops: 0, awqScaleGemmSeconds: 0, awqScaleGemmFlops: 0,
+    hessianSeconds: 0, hessianFlops: 0, choleskySeconds: 0, choleskyFlops: 0, lazyGemmSeconds: 0, columnsSeconds: 0, forwardGemmSeconds: 0, forwardGemmFlops: 0, awqScaleGemmSeconds: 0, awqScaleGemmFlops: 0,
   };
 }
 
@@ -219,7 +227,7 @@ class PhaseClock implements Backend {
   private readonly hessians = new WeakSet<Float32Array>();
   private downSeen = 0;
   private awqPending = false;
-  constructor(private readonly inner: Backend, private readonly awq: AwqShapes | null) {
+  constructor(private readonly inner: Backend, private readonly awq: AwqShapes | null, private readonly tsColumns = false) {
     this.name = `timed(${inner.name})`;
   }
   begin(b: BlockTiming): void {
@@ -311,6 +319,14 @@ class PhaseClock implements Backend {
     this.cur.choleskyFlops += n * n * n;
     return r;
   }
+  gptqColumns(job: GptqColumnsJob, i1: number, s1: number, s2: number): number {
+    const t0 = now();
+    let rc = 0;
+    if (this.inner.gptqColumns && !this.tsColumns) rc = this.inner.gptqColumns(job, i1, s1, s2);
+    else gptqColumnsTs(job, i1, s1, s2);
+    this.cur.columnsSeconds! += now() - t0;
+    return rc;
+  }
   // The block ops (norms, RoPE, attention, activations, residual adds) are forward work.
   private op(fn: () => void): void {
     fn();
@@ -346,6 +362,7 @@ function peaks(be: Backend): Record<string, number> {
 }
 
 interface ChildSpec {
+  tsColumns?: boolean;
   label: string;
   model: string;
   nsamples: number;
@@ -361,9 +378,9 @@ interface ChildSpec {
 }
 
 /** The settings in words, e.g. "awq 4-bit g128 sym, gptq format". */
-function settingsText(s: Pick<ChildSpec, "method" | "bits" | "groupSize" | "sym" | "format"> & { propagate: string }): string {
+function settingsText(s: Pick<ChildSpec, "method" | "bits" | "groupSize" | "sym" | "format" | "tsColumns"> & { propagate: string }): string {
   return `${s.method} ${s.bits}-bit ${s.groupSize === -1 ? "per row" : `g${s.groupSize}`} ${s.sym ? "sym" : "asym"}, ${s.format} format` +
-    `, ${s.propagate} propagation`;
+    `, ${s.propagate} propagation${s.tsColumns ? ", TypeScript column loop (--ts-columns)" : ""}`;
 }
 
 async function runChild(spec: ChildSpec): Promise<ChildResult> {
@@ -412,7 +429,7 @@ async function runChild(spec: ChildSpec): Promise<ChildResult> {
       headDim: a.headDim,
     };
   }
-  const clock = new PhaseClock(be, awq);
+  const clock = new PhaseClock(be, awq, spec.tsColumns === true);
   const blocks: BlockTiming[] = [];
   // Which Linear closes its true-sequential group (then a forward starts; after the last group, the write).
   const groupEnd = new Map<string, "forward" | "write">();
@@ -498,6 +515,7 @@ function printResult(r: ChildResult, log: (s: string) => void): void {
     `(before ${Object.entries(r.gemmPeak.before).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")}; after ${Object.entries(r.gemmPeak.after).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")})`);
   const sum = (f: (b: BlockTiming) => number) => r.blocks.reduce((s, b) => s + f(b), 0);
   const n = r.blocks.length;
+  const b0 = r.blocks[0] ?? newBlock(0);
   const tot = sum((b) => b.seconds);
   const fwd = sum((b) => b.phases.forward) - sum((b) => b.hessianSeconds);
   const awqRows: [string, number, string][] = [
@@ -512,7 +530,7 @@ function printResult(r: ChildResult, log: (s: string) => void): void {
     ["forward (excl. Hessian)", fwd, `GEMMs ${(sum((b) => b.forwardGemmFlops) / sum((b) => b.forwardGemmSeconds) / 1e9).toFixed(1)} GFLOP/s, ${((100 * sum((b) => b.forwardGemmSeconds)) / Math.max(fwd, 1e-9)).toFixed(0)}% of forward in GEMMs`],
     ["Hessian (syrk)", sum((b) => b.hessianSeconds), `${(sum((b) => b.hessianFlops) / sum((b) => b.hessianSeconds) / 1e9).toFixed(1)} GFLOP/s = ${((100 * sum((b) => b.hessianFlops) / sum((b) => b.hessianSeconds) / 1e9) / pk).toFixed(0)}% of peak`],
     ...(sum((b) => b.choleskySeconds) > 0 ? [["GPTQ: Cholesky", sum((b) => b.choleskySeconds), `${(sum((b) => b.choleskyFlops) / sum((b) => b.choleskySeconds) / 1e9).toFixed(1)} GFLOP/s = ${((100 * sum((b) => b.choleskyFlops) / sum((b) => b.choleskySeconds) / 1e9) / pk).toFixed(0)}% of peak`] as [string, number, string]] : []),
-    [r.method === "rtn" || r.method === "awq" ? "rounding (RTN)" : "GPTQ: column loop etc.", sum((b) => b.phases.gptq) - sum((b) => b.choleskySeconds), sum((b) => b.choleskySeconds) > 0 ? `of which lazy-batch GEMMs ${sum((b) => b.lazyGemmSeconds).toFixed(2)} s` : "quantizeRtn + dequantize"],
+    [r.method === "rtn" || r.method === "awq" ? "rounding (RTN)" : "GPTQ: column loop etc.", sum((b) => b.phases.gptq) - sum((b) => b.choleskySeconds), sum((b) => b.choleskySeconds) > 0 ? `of which lazy-batch GEMMs ${sum((b) => b.lazyGemmSeconds).toFixed(2)} s` + (b0.columnsSeconds !== undefined ? `, per-column work (gptqColumns) ${sum((b) => b.columnsSeconds ?? 0).toFixed(2)} s` : "") : "quantizeRtn + dequantize"],
     ["relative error metric", sum((b) => b.phases.relerr), awqTotal > 0 ? "2 GEMMs out×in×in per Linear, + 2 for relErrorBefore" : "2 GEMMs out×in×in per Linear"],
     ["packing", sum((b) => b.phases.pack), awqTotal > 0 ? "format.pack + relErrorBefore's rounding" : "format.pack"],
     ["journal write", sum((b) => b.phases.write), ""],
@@ -557,7 +575,7 @@ async function main(): Promise<void> {
   };
   const results: ChildResult[] = [];
   const common = (method: Method) => ({
-    method, seqlen: args.seqlen, calib: args.calib, threads: args.threads,
+    method, seqlen: args.seqlen, calib: args.calib, threads: args.threads, tsColumns: args.tsColumns,
     bits: args.bits, groupSize: args.groupSize, sym: args.sym, format: args.format,
     // As the CLI's --propagate auto: fp for AWQ methods, quantized otherwise.
     propagate: args.propagate !== "auto" ? args.propagate : METHODS[method].awq ? ("fp" as const) : ("quantized" as const),

@@ -17,7 +17,7 @@ import type { FormatSpec, QuantSettings, QuantizedLinear } from "../../formats/t
 import { quantizeRtn } from "../../algorithms/rtn.js";
 import type { QuantOptions } from "../../algorithms/quantizer.js";
 import { roundToF16InPlace } from "../../algorithms/quantizer.js";
-import { GptqHessian, gptqQuantize } from "../../algorithms/gptq.js";
+import { type GptqFactor, GptqHessian, gptqFactor, gptqQuantize } from "../../algorithms/gptq.js";
 import type { ArchSpec, LinearSpec } from "../model/architectures.js";
 import { blockForward, createContext, linearInput, type BlockWeights, type ForwardContext } from "../model/forward.js";
 import { embedTokens, loadBlockWeights, readFloat, unpackLinear, type ModelSource } from "../model/model.js";
@@ -286,6 +286,11 @@ async function quantizeBlock(
     const hessian = plan.calibrate ? new GptqHessian(backend, byName.get(group[0]!)!.in) : null;
     if (hessian && group.some((n) => reasonOf(byName.get(n)!) === null))
       collectLinearInputs(ctx, w, acts, group[0]!, (x, rows) => hessian.addBatch(x, rows));
+    // GPTQ's damped inverse Cholesky factor depends only on H, damp and act-order: one per Hessian, made
+    // at the group's first quantized Linear (whose name its errors carry) and shared by the others.
+    let factor: GptqFactor | undefined;
+    const factorFor = (full: string): GptqFactor =>
+      (factor ??= gptqFactor(backend, hessian!.H, hessian!.inF, { damp: plan.settings.damp ?? 0.01, actOrder: plan.settings.actOrder, name: full }));
     for (const name of group) {
       await checkpoint(events, i, a.nLayers);
       const l = byName.get(name)!;
@@ -308,8 +313,9 @@ async function quantizeBlock(
         // Every algorithm's result carries the format-neutral layer; the pipeline reads only that.
         const r = (
           method.gptq
-            ? gptqQuantize(backend, W, H!.slice(), l.out, l.in, {
+            ? gptqQuantize(backend, W, H!, l.out, l.in, {
                 ...opts,
+                factor: factorFor(full),
                 outlierFraction: fraction,
                 damp: plan.settings.damp ?? 0.01,
                 blockSize: plan.blockSize,
@@ -330,7 +336,7 @@ async function quantizeBlock(
           ? plan.probeBits.map((bits) => {
               const o = { ...opts, bits };
               const q = method.gptq
-                ? gptqQuantize(backend, W, H.slice(), l.out, l.in, { ...o, damp: plan.settings.damp ?? 0.01, blockSize: plan.blockSize, actOrder: plan.settings.actOrder, staticGroups: plan.settings.staticGroups ?? false, outlierFraction: fraction }).layer
+                ? gptqQuantize(backend, W, H, l.out, l.in, { ...o, factor: factorFor(full), damp: plan.settings.damp ?? 0.01, blockSize: plan.blockSize, actOrder: plan.settings.actOrder, staticGroups: plan.settings.staticGroups ?? false, outlierFraction: fraction }).layer
                 : quantizeRtn(W, l.out, l.in, o, mask).layer;
               return { bits, relError: relativeError(backend, W, dequantize(q), H, l.out, l.in) };
             })
