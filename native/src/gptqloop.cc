@@ -1,10 +1,13 @@
 // GPTQ's per-column work inside one sub-block of the lazy-batch column loop, bit-identical to the
 // TypeScript reference in algorithms/gptq.ts (gptqColumnsTs). The TypeScript computes in float64 and
 // rounds to float32 where it stores into a Float32Array or calls Math.fround; every expression below
-// does exactly the same operations in the same order (double where the TypeScript has a number,
-// float where it has a float32), so no contraction into fused multiply-adds may happen: the pragma
-// below turns it off for this file (GCC's default is -ffp-contract=fast), and nothing here is built
-// with -ffast-math or for an FMA target.
+// does the same operations in the same order: in float64 where the TypeScript keeps a number, in
+// float32 where it rounds a float64 +, −, ×, ÷ of two float32 values with Math.fround (the same
+// result: float64 carries more than 2·24 + 2 bits, so rounding twice equals rounding once). Sums stay
+// in the reference's order, and no contraction into fused multiply-adds may happen: the pragma below
+// turns it off for this file (GCC's default is -ffp-contract=fast), nothing here is built with
+// -ffast-math, and the per-element loops are compiled for baseline x86-64 and for AVX2 without FMA
+// (runtime dispatch), both vectorized by the compiler under these rules.
 //
 // Export (registered by Register, called from quant4_native.cc's Init):
 //   gptqColumns(Wt, U, qt, err, sT, zT, ot|null, vt|null, perm|null, n, out, bits, sym, groupSize,
@@ -117,12 +120,94 @@ int ParamsFromRanges(const float* mins, const float* maxs, int64_t count, int bi
   return 0;
 }
 
+
+// ---- the two per-element loops, compiled twice (baseline x86-64 / AVX2 without FMA) for the vectorizer.
+// Every element is independent: the float64 sum of squared errors is left to the caller, in order.
+
+// Quantize one column of `out` rows: codes, kept value (float32), error (float64) and scaled error.
+// Float32 division, addition and multiplication here give exactly what the TypeScript's float64
+// operation followed by Math.fround gives (float64 has more than 2·24 + 2 bits: no double rounding).
+#define Q4_QUANT_BODY                                                                                     \
+  for (int64_t r = 0; r < out; r++) {                                                                     \
+    const float w = wp[r];                                                                                \
+    const float sr = s[r];                                                                                \
+    const float zr = static_cast<float>(z[r]);                                                            \
+    float t = w / sr;                                                                                     \
+    t = t > 4194304.0f ? 4194304.0f : t < -4194304.0f ? -4194304.0f : t;                                  \
+    float q = ((t + 12582912.0f) - 12582912.0f) + zr; /* exact: an integer (or NaN) */                    \
+    q = q < 0.0f ? 0.0f : q > maxq ? maxq : q;                                                            \
+    q8[r] = q == q ? static_cast<uint8_t>(q) : static_cast<uint8_t>(0); /* a Uint8Array stores NaN as 0 */ \
+    kept[r] = sr * (q - zr);                                                                              \
+  }
+
+#define Q4_ERR_BODY                                                                                       \
+  for (int64_t r = 0; r < out; r++) {                                                                     \
+    const double diff = static_cast<double>(wp[r]) - static_cast<double>(kept[r]);                         \
+    dif[r] = diff;                                                                                        \
+    e[r] = static_cast<float>(diff / dd);                                                                 \
+  }
+
+// wc[r] -= e[r]·h in float64 (the product of two float32 values is exact there), rounded to float32.
+#define Q4_UPDATE_BODY \
+  for (int64_t r = 0; r < out; r++) wc[r] = static_cast<float>(static_cast<double>(wc[r]) - static_cast<double>(e[r]) * hd);
+
+void QuantBase(const float* __restrict wp, const float* __restrict s, const uint8_t* __restrict z, float maxq, int64_t out,
+               uint8_t* __restrict q8, float* __restrict kept) {
+  Q4_QUANT_BODY
+}
+void ErrBase(const float* __restrict wp, const float* __restrict kept, double dd, int64_t out, double* __restrict dif,
+             float* __restrict e) {
+  Q4_ERR_BODY
+}
+void UpdateBase(float* __restrict wc, const float* __restrict e, double hd, int64_t out) {
+  Q4_UPDATE_BODY
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(QUANT4_ACCELERATE)
+#define Q4_GPTQ_AVX2 1
+// AVX2 only: no "fma" in the target, so no fused multiply-add can be emitted here either.
+__attribute__((target("avx2"))) void QuantAvx2(const float* __restrict wp, const float* __restrict s, const uint8_t* __restrict z,
+                                               float maxq, int64_t out, uint8_t* __restrict q8, float* __restrict kept) {
+  Q4_QUANT_BODY
+}
+__attribute__((target("avx2"))) void ErrAvx2(const float* __restrict wp, const float* __restrict kept, double dd, int64_t out,
+                                             double* __restrict dif, float* __restrict e) {
+  Q4_ERR_BODY
+}
+__attribute__((target("avx2"))) void UpdateAvx2(float* __restrict wc, const float* __restrict e, double hd, int64_t out) {
+  Q4_UPDATE_BODY
+}
+bool UseAvx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#endif
+
+void Quant(const float* wp, const float* s, const uint8_t* z, float maxq, int64_t out, uint8_t* q8, float* kept) {
+#ifdef Q4_GPTQ_AVX2
+  if (UseAvx2()) return QuantAvx2(wp, s, z, maxq, out, q8, kept);
+#endif
+  QuantBase(wp, s, z, maxq, out, q8, kept);
+}
+void Err(const float* wp, const float* kept, double dd, int64_t out, double* dif, float* e) {
+#ifdef Q4_GPTQ_AVX2
+  if (UseAvx2()) return ErrAvx2(wp, kept, dd, out, dif, e);
+#endif
+  ErrBase(wp, kept, dd, out, dif, e);
+}
+void Update(float* wc, const float* e, double hd, int64_t out) {
+#ifdef Q4_GPTQ_AVX2
+  if (UseAvx2()) return UpdateAvx2(wc, e, hd, out);
+#endif
+  UpdateBase(wc, e, hd, out);
+}
+
 }  // namespace
 
 int Columns(const ColumnsJob& j, int64_t i1, int64_t s1, int64_t s2) {
   const int64_t n = j.n;
   const int64_t out = j.out;
-  const double maxq = static_cast<double>((1 << j.bits) - 1);
+  const float maxq = static_cast<float>((1 << j.bits) - 1);
   const bool grouped = j.groupSize != -1;
   const int64_t gs = grouped ? j.groupSize : n;
   float* const Wt = j.Wt;
@@ -131,6 +216,8 @@ int Columns(const ColumnsJob& j, int64_t i1, int64_t s1, int64_t s2) {
   double loss = j.state[0];
   double left = j.state[1];
   std::vector<float> mins, maxs, xminL;
+  std::vector<float> kept(out);
+  std::vector<double> dif(out);
 
   for (int64_t p = s1; p < s2; p++) {
     int64_t base = 0;
@@ -190,45 +277,27 @@ int Columns(const ColumnsJob& j, int64_t i1, int64_t s1, int64_t s2) {
     const float d = U[p * n + p];
     const double dd = d;
     const int64_t rowOff = p * out;
-    float* const wp = Wt + rowOff;
+    const float* const wp = Wt + rowOff;
     float* const e = j.err + (p - i1) * out;
-    const float* const s = j.sT + base;
-    const uint8_t* const z = j.zT + base;
-    uint8_t* const q8 = j.qt + rowOff;
-    const uint8_t* const op = ot ? ot + rowOff : nullptr;
-    double lsum = 0;
-    for (int64_t r = 0; r < out; r++) {
-      const float w = wp[r];
-      const float sr = s[r];
-      const double zr = z[r];
-      // q = clamp(round_half_even(w / s) + z, 0, maxq), as the reference (adding and removing 1.5·2^23
-      // in float32 rounds |t| ≤ 2^22 to an integer, half to even).
-      double t = static_cast<float>(static_cast<double>(w) / static_cast<double>(sr));
-      t = t > 4194304 ? 4194304 : t < -4194304 ? -4194304 : t;
-      double q = static_cast<double>(static_cast<float>(t + 12582912)) - 12582912 + zr;
-      q = q < 0 ? 0 : q > maxq ? maxq : q;
-      q8[r] = q == q ? static_cast<uint8_t>(q) : 0;  // (a Uint8Array stores NaN as 0)
-      double kept = static_cast<float>(static_cast<double>(sr) * (q - zr));
-      if (op && op[r]) {
-        const float v = RoundToF16(w);
-        j.vt[rowOff + r] = v;
-        kept = v;
-      }
-      const double diff = static_cast<double>(w) - kept;
-      lsum += diff * diff;
-      e[r] = static_cast<float>(diff / dd);
+    // q = clamp(round_half_even(w / s) + z, 0, maxq), as the reference (adding and removing 1.5·2^23
+    // in float32 rounds |t| ≤ 2^22 to an integer, half to even); outliers keep their fp16 value.
+    Quant(wp, j.sT + base, j.zT + base, maxq, out, j.qt + rowOff, kept.data());
+    if (ot) {
+      const uint8_t* const op = ot + rowOff;
+      for (int64_t r = 0; r < out; r++)
+        if (op[r]) kept[r] = j.vt[rowOff + r] = RoundToF16(wp[r]);
     }
+    Err(wp, kept.data(), dd, out, dif.data(), e);
+    double lsum = 0;
+    for (int64_t r = 0; r < out; r++) lsum += dif[r] * dif[r];  // in row order, as the reference
     loss += lsum / (dd * dd) / 2;
 
-    // W1[:, c] -= err · Hinv[p, c] for the rest of the sub-block (rank-1 update, row by row). The
-    // product of two float32 values is exact in float64, so this is one rounding to float64, then float32.
+    // W1[:, c] -= err · Hinv[p, c] for the rest of the sub-block (rank-1 update, row by row).
     const float* const uRow = U + p * n;
     for (int64_t c = p + 1; c < s2; c++) {
       const float h = uRow[c];
       if (h == 0) continue;
-      const double hd = h;
-      float* const wc = Wt + c * out;
-      for (int64_t r = 0; r < out; r++) wc[r] = static_cast<float>(static_cast<double>(wc[r]) - static_cast<double>(e[r]) * hd);
+      Update(Wt + c * out, e, static_cast<double>(h), out);
     }
   }
   j.state[0] = loss;
