@@ -133,7 +133,7 @@ export interface GptqResult {
   zeros: Uint8Array;
   /** [in] group of each input column; present iff actOrder (natural floor(i/gs) with static groups). */
   gIdx?: Int32Array;
-  /** [out, in] float32: the weight the layer now stands for (= dequantize(layer)). */
+  /** [out, in] float32: the weight the layer now stands for (= dequantize(layer), made on first read). */
   dequant: Float32Array;
   /** Σ (w − q)² / Hinv_ii² / 2 over all weights: the sum of the reference's `Losses`. */
   loss: number;
@@ -329,7 +329,15 @@ export function gptqQuantize(
     ...(gIdx ? { gIdx } : {}),
     ...(outliers ? { outliers } : {}),
   };
-  return { codes, scales, zeros, ...(gIdx ? { gIdx } : {}), dequant: dequantize(layer), loss, damp, dampRetries: retries, layer };
+  // dequant is made on first use (the pipeline reads only `layer`).
+  let dq: Float32Array | undefined;
+  return {
+    codes, scales, zeros, ...(gIdx ? { gIdx } : {}),
+    get dequant(): Float32Array {
+      return (dq ??= dequantize(layer));
+    },
+    loss, damp, dampRetries: retries, layer,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
