@@ -108,8 +108,12 @@ class Pool {
   void SetThreads(int n) { threads_.store(std::max(1, std::min(n, 256))); }
   int Threads() const { return threads_.load(); }
 
-  /** Runs fn(chunk, chunks) for every chunk in [0, chunks), on up to Threads() threads. */
-  void Run(int chunks, const std::function<void(int, int)>& fn) {
+  /**
+   * Runs fn(chunk, chunks) for every chunk in [0, chunks), on up to Threads() threads. spinAfter: the
+   * workers spin for the next job (back-to-back GEMV calls) rather than sleeping at once (the block ops,
+   * which a BLAS call follows: a spinning worker would take a core from BLAS's threads).
+   */
+  void Run(int chunks, const std::function<void(int, int)>& fn, bool spinAfter = true) {
     const int threads = Threads();
     if (chunks <= 1 || threads <= 1 || Serial()) {
       for (int c = 0; c < chunks; c++) fn(c, chunks);
@@ -123,6 +127,7 @@ class Pool {
       std::lock_guard<std::mutex> lk(m_);
       job_ = &fn;
       chunks_ = chunks;
+      spin_.store(spinAfter, std::memory_order_relaxed);
       completed_.store(0, std::memory_order_relaxed);
       gen = (word_.load() >> 32) + 1;
       word_.store(gen << 32, std::memory_order_release);
@@ -199,7 +204,7 @@ class Pool {
         int spins = 0;
         while ((g = word_.load(std::memory_order_acquire) >> 32) == seen) {
           Pause();
-          if (++spins % 256 == 0 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(g_spinUs)) {
+          if (!spin_.load(std::memory_order_relaxed) || (++spins % 256 == 0 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(g_spinUs))) {
             std::unique_lock<std::mutex> lk(m_);
             cv_.wait(lk, [&] { return (word_.load() >> 32) != seen; });
             g = word_.load() >> 32;
@@ -217,6 +222,7 @@ class Pool {
   std::vector<std::thread> workers_;
   std::atomic<uint64_t> word_{0};  // generation << 32 | next chunk
   std::atomic<int> completed_{0};
+  std::atomic<bool> spin_{true};  // spin for the next job after this one
   const std::function<void(int, int)>* job_ = nullptr;
   int chunks_ = 0;
   std::atomic<int> threads_{static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))};
@@ -868,7 +874,9 @@ void DequantRows(const PackedLinear& L, int64_t r0, int64_t r1, float* dst) {
   for (int64_t r = r0; r < r1; r++) DequantRow(L, r, dst + (r - r0) * L.in);
 }
 
-void ParallelFor(int chunks, const std::function<void(int, int)>& fn) { ThePool().Run(chunks, fn); }
+// Block ops: workers sleep right after the job unless QUANT4_BLOCKOPS_SPIN=1.
+const bool g_blockOpsSpin = EnvInt("QUANT4_BLOCKOPS_SPIN", 0) != 0;
+void ParallelFor(int chunks, const std::function<void(int, int)>& fn) { ThePool().Run(chunks, fn, g_blockOpsSpin); }
 
 void SetThreads(int n) { ThePool().SetThreads(n); }
 int Threads() { return ThePool().Threads(); }

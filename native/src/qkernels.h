@@ -96,7 +96,9 @@ void DequantRows(const PackedLinear& L, int64_t r0, int64_t r1, float* dst);
 
 /**
  * Runs fn(chunk, chunks) for every chunk in [0, chunks) on the kernel pool (the caller takes part; chunks
- * are claimed dynamically; one job at a time). Used by the block ops (blockops.cc).
+ * are claimed dynamically; one job at a time). Used by the block ops (blockops.cc); after such a job the
+ * workers sleep at once instead of spinning for the next one (a BLAS call usually follows and needs the
+ * cores; QUANT4_BLOCKOPS_SPIN=1 lets them spin).
  */
 void ParallelFor(int chunks, const std::function<void(int, int)>& fn);
 
