@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -31,10 +32,21 @@ namespace {
 // Elements below which a row-wise op stays on the calling thread (a pool hand-off costs a few µs).
 constexpr int64_t kParallelElems = 1 << 14;
 
+int EnvThreads() {
+  const char* v = std::getenv("QUANT4_BLOCKOPS_THREADS");
+  if (!v || !*v) return 0;
+  const int n = std::atoi(v);
+  return n > 0 ? n : 0;
+}
+// At most this many threads for the block ops (0: the kernel pool's count, i.e. --threads).
+const int g_maxThreads = EnvThreads();
+
+int OpThreads() { return g_maxThreads > 0 ? std::min(g_maxThreads, Threads()) : Threads(); }
+
 /** fn(r0, r1) over row ranges, on the pool when the call is large enough. */
 template <typename F>
 void ForRows(int64_t rows, int64_t elemsPerRow, F&& fn) {
-  const int threads = Threads();
+  const int threads = OpThreads();
   if (threads <= 1 || rows < 2 || rows * elemsPerRow < kParallelElems) {
     fn(int64_t(0), rows);
     return;
@@ -588,7 +600,7 @@ void Attention(const float* q, const float* k, const float* v, const AttnShape& 
     const int64_t t0 = c * kQChunk;
     AttnTask(a, bh / s.nHeads, bh % s.nHeads, t0, std::min(kQChunk, s.T - t0), simd);
   };
-  if (Threads() <= 1 || tasks < 2 || work < 65536) {
+  if (OpThreads() <= 1 || tasks < 2 || work < 65536) {
     for (int64_t t = 0; t < tasks; t++) run(t);
     return;
   }
