@@ -183,6 +183,21 @@ describe("native GPTQ column loop = the TypeScript loop, bit for bit", () => {
     expect(ran).toBeGreaterThan(100);
   });
 
+  it("the baseline (non-AVX2) build of the per-element loops too (setSimd(false), as QUANT4_NO_SIMD=1)", () => {
+    const cpu = native as ReturnType<typeof getBackend> & { setSimd?: (on: boolean) => boolean };
+    if (!cpu.setSimd) return;
+    const out = 24;
+    const inF = 72;
+    const W = gaussian(out * inF, 13, 0.05);
+    const H = hessian(200, inF, 23, [9]);
+    cpu.setSimd(false);
+    try {
+      compareAll(W, H, out, inF, cases([-1, 16], [16, 128]).filter((_, i) => i % 3 === 0), "baseline");
+    } finally {
+      cpu.setSimd(true);
+    }
+  });
+
   it("errors: a non-finite weight reaching find_params and a float16 scale overflow are the reference's ModelErrors", () => {
     const n = 8;
     const out = 4;

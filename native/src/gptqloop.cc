@@ -7,7 +7,8 @@
 // in the reference's order, and no contraction into fused multiply-adds may happen: the pragma below
 // turns it off for this file (GCC's default is -ffp-contract=fast), nothing here is built with
 // -ffast-math, and the per-element loops are compiled for baseline x86-64 and for AVX2 without FMA
-// (runtime dispatch), both vectorized by the compiler under these rules.
+// (runtime dispatch; setSimd(false) / QUANT4_NO_SIMD=1 select the baseline), both vectorized by the
+// compiler under these rules.
 //
 // Export (registered by Register, called from quant4_native.cc's Init):
 //   gptqColumns(Wt, U, qt, err, sT, zT, ot|null, vt|null, perm|null, n, out, bits, sym, groupSize,
@@ -21,6 +22,7 @@
 #endif
 
 #include "gptqloop.h"
+#include "qkernels.h"  // q4::SimdInUse: the packed kernels' AVX2 switch (setSimd, QUANT4_NO_SIMD) applies here too
 
 #include <cmath>
 #include <cstring>
@@ -178,8 +180,8 @@ __attribute__((target("avx2"))) void UpdateAvx2(float* __restrict wc, const floa
   Q4_UPDATE_BODY
 }
 bool UseAvx2() {
-  static const bool yes = __builtin_cpu_supports("avx2");
-  return yes;
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  return avx2 && q4::SimdInUse();
 }
 #endif
 
