@@ -195,7 +195,11 @@ describe("a SIGKILLed run leaves a stale lock", () => {
 
     // --resume takes the lock over (its own pid in it) and continues at block 3 of 5.
     const resumer = start(args("gptq", out, ["--resume"]), { QUANT4_TEST_DELAY_MS: "1500" });
-    await until(() => readLock(out)?.pid !== stale.pid, "the lock to be taken over");
+    // Taking over replaces the lock file, so it can be absent for a moment: wait for the new one.
+    await until(() => {
+      const l = readLock(out);
+      return l !== null && l.pid !== stale.pid;
+    }, "the lock to be taken over");
     expect(readLock(out)).toMatchObject({ pid: resumer.pid, host: HOST });
     const resumed = await resumer.done;
     expect(resumed.code, resumed.stderr).toBe(0);
