@@ -8,6 +8,7 @@ import type { Backend } from "../src/compute/backend.js";
 import { getBackend } from "../src/compute/index.js";
 import { ModelError, UsageError } from "../src/util/errors.js";
 import { mulberry32 as rng } from "../src/calibration/sampler.js";
+import { gaussianArray } from "./helpers.js";
 
 const backend: Backend = getBackend("cpu");
 
@@ -15,17 +16,7 @@ const backend: Backend = getBackend("cpu");
 // seeded data
 
 
-function gaussian(n: number, seed: number, std = 1): Float32Array {
-  const u = rng(seed);
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(u() + 1e-12));
-    const t = 2 * Math.PI * u();
-    a[i] = std * r * Math.cos(t);
-    if (i + 1 < n) a[i + 1] = std * r * Math.sin(t);
-  }
-  return a;
-}
+const gaussian = gaussianArray;
 
 /** Correlated activations: X = Z·B + 0.1·N with rank-16 Z·B and uneven column scales. */
 function correlatedX(rows: number, inF: number, seed: number): Float32Array {

@@ -16,7 +16,7 @@ import { blockForward, createContext } from "../src/model/forward.js";
 import { embedTokens, loadBlockWeights, loadGlobalWeights, openModel } from "../src/model/model.js";
 import { loadTokenizer } from "../src/tokenizer/index.js";
 import { ModelError } from "../src/util/errors.js";
-import { STORIES_VENDORED } from "./helpers.js";
+import { gaussianArray, STORIES_VENDORED } from "./helpers.js";
 
 const native = getBackend("cpu");
 native.setThreads(1);
@@ -34,17 +34,7 @@ function bytes(a: ArrayBufferView): Buffer {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 }
 
-function gaussian(n: number, seed: number, std = 1): Float32Array {
-  const u = rng(seed);
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(u() + 1e-12));
-    const t = 2 * Math.PI * u();
-    a[i] = std * r * Math.cos(t);
-    if (i + 1 < n) a[i + 1] = std * r * Math.sin(t);
-  }
-  return a;
-}
+const gaussian = gaussianArray;
 
 /** Correlated activations with uneven column scales; `dead` columns never activated. */
 function hessian(rows: number, inF: number, seed: number, dead: number[] = []): Float32Array {

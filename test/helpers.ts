@@ -124,6 +124,19 @@ export function gaussian(rand: () => number): () => number {
   };
 }
 
+/** `n` seeded normal samples × `std` (Box–Muller, both outputs of each pair used), as a Float32Array. */
+export function gaussianArray(n: number, seed: number, std = 1): Float32Array {
+  const u = rng(seed);
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(u() + 1e-12));
+    const t = 2 * Math.PI * u();
+    a[i] = std * r * Math.cos(t);
+    if (i + 1 < n) a[i + 1] = std * r * Math.sin(t);
+  }
+  return a;
+}
+
 export type SyntheticKind = "opt" | "gpt2" | "qwen2" | "llama3";
 
 export interface SyntheticModel {
