@@ -36,22 +36,12 @@ source bench/table-lib.sh
 
 table() { # preset
   local preset=$1 MODEL CALIB EVSEQ TEXTS CONFIGS
+  preset "$preset" || { echo "unknown preset $preset (brown, stories, all)" >&2; exit 2; }
   case $preset in
-    brown)
-      MODEL=../shared/models/brown-llama
-      CALIB=(--calib c4 --nsamples 128 --seqlen 512)
-      EVSEQ=512
-      TEXTS=(wikitext2 c4)
-      CONFIGS=("w4-perrow-asym:--bits 4 --group-size -1 --asym --format compressed-tensors"
-               "w3-g128-asym:--bits 3 --group-size 128 --asym --format gptq") ;;
-    stories)
-      MODEL=models/stories260K
-      CALIB=(--calib c4 --nsamples 32 --seqlen 256)
-      EVSEQ=256
-      TEXTS=(tinystories wikitext2)
-      CONFIGS=("w4-perrow-asym:--bits 4 --group-size -1 --asym --format compressed-tensors"
-               "w3-g32-asym:--bits 3 --group-size 32 --asym --format gptq") ;;
-    *) echo "unknown preset $preset (brown, stories, all)" >&2; exit 2 ;;
+    brown) CONFIGS=("w4-perrow-asym:--bits 4 --group-size -1 --asym --format compressed-tensors"
+                    "w3-g128-asym:--bits 3 --group-size 128 --asym --format gptq") ;;
+    stories) CONFIGS=("w4-perrow-asym:--bits 4 --group-size -1 --asym --format compressed-tensors"
+                      "w3-g32-asym:--bits 3 --group-size 32 --asym --format gptq") ;;
   esac
   if [ ! -f "$MODEL/config.json" ]; then echo "(skipping $preset: $MODEL not found)"; return; fi
   local W="$WORK_ROOT/$preset"

@@ -49,22 +49,12 @@ codebits() {
 
 table() { # preset
   local preset=$1 MODEL CALIB EVSEQ TEXTS BASES
+  preset "$preset" || { echo "unknown preset $preset (brown, stories, all)" >&2; exit 2; }
   case $preset in
-    brown)
-      MODEL=../shared/models/brown-llama
-      CALIB=(--calib c4 --nsamples 128 --seqlen 512)
-      EVSEQ=512
-      TEXTS=(wikitext2 c4)
-      BASES=("w3-g128:--bits 3 --group-size 128:${BROWN_TARGETS3-3.5}"
-             "w4-perrow:--bits 4 --group-size -1:${BROWN_TARGETS4-4.25}") ;;
-    stories)
-      MODEL=models/stories260K
-      CALIB=(--calib c4 --nsamples 32 --seqlen 256)
-      EVSEQ=256
-      TEXTS=(tinystories wikitext2)
-      BASES=("w3-g32:--bits 3 --group-size 32:${STORIES_TARGETS3-13 13.5}"
-             "w4-perrow:--bits 4 --group-size -1:${STORIES_TARGETS4-13.25 13.75}") ;;
-    *) echo "unknown preset $preset (brown, stories, all)" >&2; exit 2 ;;
+    brown) BASES=("w3-g128:--bits 3 --group-size 128:${BROWN_TARGETS3-3.5}"
+                  "w4-perrow:--bits 4 --group-size -1:${BROWN_TARGETS4-4.25}") ;;
+    stories) BASES=("w3-g32:--bits 3 --group-size 32:${STORIES_TARGETS3-13 13.5}"
+                    "w4-perrow:--bits 4 --group-size -1:${STORIES_TARGETS4-13.25 13.75}") ;;
   esac
   if [ ! -f "$MODEL/config.json" ]; then echo "(skipping $preset: $MODEL not found)"; return; fi
   local COMMON=(--method gptq --asym --format quant4)

@@ -20,3 +20,17 @@ klcell() {
   run "${QA[@]}" eval-ppl "$1" --kl-base "$2" --text "$3" --seqlen "$4" --max-windows "${KL_WINDOWS:-100}" "${THR[@]}" --json >&2 # the command line to the log, not into the cell
   node -e 'const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")); console.log(`${j.kl.meanKl.toExponential(3)} (${(100 * j.kl.sameTop).toFixed(1)}%)`)' "$OUTFILE"
 }
+
+# preset <brown|stories>: the model, calibration, eval seqlen and texts both tables use for it (sets MODEL,
+# CALIB, EVSEQ, TEXTS in the caller's scope); returns 1 for an unknown preset.
+#   brown    ../shared/models/brown-llama; calibration C4 (bundled sample) 128 × 512; eval seqlen 512 on
+#            wikitext2 and c4 (no text like its training data is bundled or shared; the c4 column is the
+#            calibration sample itself, so it is not held out)
+#   stories  models/stories260K; calibration C4 32 × 256; eval seqlen 256 on tinystories (in-domain) and wikitext2
+preset() {
+  case $1 in
+    brown) MODEL=../shared/models/brown-llama; CALIB=(--calib c4 --nsamples 128 --seqlen 512); EVSEQ=512; TEXTS=(wikitext2 c4) ;;
+    stories) MODEL=models/stories260K; CALIB=(--calib c4 --nsamples 32 --seqlen 256); EVSEQ=256; TEXTS=(tinystories wikitext2) ;;
+    *) return 1 ;;
+  esac
+}
