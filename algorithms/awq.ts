@@ -9,7 +9,7 @@
 
 import type { Backend } from "../src/compute/backend.js";
 import { UsageError } from "../src/util/errors.js";
-import { numGroups, type QuantOptions } from "./quantizer.js";
+import { numGroups, validateQuantOptions, type QuantOptions } from "./quantizer.js";
 import { quantizeRtn } from "./rtn.js";
 
 /** Grid size of both searches (llm-awq n_grid). */
@@ -45,13 +45,52 @@ export function awqScales(xMean: Float32Array, alpha: number): Float32Array {
   return s;
 }
 
-/** The weight a candidate stands for: Q(W·diag(s))·diag(1/s), Q the min-max quantizer of `opts`. */
-export function scaledFakeQuant(W: Float32Array, out: number, inF: number, s: Float32Array, opts: QuantOptions): Float32Array {
+/**
+ * The weight a candidate stands for: Q(W·diag(s))·diag(1/s), Q the min-max quantizer of `opts` (s null:
+ * Q(W)). Runs the backend's native version when it has one (bit-identical), else the reference below.
+ */
+export function scaledFakeQuant(W: Float32Array, out: number, inF: number, s: Float32Array | null, opts: QuantOptions, backend?: Backend): Float32Array {
+  if (!backend?.fakeQuant) return scaledFakeQuantTs(W, out, inF, s, opts);
+  validateQuantOptions(opts, inF);
+  const q = new Float32Array(W.length);
+  // A failure (non-finite weight, fp16 overflow) reruns the reference for its exact error message.
+  if (backend.fakeQuant(W, out, inF, opts, s, q) !== 0) scaledFakeQuantTs(W, out, inF, s, opts);
+  return q;
+}
+
+/** The TypeScript reference of scaledFakeQuant (and of Backend.fakeQuant). */
+export function scaledFakeQuantTs(W: Float32Array, out: number, inF: number, s: Float32Array | null, opts: QuantOptions): Float32Array {
+  if (!s) return quantizeRtn(W, out, inF, opts).dequant;
   const Ws = new Float32Array(W.length);
   for (let r = 0; r < out; r++) for (let c = 0; c < inF; c++) Ws[r * inF + c] = W[r * inF + c]! * s[c]!;
   const q = quantizeRtn(Ws, out, inF, opts).dequant;
   for (let r = 0; r < out; r++) for (let c = 0; c < inF; c++) q[r * inF + c] = q[r * inF + c]! / s[c]!;
   return q;
+}
+
+/**
+ * Σ (a − b)² in float64 with a fixed order (element i into partial sum i mod 8, the eight added
+ * pairwise), so the backend's vectorised version (Backend.sumSquaredDiff) gives the same bits.
+ */
+export function sumSquaredDiff(a: Float32Array, b: Float32Array, backend?: Backend): number {
+  if (a.length !== b.length) throw new UsageError(`sumSquaredDiff: lengths differ (${a.length} vs ${b.length})`);
+  return backend?.sumSquaredDiff ? backend.sumSquaredDiff(a, b) : sumSquaredDiffTs(a, b);
+}
+
+export function sumSquaredDiffTs(a: Float32Array, b: Float32Array): number {
+  const acc = new Float64Array(8);
+  const n = a.length;
+  let i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (let k = 0; k < 8; k++) {
+      const d = a[i + k]! - b[i + k]!;
+      acc[k]! += d * d;
+    }
+  for (let k = 0; i < n; i++, k++) {
+    const d = a[i]! - b[i]!;
+    acc[k]! += d * d;
+  }
+  return (acc[0]! + acc[1]! + (acc[2]! + acc[3]!)) + (acc[4]! + acc[5]! + (acc[6]! + acc[7]!));
 }
 
 export interface ScaleSearch {
@@ -162,7 +201,7 @@ export function searchClip(
           cur[r * inF + c] = v > mv ? mv : v < -mv ? -mv : v;
         }
       }
-    const q = quantizeRtn(cur, out, inF, opts).dequant;
+    const q = scaledFakeQuant(cur, out, inF, null, opts, backend);
     for (let g = 0; g < nG; g++) {
       const w = Math.min(inF, g * gs + gs) - g * gs;
       backend.gemm(false, true, tokens, out, w, 1, Xg[g]!, Wg(q, g), 0, part);

@@ -292,10 +292,16 @@ class PhaseClock implements Backend {
     }
   }
   syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array): void {
-    this.hessians.add(H);
     const t0 = now();
     this.inner.syrk(n, rows, alpha, X, beta, H);
     const t1 = now();
+    if (this.phase === "awq-scale") {
+      // AWQ's Gram matrix of a Linear-scored pair: part of the scale search.
+      this.cur.awqScaleGemmSeconds! += t1 - t0;
+      this.cur.awqScaleGemmFlops! += rows * n * (n + 1);
+      return;
+    }
+    this.hessians.add(H);
     this.cur.hessianSeconds += t1 - t0;
     this.cur.hessianFlops += rows * n * (n + 1);
     if (this.phase === "forward") this.lastForwardEnd = t1;
@@ -326,6 +332,12 @@ class PhaseClock implements Backend {
     else gptqColumnsTs(job, i1, s1, s2);
     this.cur.columnsSeconds! += now() - t0;
     return rc;
+  }
+  fakeQuant(W: Float32Array, out: number, inF: number, o: { bits: number; groupSize: number; sym: boolean }, s: Float32Array | null, dst: Float32Array): number {
+    return this.inner.fakeQuant!(W, out, inF, o, s, dst);
+  }
+  sumSquaredDiff(a: Float32Array, b: Float32Array): number {
+    return this.inner.sumSquaredDiff!(a, b);
   }
   // The block ops (norms, RoPE, attention, activations, residual adds) are forward work.
   private op(fn: () => void): void {

@@ -10,10 +10,15 @@
 // (runtime dispatch; setSimd(false) / QUANT4_NO_SIMD=1 select the baseline), both vectorized by the
 // compiler under these rules.
 //
-// Export (registered by Register, called from quant4_native.cc's Init):
+// The same exact quantizer also serves AWQ's searches: rtnFakeQuant (RTN of W·diag(s), dequantized,
+// ÷ s) and sumSquaredDiff (their output errors, a fixed summation order).
+//
+// Exports (registered by Register, called from quant4_native.cc's Init):
 //   gptqColumns(Wt, U, qt, err, sT, zT, ot|null, vt|null, perm|null, n, out, bits, sym, groupSize,
 //               staticGroups, tau, state, i1, s1, s2) -> 0 | 1 | 2
 //     0 done; 1 a group holds a non-finite weight; 2 a scale overflows float16 (the caller throws).
+//   rtnFakeQuant(W, out, in, bits, groupSize, sym, s|null, Y) -> 0 | 1 | 2
+//   sumSquaredDiff(a, b) -> number
 
 #if defined(__clang__)
 #pragma clang fp contract(off)
@@ -307,13 +312,147 @@ int Columns(const ColumnsJob& j, int64_t i1, int64_t s1, int64_t s2) {
   return 0;
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// RTN fake quantization (AWQ's scale candidates and clip search): y = dequant(Q(W·diag(s)))·diag(1/s)
+// row by row, bit-identical to algorithms/rtn.ts quantizeRtn(W·diag(s)).dequant followed by the
+// division of algorithms/awq.ts scaledFakeQuant (s absent: plain RTN). Same float32 operations as the
+// TypeScript's Math.fround'ed float64 ones, same parameters (ParamsFromRanges), same rounding as Quant.
+
+namespace {
+
+#define Q4_FQ_BODY                                                                                       \
+  for (int64_t c = 0; c < n; c++) {                                                                      \
+    float t = x[c] / sc;                                                                                 \
+    t = t > 4194304.0f ? 4194304.0f : t < -4194304.0f ? -4194304.0f : t;                                 \
+    float q = ((t + 12582912.0f) - 12582912.0f) + zf;                                                    \
+    q = q < 0.0f ? 0.0f : q > maxq ? maxq : q;                                                           \
+    y[c] = sc * (q - zf);                                                                                \
+  }
+
+#define Q4_DIV_BODY \
+  for (int64_t c = 0; c < n; c++) y[c] = y[c] / s[c];
+
+#define Q4_MUL_BODY \
+  for (int64_t c = 0; c < n; c++) y[c] = w[c] * s[c];
+
+void FqBase(const float* __restrict x, float sc, float zf, float maxq, int64_t n, float* __restrict y) { Q4_FQ_BODY }
+void DivBase(float* __restrict y, const float* __restrict s, int64_t n) { Q4_DIV_BODY }
+void MulBase(const float* __restrict w, const float* __restrict s, int64_t n, float* __restrict y) { Q4_MUL_BODY }
+#ifdef Q4_GPTQ_AVX2
+__attribute__((target("avx2"))) void FqAvx2(const float* __restrict x, float sc, float zf, float maxq, int64_t n, float* __restrict y) {
+  Q4_FQ_BODY
+}
+__attribute__((target("avx2"))) void DivAvx2(float* __restrict y, const float* __restrict s, int64_t n) { Q4_DIV_BODY }
+__attribute__((target("avx2"))) void MulAvx2(const float* __restrict w, const float* __restrict s, int64_t n, float* __restrict y) {
+  Q4_MUL_BODY
+}
+#endif
+
+// One row: `x` the (scaled) row, `y` its fake-quantized values; 0, 1 (non-finite group) or 2 (fp16 overflow).
+int FakeQuantRow(const float* w, const float* s, int64_t inF, int bits, int64_t gs, bool sym, float* x, float* y,
+                 std::vector<float>& mins, std::vector<float>& maxs, std::vector<float>& xminL, std::vector<float>& scales,
+                 std::vector<uint8_t>& zeros) {
+#ifdef Q4_GPTQ_AVX2
+  const bool avx2 = UseAvx2();
+#endif
+  if (s) {
+#ifdef Q4_GPTQ_AVX2
+    if (avx2) MulAvx2(w, s, inF, x); else
+#endif
+    MulBase(w, s, inF, x);
+  } else {
+    x = const_cast<float*>(w);  // read only below
+  }
+  const int64_t nG = (inF + gs - 1) / gs;
+  for (int64_t g = 0; g < nG; g++) {
+    const int64_t c1 = (g + 1) * gs < inF ? (g + 1) * gs : inF;
+    float mn = INFINITY, mx = -INFINITY;
+    bool nan = false;
+    for (int64_t c = g * gs; c < c1; c++) {
+      const float v = x[c];
+      mn = v < mn ? v : mn;
+      mx = v > mx ? v : mx;
+      nan |= v != v;
+    }
+    if (nan) return 1;
+    mins[g] = mn;
+    maxs[g] = mx;
+  }
+  const int rc = ParamsFromRanges(mins.data(), maxs.data(), nG, bits, sym, scales.data(), zeros.data(), xminL.data());
+  if (rc != 0) return rc;
+  const float maxq = static_cast<float>((1 << bits) - 1);
+  for (int64_t g = 0; g < nG; g++) {
+    const int64_t c0 = g * gs;
+    const int64_t n = ((g + 1) * gs < inF ? (g + 1) * gs : inF) - c0;
+#ifdef Q4_GPTQ_AVX2
+    if (avx2) FqAvx2(x + c0, scales[g], static_cast<float>(zeros[g]), maxq, n, y + c0); else
+#endif
+    FqBase(x + c0, scales[g], static_cast<float>(zeros[g]), maxq, n, y + c0);
+  }
+  if (s) {
+#ifdef Q4_GPTQ_AVX2
+    if (avx2) DivAvx2(y, s, inF); else
+#endif
+    DivBase(y, s, inF);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int FakeQuant(const float* W, int64_t out, int64_t inF, int bits, int64_t groupSize, bool sym, const float* s, float* Y) {
+  const int64_t gs = groupSize == -1 ? inF : groupSize;
+  const int64_t nG = (inF + gs - 1) / gs;
+  const int chunks = static_cast<int>(out < 64 ? 1 : out / 32 < 256 ? out / 32 : 256);
+  std::vector<int64_t> firstBad(chunks, out);
+  std::vector<int> codeOf(chunks, 0);
+  q4::ParallelFor(chunks, [&](int p, int np) {
+    const int64_t r0 = out * p / np, r1 = out * (p + 1) / np;
+    std::vector<float> mins(nG), maxs(nG), xminL(nG), scales(nG), x(s ? inF : 0);
+    std::vector<uint8_t> zeros(nG);
+    for (int64_t r = r0; r < r1; r++) {
+      const int rc = FakeQuantRow(W + r * inF, s, inF, bits, gs, sym, x.data(), Y + r * inF, mins, maxs, xminL, scales, zeros);
+      if (rc != 0) {
+        firstBad[p] = r;
+        codeOf[p] = rc;
+        return;
+      }
+    }
+  });
+  // The reference throws at the first failing row.
+  for (int p = 0; p < chunks; p++)
+    if (codeOf[p] != 0) return codeOf[p];
+  return 0;
+}
+
+// Σ (a − b)² in float64 over eight interleaved partial sums (element i goes to sum i mod 8), added
+// pairwise at the end: the same order on every path (algorithms/awq.ts sumSquaredDiff is the reference).
+double SumSquaredDiff(const float* a, const float* b, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) {
+      const double d = static_cast<double>(a[i + k]) - static_cast<double>(b[i + k]);
+      acc[k] += d * d;
+    }
+  for (int k = 0; i < n; i++, k++) {
+    const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
+    acc[k] += d * d;
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // N-API wrapper
 
 namespace {
 
+// The exported function whose arguments are being checked (JavaScript calls in one thread).
+const char* gFn = "gptqColumns";
+
 void Fail(Napi::Env env, const std::string& msg) {
-  Napi::Error::New(env, "gptqColumns: " + msg).ThrowAsJavaScriptException();
+  Napi::Error::New(env, std::string(gFn) + ": " + msg).ThrowAsJavaScriptException();
 }
 
 template <typename T>
@@ -326,7 +465,7 @@ bool View(const Napi::CallbackInfo& info, size_t i, napi_typedarray_type type, c
     return true;
   }
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) {
-    Napi::TypeError::New(info.Env(), std::string("gptqColumns: ") + name + " has the wrong type").ThrowAsJavaScriptException();
+    Napi::TypeError::New(info.Env(), std::string(gFn) + ": " + name + " has the wrong type").ThrowAsJavaScriptException();
     return false;
   }
   Napi::TypedArray a = v.As<Napi::TypedArray>();
@@ -341,7 +480,7 @@ bool View(const Napi::CallbackInfo& info, size_t i, napi_typedarray_type type, c
 
 bool Int(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t lo, int64_t hi, int64_t* out) {
   if (!info[i].IsNumber()) {
-    Napi::TypeError::New(info.Env(), std::string("gptqColumns: ") + name + " must be a number").ThrowAsJavaScriptException();
+    Napi::TypeError::New(info.Env(), std::string(gFn) + ": " + name + " must be a number").ThrowAsJavaScriptException();
     return false;
   }
   const double v = info[i].As<Napi::Number>().DoubleValue();
@@ -356,6 +495,7 @@ bool Int(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t lo,
 
 Napi::Value GptqColumnsFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  gFn = "gptqColumns";
   if (info.Length() < 20) {
     Napi::TypeError::New(env, "gptqColumns: expected 20 arguments, got " + std::to_string(info.Length())).ThrowAsJavaScriptException();
     return env.Undefined();
@@ -415,10 +555,55 @@ Napi::Value GptqColumnsFn(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, Columns(j, i1, s1, s2));
 }
 
+// rtnFakeQuant(W, out, in, bits, groupSize, sym, s|null, Y) -> 0 | 1 | 2 (1: a group holds a non-finite
+// weight, 2: a scale overflows float16; the caller throws the TypeScript reference's error).
+Napi::Value RtnFakeQuantFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  gFn = "rtnFakeQuant";
+  if (info.Length() < 8) {
+    Fail(env, "expected 8 arguments, got " + std::to_string(info.Length()));
+    return env.Undefined();
+  }
+  int64_t out, inF, bits, groupSize, len;
+  if (!Int(info, 1, "out", 1, INT32_MAX, &out) || !Int(info, 2, "in", 1, INT32_MAX, &inF) || !Int(info, 3, "bits", 2, 8, &bits) ||
+      !Int(info, 4, "groupSize", -1, INT32_MAX, &groupSize))
+    return env.Undefined();
+  if (groupSize == 0 || !info[5].IsBoolean()) {
+    Fail(env, "groupSize must be -1 or positive and sym a boolean");
+    return env.Undefined();
+  }
+  float *W, *s, *Y;
+  if (!View(info, 0, napi_float32_array, "W", out * inF, false, &W, &len) || !View(info, 6, napi_float32_array, "s", inF, true, &s, &len) ||
+      !View(info, 7, napi_float32_array, "Y", out * inF, false, &Y, &len))
+    return env.Undefined();
+  if (Y == W || Y == s) {
+    Fail(env, "Y must not be W or s");
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, FakeQuant(W, out, inF, static_cast<int>(bits), groupSize, info[5].As<Napi::Boolean>().Value(), s, Y));
+}
+
+// sumSquaredDiff(a, b) -> Σ (a − b)² (float64, fixed order; see SumSquaredDiff)
+Napi::Value SumSquaredDiffFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  gFn = "sumSquaredDiff";
+  float *a, *b;
+  int64_t na, nb;
+  if (!View(info, 0, napi_float32_array, "a", 0, false, &a, &na) || !View(info, 1, napi_float32_array, "b", na, false, &b, &nb))
+    return env.Undefined();
+  if (nb != na) {
+    Fail(env, "a and b must have the same length");
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, SumSquaredDiff(a, b, na));
+}
+
 }  // namespace
 
 void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("gptqColumns", Napi::Function::New(env, GptqColumnsFn, "gptqColumns"));
+  exports.Set("rtnFakeQuant", Napi::Function::New(env, RtnFakeQuantFn, "rtnFakeQuant"));
+  exports.Set("sumSquaredDiff", Napi::Function::New(env, SumSquaredDiffFn, "sumSquaredDiff"));
 }
 
 }  // namespace q4gptq

@@ -34,7 +34,15 @@ struct ColumnsJob {
 // or 2 (a scale overflows float16): the caller throws the TypeScript reference's error.
 int Columns(const ColumnsJob& job, int64_t i1, int64_t s1, int64_t s2);
 
-// Adds gptqColumns(...) to the addon's exports (argument list in gptqloop.cc).
+// y = dequant(Q(W·diag(s)))·diag(1/s) per row (s null: plain RTN), bit-identical to algorithms/rtn.ts
+// quantizeRtn(...).dequant and algorithms/awq.ts scaledFakeQuant; rows on the kernel pool. Returns 0, 1
+// (a group holds a non-finite weight) or 2 (a scale overflows float16).
+int FakeQuant(const float* W, int64_t out, int64_t inF, int bits, int64_t groupSize, bool sym, const float* s, float* Y);
+
+// Σ (a − b)² in float64, element i into partial sum i mod 8, the eight added pairwise (fixed order).
+double SumSquaredDiff(const float* a, const float* b, int64_t n);
+
+// Adds gptqColumns, rtnFakeQuant and sumSquaredDiff to the addon's exports (argument lists in gptqloop.cc).
 void Register(Napi::Env env, Napi::Object exports);
 
 }  // namespace q4gptq

@@ -150,6 +150,16 @@ export interface Backend {
    */
   gptqColumns?(job: GptqColumnsJob, i1: number, s1: number, s2: number): number;
 
+  /**
+   * RTN fake quantization: dst = dequant(Q(W·diag(s)))·diag(1/s) for W [out, in] (s absent: plain RTN),
+   * bit-identical to algorithms/awq.ts scaledFakeQuantTs. Returns 0, 1 (a group holds a non-finite
+   * weight) or 2 (a scale overflows float16). Absent: the TypeScript reference runs.
+   */
+  fakeQuant?(W: Float32Array, out: number, inF: number, opts: { bits: number; groupSize: number; sym: boolean }, s: Float32Array | null, dst: Float32Array): number;
+
+  /** Σ (a − b)², equal bit for bit to algorithms/awq.ts sumSquaredDiffTs. Absent: the reference runs. */
+  sumSquaredDiff?(a: Float32Array, b: Float32Array): number;
+
   // --- Block ops. Row-wise, on rows of `dim` (or the shapes given); `out` may be `x` itself. ---
 
   /** out[r] = x[r] / rms(x[r]) · w  (HF LlamaRMSNorm: sum of squares in float64). */

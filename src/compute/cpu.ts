@@ -47,6 +47,9 @@ export interface NativeAddon {
   add(a: Float32Array, b: Float32Array, out: Float32Array): void;
   /** The block ops' float64 e^x (the TypeScript reference's fastExp, bit for bit). */
   fastExp(x: number): number;
+  /** AWQ's candidate rounding and output error (native/src/gptqloop.cc). */
+  rtnFakeQuant(W: Float32Array, out: number, inF: number, bits: number, groupSize: number, sym: boolean, s: Float32Array | null, Y: Float32Array): number;
+  sumSquaredDiff(a: Float32Array, b: Float32Array): number;
   /** GPTQ's column loop over one sub-block (native/src/gptqloop.cc). */
   gptqColumns(
     Wt: Float32Array, U: Float32Array, qt: Uint8Array, err: Float32Array, sT: Float32Array, zT: Uint8Array,
@@ -255,6 +258,14 @@ export class CpuBackend implements Backend {
     return call(() =>
       this.addon.gptqColumns(j.Wt, j.U, j.qt, j.err, j.sT, j.zT, j.ot, j.vt, j.perm, j.n, j.out, j.bits, j.sym, j.groupSize, j.staticGroups, j.tau, j.state, i1, s1, s2),
     );
+  }
+
+  fakeQuant(W: Float32Array, out: number, inF: number, o: { bits: number; groupSize: number; sym: boolean }, s: Float32Array | null, dst: Float32Array): number {
+    return call(() => this.addon.rtnFakeQuant(W, out, inF, o.bits, o.groupSize, o.sym, s, dst));
+  }
+
+  sumSquaredDiff(a: Float32Array, b: Float32Array): number {
+    return call(() => this.addon.sumSquaredDiff(a, b));
   }
 
   /** The block ops' float64 e^x (equal to src/model/ops.ts fastExp bit for bit; for tests). */

@@ -6,7 +6,7 @@
 // pure functions of algorithms/awq.ts; quantization happens afterwards in the pipeline's usual loop.
 
 import type { Backend } from "../compute/backend.js";
-import { divideOutputRows, meanAbsPerChannel, scaleInputColumns, scaledFakeQuant, searchClip, searchScale } from "../../algorithms/awq.js";
+import { divideOutputRows, meanAbsPerChannel, scaleInputColumns, scaledFakeQuant, searchClip, searchScale, sumSquaredDiff } from "../../algorithms/awq.js";
 import type { QuantOptions } from "../../algorithms/quantizer.js";
 import type { ArchSpec, LinearSpec, ScalePair } from "../model/architectures.js";
 import { attentionModule, blockForward, linear, mlpModule, type BlockWeights, type ForwardContext } from "../model/forward.js";
@@ -49,14 +49,20 @@ function captureInputs(ctx: ForwardContext, w: BlockWeights, acts: ActivationSto
   return out;
 }
 
-/** Mean squared difference of two equal-length arrays (float64 sum). */
-function mse(a: Float32Array, b: Float32Array): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = a[i]! - b[i]!;
-    s += d * d;
-  }
-  return s / Math.max(1, a.length);
+/** Mean squared difference of two equal-length arrays (float64 sum in a fixed order). */
+function mse(backend: Backend, a: Float32Array, b: Float32Array): number {
+  return sumSquaredDiff(a, b, backend) / Math.max(1, a.length);
+}
+
+/** Σ_o D_o·G·D_oᵀ for D = Q − W [out, inF]: the squared output error of Q over the rows whose Gram matrix is G. */
+function gramError(backend: Backend, W: Float32Array, Q: Float32Array, G: Float32Array, out: number, inF: number): number {
+  const D = new Float32Array(W.length);
+  for (let i = 0; i < D.length; i++) D[i] = Q[i]! - W[i]!;
+  const DG = new Float32Array(W.length);
+  backend.gemm(false, false, out, inF, inF, 1, D, G, 0, DG);
+  let e = 0;
+  for (let i = 0; i < D.length; i++) e += D[i]! * DG[i]!;
+  return e;
 }
 
 /** The output a pair is scored on, for its captured input X (nWin windows of T rows), with weights `w`. */
@@ -114,17 +120,39 @@ export function prepareAwqBlock(
   for (const pair of pairs) {
     const X = inputOf(pair.linears[0]!);
     const inF = spec.get(pair.linears[0]!)!.in;
-    const ref = moduleOutput(ctx, w, pair, X, nWin, T).map((y) => y.slice());
     const xMean = meanAbsPerChannel(X, nWin * T, inF);
-    const r = searchScale(xMean, (s) => {
-      const cand: BlockWeights = new Map(w);
-      for (const n of pair.linears) {
-        const l = spec.get(n)!;
-        if (quantized(l)) cand.set(`${n}.weight`, scaledFakeQuant(w.get(`${n}.weight`)!, l.out, l.in, s, optsOf(l)));
-      }
-      const got = moduleOutput(ctx, cand, pair, X, nWin, T);
-      return got.reduce((acc, y, k) => acc + mse(ref[k]!, y), 0) / got.length;
-    });
+    const candidate = (n: string, s: Float32Array): Float32Array | null => {
+      const l = spec.get(n)!;
+      return quantized(l) ? scaledFakeQuant(w.get(`${n}.weight`)!, l.out, l.in, s, optsOf(l), backend) : null;
+    };
+    let score: (s: Float32Array) => number;
+    if (pair.scoreOn === "linears") {
+      // A Linear's output error is linear in its weight error D: ‖X·Dᵀ‖² = Σ_o D_o·(XᵀX)·D_oᵀ. One Gram
+      // matrix per pair replaces a GEMM over every sampled token per candidate (in² · out vs tokens · in · out).
+      const rows = nWin * T;
+      const G = new Float32Array(inF * inF);
+      backend.syrk(inF, rows, 1, X, 0, G);
+      score = (s) => {
+        let acc = 0;
+        for (const n of pair.linears) {
+          const q = candidate(n, s);
+          if (q) acc += gramError(backend, w.get(`${n}.weight`)!, q, G, spec.get(n)!.out, inF) / (rows * spec.get(n)!.out);
+        }
+        return acc / pair.linears.length;
+      };
+    } else {
+      const ref = moduleOutput(ctx, w, pair, X, nWin, T).map((y) => y.slice());
+      score = (s) => {
+        const cand: BlockWeights = new Map(w);
+        for (const n of pair.linears) {
+          const q = candidate(n, s);
+          if (q) cand.set(`${n}.weight`, q);
+        }
+        const got = moduleOutput(ctx, cand, pair, X, nWin, T);
+        return got.reduce((acc, y, k) => acc + mse(backend, ref[k]!, y), 0) / got.length;
+      };
+    }
+    const r = searchScale(xMean, score);
     chosen.push({ pair, scales: r.scales });
     for (const n of pair.linears) info.get(n)!.alpha = r.alpha;
   }
