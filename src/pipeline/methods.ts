@@ -13,10 +13,14 @@ export interface MethodSpec {
   gptq: boolean;
 }
 
+import { AWQ_CLIP_TOKENS, AWQ_SCALE_TOKENS } from "./awq.js";
+
+const awqSample = `the scale search runs on the first ≤ ${AWQ_SCALE_TOKENS.toLocaleString("en-US")} calibration tokens (whole windows), the clip search on ${AWQ_CLIP_TOKENS} of them`;
+
 export const METHODS = {
   rtn: { description: "round to nearest: no calibration needed", needsCalibration: false, awq: false, gptq: false },
   gptq: { description: "GPTQ: second-order error compensation from calibration Hessians", needsCalibration: true, awq: false, gptq: true },
-  awq: { description: "AWQ: activation-aware scaling and clipping, then rounding", needsCalibration: true, awq: true, gptq: false },
+  awq: { description: `AWQ: activation-aware scaling and clipping, then rounding; ${awqSample}`, needsCalibration: true, awq: true, gptq: false },
   "awq-gptq": { description: "AWQ's scaling and clipping, then GPTQ on the scaled weights", needsCalibration: true, awq: true, gptq: true },
 } as const satisfies Record<string, MethodSpec>;
 
