@@ -120,10 +120,10 @@ function inputBuffer(ctx: ForwardContext, opts: BlockRunOptions): (role: string,
 }
 
 /**
- * The attention half of a block on its normed input h [B*T, hidden]: q/k/v, RoPE, causal attention and
- * the output projection; returns o [B*T, hidden] (a scratch view: copy it to keep it). No residual.
+ * The attention half up to the output projection's input, on the normed input h [B*T, hidden]: q/k/v,
+ * RoPE and causal attention; returns the attention output [B*T, nHeads*headDim].
  */
-export function attentionModule(ctx: ForwardContext, w: BlockTensors, h: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
+function attentionCore(ctx: ForwardContext, w: BlockTensors, h: Float32Array, B: number, T: number, opts: BlockRunOptions): Float32Array {
   const { arch } = ctx;
   const rows = B * T;
   const pos0 = opts.pos0 ?? 0;
@@ -159,32 +159,133 @@ export function attentionModule(ctx: ForwardContext, w: BlockTensors, h: Float32
   const att = input("att", rows * qDim);
   const shape = { B, T, nHeads: arch.nHeads, nKvHeads: arch.nKvHeads, headDim: arch.headDim, pos0 };
   ctx.backend.attention(q, k, v, shape, opts.cache, att);
-  return runLinear(ctx, w, arch.attn.o, att, rows, opts, sc.get("o", rows * hd));
+  return att;
 }
 
-/** The MLP half of a block on its normed input h [rows, hidden]; returns [rows, hidden] (a scratch view). No residual. */
-export function mlpModule(ctx: ForwardContext, w: BlockTensors, h: Float32Array, rows: number, opts: BlockRunOptions = {}): Float32Array {
+/** The MLP half up to the down projection's input, on the normed input h [rows, hidden]: returns [rows, intermediate]. */
+function mlpHidden(ctx: ForwardContext, w: BlockTensors, h: Float32Array, rows: number, opts: BlockRunOptions): Float32Array {
   const { arch } = ctx;
   const sc = scratch(ctx);
   const input = inputBuffer(ctx, opts);
   const m = arch.mlpLinears;
   const inter = arch.linears.find((l) => l.name === m.down)!.in;
-  let act: Float32Array;
   if (m.gate) {
     const gate = runLinear(ctx, w, m.gate, h, rows, opts, input("gate", rows * inter));
     const up = runLinear(ctx, w, m.up, h, rows, opts, sc.get("up", rows * inter));
     ctx.backend.activateMul(arch.activation, gate, up);
-    act = gate;
-  } else {
-    act = runLinear(ctx, w, m.up, h, rows, opts, input("up", rows * inter));
-    ctx.backend.activate(arch.activation, act);
+    return gate;
   }
-  return runLinear(ctx, w, m.down, act, rows, opts, sc.get("down", rows * arch.hidden));
+  const act = runLinear(ctx, w, m.up, h, rows, opts, input("up", rows * inter));
+  ctx.backend.activate(arch.activation, act);
+  return act;
 }
 
-/** Is Linear `name` in the attention half (else the MLP half)? */
-export function inAttention(arch: ArchSpec, name: string): boolean {
-  return Object.values(arch.attn).includes(name);
+/**
+ * The attention half of a block on its normed input h [B*T, hidden]: q/k/v, RoPE, causal attention and
+ * the output projection; returns o [B*T, hidden] (a scratch view: copy it to keep it). No residual.
+ */
+export function attentionModule(ctx: ForwardContext, w: BlockTensors, h: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
+  const att = attentionCore(ctx, w, h, B, T, opts);
+  return runLinear(ctx, w, ctx.arch.attn.o, att, B * T, opts, scratch(ctx).get("o", B * T * ctx.arch.hidden));
+}
+
+/** The MLP half of a block on its normed input h [rows, hidden]; returns [rows, hidden] (a scratch view). No residual. */
+export function mlpModule(ctx: ForwardContext, w: BlockTensors, h: Float32Array, rows: number, opts: BlockRunOptions = {}): Float32Array {
+  const act = mlpHidden(ctx, w, h, rows, opts);
+  return runLinear(ctx, w, ctx.arch.mlpLinears.down, act, rows, opts, scratch(ctx).get("down", rows * ctx.arch.hidden));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The block forward as a sequence of stages. A stage is a point where Linear inputs appear; a
+// BlockState holds what the rest of the forward needs there, so a calibration pass can stop at one
+// group's input and the next pass resume from it (src/pipeline/passes.ts) instead of restarting at
+// the block input. blockForward runs all stages; there is no other forward.
+
+/** Stages in forward order: the inputs of q/k/v (or qkv), o, gate/up (or fc1), down, and the block output. */
+export const Stage = { attnIn: 0, oIn: 1, mlpIn: 2, downIn: 3, out: 4 } as const;
+export type Stage = (typeof Stage)[keyof typeof Stage];
+
+export interface BlockState {
+  stage: Stage;
+  /** The residual stream: the block input up to oIn, input + attention from mlpIn, the block output at out. */
+  residual: Float32Array;
+  /** The input of the stage's Linears (null at out). A scratch view unless a hook is set: consume it before the next forward call. */
+  input: Float32Array | null;
+}
+
+/** The stage whose input Linear `name` reads. */
+export function stageOfLinear(arch: ArchSpec, name: string): Stage {
+  if (name === arch.attn.o) return Stage.oIn;
+  if (name === arch.mlpLinears.down) return Stage.downIn;
+  if (Object.values(arch.attn).includes(name)) return Stage.attnIn;
+  if (name === arch.mlpLinears.up || name === arch.mlpLinears.gate) return Stage.mlpIn;
+  throw new Error(`internal: "${name}" is not a Linear of the ${arch.modelType} block`);
+}
+
+/**
+ * What a paused state must keep to be resumed (resumeState): which residual stream it holds (0 = the
+ * block input, 1 = after attention, 2 = the block output) and the width of its Linears' input when that
+ * is not a norm of the residual (0: the resume recomputes the norm, bit for bit).
+ */
+export function stageCarry(arch: ArchSpec, stage: Stage): { residual: 0 | 1 | 2; inputWidth: number } {
+  switch (stage) {
+    case Stage.attnIn: return { residual: 0, inputWidth: 0 };
+    case Stage.oIn: return { residual: 0, inputWidth: arch.nHeads * arch.headDim };
+    case Stage.mlpIn: return { residual: 1, inputWidth: 0 };
+    case Stage.downIn: return { residual: 1, inputWidth: arch.linears.find((l) => l.name === arch.mlpLinears.down)!.in };
+    default: return { residual: 2, inputWidth: 0 };
+  }
+}
+
+/**
+ * A state at `stage` from the residual and (when stageCarry says so) the input kept there; a norm input
+ * is recomputed. For the block input x: resumeState(ctx, w, Stage.attnIn, x, null, rows).
+ */
+export function resumeState(ctx: ForwardContext, w: BlockTensors, stage: Stage, residual: Float32Array, input: Float32Array | null, rows: number, opts: BlockRunOptions = {}): BlockState {
+  const { arch } = ctx;
+  const norm = stage === Stage.attnIn ? arch.attnNorm : stage === Stage.mlpIn ? arch.mlpNorm : null;
+  if (norm) input = applyNorm(ctx.backend, arch, (n) => denseTensor(w, n), norm, residual, rows, inputBuffer(ctx, opts)(stage === Stage.attnIn ? "h1" : "h2", rows * arch.hidden));
+  else if (stage !== Stage.out && !input) throw new Error(`internal: resuming stage ${stage} needs its Linears' input`);
+  return { stage, residual, input: stage === Stage.out ? null : input };
+}
+
+/**
+ * Run the block from state `s` up to stage `to` (s is consumed: the residual may be updated in place).
+ * Each step is exactly the corresponding part of the full forward, so a resumed run computes the same
+ * values as one from the block input.
+ */
+export function advanceBlock(ctx: ForwardContext, w: BlockTensors, s: BlockState, to: Stage, B: number, T: number, opts: BlockRunOptions = {}): BlockState {
+  const { arch } = ctx;
+  const rows = B * T;
+  const sc = scratch(ctx);
+  let { stage, residual, input } = s;
+  while (stage < to) {
+    switch (stage) {
+      case Stage.attnIn:
+        input = attentionCore(ctx, w, input!, B, T, opts);
+        stage = Stage.oIn;
+        break;
+      case Stage.oIn: {
+        const o = runLinear(ctx, w, arch.attn.o, input!, rows, opts, sc.get("o", rows * arch.hidden));
+        const x2 = new Float32Array(rows * arch.hidden);
+        ctx.backend.add(residual, o, x2);
+        ({ residual, input } = resumeState(ctx, w, Stage.mlpIn, x2, null, rows, opts));
+        stage = Stage.mlpIn;
+        break;
+      }
+      case Stage.mlpIn:
+        input = mlpHidden(ctx, w, input!, rows, opts);
+        stage = Stage.downIn;
+        break;
+      default: {
+        const down = runLinear(ctx, w, arch.mlpLinears.down, input!, rows, opts, sc.get("down", rows * arch.hidden));
+        ctx.backend.add(residual, down, residual);
+        input = null;
+        stage = Stage.out;
+      }
+    }
+  }
+  return { stage, residual, input };
 }
 
 /**
@@ -193,44 +294,5 @@ export function inAttention(arch: ArchSpec, name: string): boolean {
  * arrays (a hook may keep them, or tell inputs apart by identity).
  */
 export function blockForward(ctx: ForwardContext, w: BlockTensors, x: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
-  const { arch } = ctx;
-  const rows = B * T;
-  const get = (n: string) => denseTensor(w, n);
-  const input = inputBuffer(ctx, opts);
-  const be = ctx.backend;
-  const h1 = applyNorm(be, arch, get, arch.attnNorm, x, rows, input("h1", rows * arch.hidden));
-  const o = attentionModule(ctx, w, h1, B, T, opts);
-  const x2 = new Float32Array(rows * arch.hidden);
-  be.add(x, o, x2);
-  const h2 = applyNorm(be, arch, get, arch.mlpNorm, x2, rows, input("h2", rows * arch.hidden));
-  const down = mlpModule(ctx, w, h2, rows, opts);
-  be.add(x2, down, x2);
-  return x2;
-}
-
-/**
- * The input of Linear `name` for x [B*T, hidden], running no more of the block than that needs: the
- * first Linears of each half see a norm's output; the later ones run their half (whose last Linear is
- * the only work past the wanted input). Returns a fresh array.
- */
-export function linearInput(ctx: ForwardContext, w: BlockTensors, x: Float32Array, B: number, T: number, name: string): Float32Array {
-  const { arch } = ctx;
-  const rows = B * T;
-  const get = (n: string) => denseTensor(w, n);
-  let seen: Float32Array | null = null;
-  const hook = { onLinearInput: (n: string, inp: Float32Array) => void (n === name && seen === null && (seen = inp)) };
-  const be = ctx.backend;
-  const h1 = applyNorm(be, arch, get, arch.attnNorm, x, rows);
-  if (inAttention(arch, name)) {
-    if (name !== arch.attn.o) return h1;
-    attentionModule(ctx, w, h1, B, T, hook);
-    return seen!;
-  }
-  const o = attentionModule(ctx, w, h1, B, T);
-  const x2 = new Float32Array(rows * arch.hidden);
-  be.add(x, o, x2);
-  const h2 = applyNorm(be, arch, get, arch.mlpNorm, x2, rows);
-  if (name !== arch.mlpLinears.down) return h2;
-  mlpModule(ctx, w, h2, rows, hook);
-  return seen!;
+  return advanceBlock(ctx, w, resumeState(ctx, w, Stage.attnIn, x, null, B * T, opts), Stage.out, B, T, opts).residual;
 }

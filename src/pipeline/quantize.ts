@@ -19,7 +19,7 @@ import type { QuantOptions } from "../../algorithms/quantizer.js";
 import { roundToF16InPlace } from "../../algorithms/quantizer.js";
 import { type GptqFactor, GptqHessian, gptqFactor, gptqQuantize } from "../../algorithms/gptq.js";
 import type { ArchSpec, LinearSpec } from "../model/architectures.js";
-import { blockForward, createContext, linearInput, type BlockWeights, type ForwardContext } from "../model/forward.js";
+import { Stage, blockForward, createContext, stageOfLinear, type BlockWeights, type ForwardContext } from "../model/forward.js";
 import { embedTokens, loadBlockWeights, readFloat, unpackLinear, type ModelSource } from "../model/model.js";
 import { InterruptedError, OutputError } from "../util/errors.js";
 import { prepareAwqBlock } from "./awq.js";
@@ -27,6 +27,7 @@ import { METHODS, type MethodName } from "./methods.js";
 import { matchRule, moduleSettings, overridesOf, type ModuleRule } from "./rules.js";
 import { activationSaliency, outlierBudget, topKMask } from "../../algorithms/outliers.js";
 import { ActivationStore, type ActDtype } from "./activations.js";
+import { BlockPasses, batchWindows, type CacheStoreFactory } from "./passes.js";
 import { Journal, type LayerStat, type RunSettings } from "./journal.js";
 
 export interface QuantizePlan {
@@ -78,6 +79,11 @@ export interface QuantizePlan {
    * report.files is empty.
    */
   dryOutput?: boolean;
+  /**
+   * Internal (tests): every calibration pass runs the block from its input instead of resuming from
+   * the previous group's cached stage. Same arithmetic, same output; slower.
+   */
+  restartPasses?: boolean;
 }
 
 export interface QuantizeEvents {
@@ -162,11 +168,6 @@ function relativeError(backend: Backend, W: Float32Array, Q: Float32Array, H: Fl
   return den > 0 ? num / den : 0;
 }
 
-/** Windows per forward batch: enough rows for efficient GEMMs, bounded memory. */
-function batchWindows(seqlen: number, nsamples: number): number {
-  return Math.max(1, Math.min(nsamples, Math.floor(2048 / seqlen)));
-}
-
 /** A deep copy of a block's weights. */
 function cloneBlock(w: BlockWeights): BlockWeights {
   return new Map([...w].map(([k, v]) => [k, v.slice()]));
@@ -188,15 +189,6 @@ function runBlockOverSamples(ctx: ForwardContext, w: BlockWeights, acts: Activat
   for (let s0 = 0; s0 < acts.samples; s0 += B) {
     const s1 = Math.min(acts.samples, s0 + B);
     write.set(s0, blockForward(ctx, w, acts.get(s0, s1), s1 - s0, acts.seqlen));
-  }
-}
-
-/** Feed `onInput` the input of Linear `name` for every calibration sample (running the block only as far as needed). */
-function collectLinearInputs(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, name: string, onInput: (x: Float32Array, rows: number) => void): void {
-  const B = batchWindows(acts.seqlen, acts.samples);
-  for (let s0 = 0; s0 < acts.samples; s0 += B) {
-    const s1 = Math.min(acts.samples, s0 + B);
-    onInput(linearInput(ctx, w, acts.get(s0, s1), s1 - s0, acts.seqlen, name), (s1 - s0) * acts.seqlen);
   }
 }
 
@@ -265,6 +257,9 @@ async function quantizeBlock(
   events: QuantizeEvents,
   /** The block's fp weights before any change (AWQ's "before" errors), when kept. */
   original: BlockWeights | null,
+  /** The block's calibration passes (with calibration); `passes.run(Stage.out)` afterwards resumes from the last one's cache when `keepLast`. */
+  passes: BlockPasses | null,
+  keepLast: boolean,
 ): Promise<{ tensors: TensorToWrite[]; stats: LayerStat[] }> {
   const a = plan.src.arch;
   const prefix = a.blockPrefix(i);
@@ -281,11 +276,15 @@ async function quantizeBlock(
   const awq = method.awq ? prepareAwqBlock(ctx, backend, w, acts, optsOf, (l) => reasonOf(l) === null) : null;
   if (awq) await checkpoint(events, i, a.nLayers);
   let done = 0;
-  for (const group of a.sequentialGroups) {
+  // Groups with a quantized Linear get a calibration pass; each pass caches its stage for the next one
+  // (or for the pass that makes the next block's inputs, when that resumes: keepLast).
+  const fed = a.sequentialGroups.map((g) => passes !== null && g.some((n) => reasonOf(byName.get(n)!) === null));
+  const lastFed = fed.lastIndexOf(true);
+  for (const [gi, group] of a.sequentialGroups.entries()) {
     // The Linears of a group share one input (q/k/v, gate/up), hence one Hessian, fed by the group's first Linear.
     const hessian = plan.calibrate ? new GptqHessian(backend, byName.get(group[0]!)!.in) : null;
-    if (hessian && group.some((n) => reasonOf(byName.get(n)!) === null))
-      collectLinearInputs(ctx, w, acts, group[0]!, (x, rows) => hessian.addBatch(x, rows));
+    if (hessian && fed[gi])
+      passes!.run(stageOfLinear(a, group[0]!), (s0, s1, st) => hessian.addBatch(st.input!, (s1 - s0) * acts.seqlen), gi < lastFed || keepLast);
     // GPTQ's damped inverse Cholesky factor depends only on H, damp and act-order: one per Hessian, made
     // at the group's first quantized Linear (whose name its errors carry) and shared by the others.
     let factor: GptqFactor | undefined;
@@ -435,6 +434,12 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
   let acts = store("a");
   if (plan.calibrate) embedCalibration(plan, acts);
   let next = store("b");
+  // The calibration passes' caches (fp32: exactly the values the forward computed) are widest at the MLP
+  // hidden state, with the residual beside it; over the budget together with the two stores, they spill too.
+  const cacheBytes = ActivationStore.bytesFor(plan.nsamples, plan.seqlen, a.hidden + a.intermediate, "fp32");
+  const cacheSpill = plan.maxMemoryBytes !== null && 2 * ActivationStore.bytesFor(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype) + cacheBytes > plan.maxMemoryBytes;
+  const cacheStore: CacheStoreFactory = (width, tag) =>
+    new ActivationStore(plan.nsamples, plan.seqlen, width, "fp32", cacheSpill ? path.join(journal.workDir, `stage-${tag}.bin`) : null);
 
   for (let i = 0; i < a.nLayers; i++) {
     events.onBlockStart?.(i, a.nLayers);
@@ -448,10 +453,19 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
       w = loadBlockWeights(src, i);
       const fpPropagation = plan.propagate === "fp";
       const original = METHODS[plan.settings.method].awq || fpPropagation ? cloneBlock(w) : null;
-      const { tensors, stats } = await quantizeBlock(plan, backend, ctx, i, w, acts, events, original);
-      writeSafetensors(journal.blockFile(i), tensors);
-      // Outputs for the next block come from the quantized block (or, with fp propagation, the fp one).
-      if (plan.calibrate) runBlockOverSamples(ctx, fpPropagation ? original! : w, acts, next);
+      const passes = plan.calibrate ? new BlockPasses(ctx, w, acts, cacheStore, plan.restartPasses === true) : null;
+      let stats: LayerStat[];
+      try {
+        let tensors: TensorToWrite[];
+        ({ tensors, stats } = await quantizeBlock(plan, backend, ctx, i, w, acts, events, original, passes, !fpPropagation));
+        writeSafetensors(journal.blockFile(i), tensors);
+        // Outputs for the next block come from the quantized block (resuming from the last pass's cache),
+        // or, with fp propagation, from the fp block.
+        if (plan.calibrate && fpPropagation) runBlockOverSamples(ctx, original!, acts, next);
+        else passes?.run(Stage.out, (s0, _s1, st) => next.set(s0, st.residual), false);
+      } finally {
+        passes?.drop();
+      }
       journal.finishBlock(i, stats, (performance.now() - tb) / 1000);
       events.afterBlockJournaled?.(i);
       events.onBlockDone?.(i, a.nLayers, (performance.now() - tb) / 1000);
