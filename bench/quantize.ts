@@ -20,15 +20,17 @@
 //          --blocks blocks, vocab 512, random fp16 weights), written to a temp dir with src/io/writer.ts,
 //          with models/stories260K's tokenizer (vocab 512), --7b-windows windows. The default (8 windows,
 //          1 block) runs in about 3.5 minutes on 2 cores; --full = 32 windows × 2 blocks (about 12 minutes
-//          there: the forward passes alone are ≈ 2.4 × 32·512 rows × 405 MFLOP ≈ 16 TFLOP per block).
+//          there before the passes resumed from cached stages; the forward is now one pass per block:
+//          32·512 rows × 405 MFLOP ≈ 6.6 TFLOP of Linears plus the attention).
 //   stories models/stories260K (a quick check; its 64/172-wide Linears need --group-size 32 or -1), --windows
 // All windows are --seqlen tokens sampled from the bundled --calib text.
 //
 // Each case runs in a child process (so its peak RSS, process.resourceUsage().maxRSS, is the pipeline's).
 // The child hands runQuantize a timing proxy of the CPU backend and follows the pipeline's events to split
 // every block's wall time into:
-//   forward   the block forward passes over the calibration set (one per true-sequential group, up to its
-//             input, plus the pass that makes the next block's inputs), without the Hessian updates
+//   forward   the block forward passes over the calibration set (one per true-sequential group, each
+//             resuming from the previous group's cached stage up to its input, plus the pass that makes
+//             the next block's inputs, resuming from the last one), without the Hessian updates
 //   hessian   GptqHessian.addBatch = Backend.syrk (X^T X, both triangles written)
 //   cholesky  Backend.choleskyInverse + Backend.cholesky of the damped Hessian (potrf, potri, potrf)
 //   gptq      the rest of gptqQuantize: the column loop — its per-column work (Backend.gptqColumns, native)
@@ -182,6 +184,8 @@ interface ChildResult {
   gemmPeak: { before: Record<string, number>; after: Record<string, number>; best: number };
   quantizedLinears: number;
   meanRelError: number;
+  /** 2·Σ out·in over a block's Linears: the GEMM flops of one forward per calibration row (absent in older results). */
+  linearFlopsPerRow?: number;
 }
 
 function newBlock(block: number): BlockTiming {
@@ -479,6 +483,7 @@ async function runChild(spec: ChildSpec): Promise<ChildResult> {
     method: spec.method,
     settings: settingsText(spec),
     arch: { hidden: a.hidden, intermediate: a.intermediate, blocks: a.nLayers, heads: a.nHeads, vocab: a.vocabSize },
+    linearFlopsPerRow: 2 * a.linears.reduce((s, l) => s + l.out * l.in, 0),
     nsamples: spec.nsamples,
     seqlen: spec.seqlen,
     threads: be.getThreads(),
@@ -547,6 +552,12 @@ function printResult(r: ChildResult, log: (s: string) => void): void {
     ["packing", sum((b) => b.phases.pack), awqTotal > 0 ? "format.pack + relErrorBefore's rounding" : "format.pack"],
     ["journal write", sum((b) => b.phases.write), ""],
   ];
+  // The forward's Linear GEMM flops over the whole forward time (norms, attention, activations, copies
+  // included), against the peak; and how many full forwards' worth of Linear GEMMs a block ran.
+  const fwdFlops = sum((b) => b.forwardGemmFlops);
+  const forwards = r.linearFlopsPerRow ? ` = ${(fwdFlops / n / (r.linearFlopsPerRow * r.nsamples * r.seqlen)).toFixed(2)} forwards' Linears per block` : "";
+  const fwdRate = fwdFlops / Math.max(fwd, 1e-9) / 1e9;
+  rows[rows.findIndex((x) => x[0].startsWith("forward"))]![2] += `; whole forward ${fwdRate.toFixed(1)} GFLOP/s = ${((100 * fwdRate) / pk).toFixed(0)}% of peak${forwards}`;
   const accounted = rows.reduce((s, x) => s + x[1], 0);
   rows.push(["unaccounted", tot - accounted, ""]);
   log(`  per block (mean of ${n})            seconds    share`);

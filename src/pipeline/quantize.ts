@@ -2,7 +2,9 @@
 // quantize → pack → write. Only the current block's weights and the calibration activations are in
 // memory. Inputs to block i are the outputs of the already-quantized block i−1 (sequential, as GPTQ);
 // inside a block the Linears are quantized in the architecture's true-sequential groups, each group's
-// Hessian collected with the earlier groups already quantized. Each finished block is written to the
+// Hessian collected with the earlier groups already quantized; each group's calibration pass resumes
+// from the previous one's cached stage (passes.ts), so a block costs about one forward over the
+// calibration set. Each finished block is written to the
 // journal's work directory, so an interrupted run resumes at the first unfinished block.
 
 import fs from "node:fs";
