@@ -8,8 +8,9 @@
 //   2. one instrumented run: the model's backend is swapped for a timing proxy that times every GEMM and
 //      classifies it (B is a block Linear weight → "linear", the LM head → "lm_head", anything else →
 //      "other"), times the Backend's block ops (norms, RoPE, attention, activations, residual adds) per op,
-//      and the loop is split into forward and NLL (windowNll); nothing in src/ is changed;
-//   3. the GEMM rate at each exact Linear shape (M = seqlen rows, N = out, K = in, B transposed, as
+//      and the loop (batched as evaluatePerplexity batches it: evalBatching) is split into forward and
+//      NLL (windowNll); nothing in src/ is changed;
+//   3. the GEMM rate at each exact Linear shape (M = the batch's rows, N = out, K = in, B transposed, as
 //      forward.ts's linear() calls it), best of several repetitions;
 //   4. gemmPeakGflops (n = 512 and 1024), best of several calls, before and after the model runs.
 // The machine is shared: every rate is the best of its repetitions, and "peak" is the best seen.
@@ -20,7 +21,7 @@ import { fileURLToPath } from "node:url";
 import { resolveText } from "../src/calibration/texts.js";
 import type { ActivationKind, AttentionShape, Backend, KvCache, RopeTable } from "../src/compute/backend.js";
 import { gemmPeakGflops, getBackend, type CpuBackend } from "../src/compute/index.js";
-import { evaluatePerplexity, windowNll } from "../src/eval/perplexity.js";
+import { evalBatching, evaluatePerplexity, pplTokens, windowNll } from "../src/eval/perplexity.js";
 import { Model } from "../src/model/model.js";
 import { loadTokenizer } from "../src/tokenizer/index.js";
 
@@ -156,6 +157,9 @@ class TimingBackend implements Backend {
   add(a: Float32Array, b: Float32Array, out: Float32Array): void {
     this.time("residual add", () => this.inner.add(a, b, out));
   }
+  rowLse(x: Float32Array, rows: number, vocab: number, max: Float32Array, sum: Float64Array, top: Int32Array): void {
+    this.inner.rowLse!(x, rows, vocab, max, sum, top); // part of windowNll, timed there
+  }
 }
 
 /** Best GFLOP/s of C[M×N] = A[M×K]·B[N×K]ᵀ (linear()'s call), over `reps` timed calls after a warm-up. */
@@ -200,14 +204,13 @@ for (const dir of args.models) {
   const model = Model.load(dir, be);
   const tok = loadTokenizer(dir);
   const src = resolveText(args.text);
-  const bosId = tok.bosId ?? model.arch.bosId;
-  const addBos = model.arch.family !== "gpt2" && bosId !== null;
-  const ids = tok.encode(src.text);
-  const tokens = addBos ? [bosId!, ...ids] : ids;
+  const { tokens, addBos } = pplTokens(tok, model.arch, src.text);
   const a = model.arch;
   const seqlen = Math.min(args.seqlen, a.maxPositions);
   const name = path.basename(dir);
-  log(`\n## ${name}: ${a.modelType} hidden ${a.hidden}, ${a.nLayers} blocks, ${a.nHeads}/${a.nKvHeads} heads × ${a.headDim}, vocab ${a.vocabSize}; ${args.text}, seqlen ${seqlen}, ${args.windows} windows`);
+  const batching = evalBatching(a, seqlen);
+  log(`\n## ${name}: ${a.modelType} hidden ${a.hidden}, ${a.nLayers} blocks, ${a.nHeads}/${a.nKvHeads} heads × ${a.headDim}, vocab ${a.vocabSize}; ${args.text}, seqlen ${seqlen}, ${args.windows} windows` +
+    ` (batched: ${batching.windowsPerBatch} windows per forward, ${batching.windowsPerHead} per LM-head call)`);
 
   // 1. plain runs (CLI path)
   evaluatePerplexity(model, tokens, { seqlen, maxWindows: 1 }, addBos); // warm-up (JIT, page faults)
@@ -233,19 +236,31 @@ for (const dir of args.models) {
   const timed = new TimingBackend(be, weights, lmHead instanceof Float32Array ? lmHead : new Float32Array(0));
   const ctx = model.ctx as { backend: Backend };
   ctx.backend = timed;
-  const win = new Int32Array(seqlen);
+  // evaluatePerplexity's batching: the blocks on windowsPerBatch windows at once, the LM head and the
+  // NLL on windowsPerHead at a time.
   const windows = Math.min(args.windows, Math.floor(tokens.length / seqlen));
+  const { windowsPerBatch, windowsPerHead } = evalBatching(a, seqlen);
   let fwdS = 0;
   let nllS = 0;
   const t0 = process.hrtime.bigint();
-  for (let w = 0; w < windows; w++) {
-    for (let i = 0; i < seqlen; i++) win[i] = tokens[w * seqlen + i]!;
+  for (let w0 = 0; w0 < windows; w0 += windowsPerBatch) {
+    const nb = Math.min(windowsPerBatch, windows - w0);
+    const toks = Int32Array.from({ length: nb * seqlen }, (_, i) => tokens[w0 * seqlen + i]!);
     const t1 = process.hrtime.bigint();
-    const logits = model.forward(win, 1, seqlen);
-    const t2 = process.hrtime.bigint();
-    windowNll(logits, win, seqlen, a.vocabSize);
-    fwdS += Number(t2 - t1) / 1e9;
-    nllS += Number(process.hrtime.bigint() - t2) / 1e9;
+    const hidden = model.hidden(toks, nb, seqlen);
+    fwdS += Number(process.hrtime.bigint() - t1) / 1e9;
+    for (let c0 = 0; c0 < nb; c0 += windowsPerHead) {
+      const nc = Math.min(windowsPerHead, nb - c0);
+      const t2 = process.hrtime.bigint();
+      const logits = model.logits(hidden.subarray(c0 * seqlen * a.hidden, (c0 + nc) * seqlen * a.hidden), nc * seqlen);
+      const t3 = process.hrtime.bigint();
+      for (let j = 0; j < nc; j++) {
+        const o = (c0 + j) * seqlen;
+        windowNll(logits.subarray(j * seqlen * a.vocabSize, (j + 1) * seqlen * a.vocabSize), toks.subarray(o, o + seqlen), seqlen, a.vocabSize, be);
+      }
+      fwdS += Number(t3 - t2) / 1e9;
+      nllS += Number(process.hrtime.bigint() - t3) / 1e9;
+    }
   }
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
   ctx.backend = be;
@@ -260,7 +275,7 @@ for (const dir of args.models) {
   if (st.attention.calls > 0) log(`  other GEMMs         ${st.attention.seconds.toFixed(3)} s  ${pct(st.attention.seconds)}  ${rate(st.attention).toFixed(1)} GFLOP/s  (${st.attention.calls} calls)`);
   log(`  block ops           ${opsS.toFixed(3)} s  ${pct(opsS)}  (Backend: ${[...timed.ops].map(([k, o]) => `${k} ${o.seconds.toFixed(3)} s`).join(", ")})`);
   log(`  rest of forward     ${other.toFixed(3)} s  ${pct(other)}  (embedding, q/k/v split, allocation, JavaScript between calls)`);
-  log(`  windowNll           ${nllS.toFixed(3)} s  ${pct(nllS)}  (log-softmax over the vocabulary)`);
+  log(`  windowNll           ${nllS.toFixed(3)} s  ${pct(nllS)}  (log-sum-exp over the vocabulary: Backend.rowLse, native)`);
 
   // 3. GEMM rate at the exact Linear shapes
   const shapeRows: { cls: GemmClass; M: number; N: number; K: number; inRun: number; isolated: number; share: number }[] = [];

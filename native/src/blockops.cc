@@ -522,6 +522,107 @@ void AttnTask(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t tc, b
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Row log-sum-exp (perplexity): per row the max, its first index (−1 when the row holds NaN/±Inf) and
+// Σ e^(x − max) in float64, summed left to right as the TypeScript reference does
+// (src/eval/perplexity.ts rowLse), so the same bits.
+
+/** Columns of e^(x − max) buffered per row before the sequential sums. */
+constexpr int64_t kLseCols = 512;
+
+void RowMaxScalar(const float* xr, int64_t V, float* mx, int32_t* top) {
+  float m = -INFINITY;
+  int32_t t = 0;
+  bool finite = true;
+  for (int64_t j = 0; j < V; j++) {
+    if (xr[j] > m) m = xr[j], t = static_cast<int32_t>(j);
+    finite &= std::isfinite(xr[j]);
+  }
+  *mx = m;
+  *top = finite ? t : -1;
+}
+
+void RowLseScalar(const float* x, int64_t r0, int64_t r1, int64_t V, float* mx, double* sum, int32_t* top) {
+  for (int64_t r = r0; r < r1; r++) {
+    const float* xr = x + r * V;
+    RowMaxScalar(xr, V, mx + r, top + r);
+    const double m = mx[r];
+    double s = 0;
+    for (int64_t j = 0; j < V; j++) s += ExpScalar(static_cast<double>(xr[j]) - m);
+    sum[r] = s;
+  }
+}
+
+#ifdef Q4B_X86
+/** As RowMaxScalar: NaN never wins (max_ps returns its second operand), the first index of the max. */
+Q4_AVX2 void RowMaxAvx2(const float* xr, int64_t V, float* mx, int32_t* top) {
+  __m256 acc = _mm256_set1_ps(-INFINITY);
+  // |x| < ∞ is false for ±∞ and NaN: ANDed over the row, all ones while every value is finite.
+  const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), inf = _mm256_set1_ps(INFINITY);
+  __m256 fin = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  int64_t j = 0;
+  for (; j + 8 <= V; j += 8) {
+    const __m256 v = _mm256_loadu_ps(xr + j);
+    acc = _mm256_max_ps(v, acc);
+    fin = _mm256_and_ps(fin, _mm256_cmp_ps(_mm256_and_ps(v, absMask), inf, _CMP_LT_OQ));
+  }
+  bool finite = _mm256_movemask_ps(fin) == 0xff;
+  alignas(32) float l[8];
+  _mm256_store_ps(l, acc);
+  float m = -INFINITY;
+  for (float v : l) m = std::max(v, m);
+  for (; j < V; j++) {
+    if (xr[j] > m) m = xr[j];
+    finite &= std::isfinite(xr[j]);
+  }
+  int32_t t = 0;
+  if (!finite) t = -1;
+  else if (m != -INFINITY)
+    for (int64_t i = 0; i < V; i++)
+      if (xr[i] == m) {
+        t = static_cast<int32_t>(i);
+        break;
+      }
+  *mx = m;
+  *top = t;
+}
+
+/** 4 rows at a time: e^(x − max) 4 lanes wide (ExpPd: the same bits), then 4 interleaved sequential sums. */
+Q4_AVX2 void RowLseAvx2(const float* x, int64_t r0, int64_t r1, int64_t V, float* mx, double* sum, int32_t* top) {
+  alignas(32) double e[4][kLseCols];
+  for (int64_t r = r0; r < r1; r += 4) {
+    const int nr = static_cast<int>(std::min<int64_t>(4, r1 - r));
+    double s[4] = {0, 0, 0, 0};
+    for (int i = 0; i < nr; i++) RowMaxAvx2(x + (r + i) * V, V, mx + r + i, top + r + i);
+    for (int64_t c0 = 0; c0 < V; c0 += kLseCols) {
+      const int64_t nc = std::min(kLseCols, V - c0);
+      for (int i = 0; i < nr; i++) {
+        const float* xr = x + (r + i) * V + c0;
+        const double m = mx[r + i];
+        const __m256d mv = _mm256_set1_pd(m);
+        int64_t j = 0;
+        for (; j + 4 <= nc; j += 4) _mm256_store_pd(e[i] + j, ExpPd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(xr + j)), mv)));
+        for (; j < nc; j++) e[i][j] = ExpScalar(static_cast<double>(xr[j]) - m);
+      }
+      if (nr == 4) {
+        double s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+        for (int64_t j = 0; j < nc; j++) {
+          s0 += e[0][j];
+          s1 += e[1][j];
+          s2 += e[2][j];
+          s3 += e[3][j];
+        }
+        s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+      } else {
+        for (int i = 0; i < nr; i++)
+          for (int64_t j = 0; j < nc; j++) s[i] += e[i][j];
+      }
+    }
+    for (int i = 0; i < nr; i++) sum[r + i] = s[i];
+  }
+}
+#endif  // Q4B_X86
+
 }  // namespace
 
 double FastExp(double x) { return ExpScalar(x); }
@@ -625,6 +726,17 @@ void ActivateMul(int kind, float* gate, const float* up, int64_t n) {
     if (simd && kind == kSilu) return SiluAvx2(gate + i0, up + i0, i1 - i0);
 #endif
     for (int64_t i = i0; i < i1; i++) gate[i] = ActScalar(kind, gate[i]) * up[i];
+  });
+  (void)simd;
+}
+
+void RowLse(const float* x, int64_t rows, int64_t V, float* mx, double* sum, int32_t* top) {
+  const bool simd = Simd();
+  ForRows(rows, V, [&](int64_t r0, int64_t r1) {
+#ifdef Q4B_X86
+    if (simd) return RowLseAvx2(x, r0, r1, V, mx, sum, top);
+#endif
+    RowLseScalar(x, r0, r1, V, mx, sum, top);
   });
   (void)simd;
 }

@@ -50,6 +50,13 @@ void ActivateMul(int kind, float* gate, const float* up, int64_t n);
 /** out = a + b (out may alias a or b). */
 void Add(const float* a, const float* b, float* out, int64_t n);
 
+/**
+ * Per row of x [rows, V]: mx = the max (NaN skipped), top = its first index (−1 when the row holds a NaN
+ * or ±Inf), sum = Σ_j e^(x_j − mx) in float64 added left to right (the perplexity's log-sum-exp; the
+ * caller takes mx + log(sum)).
+ */
+void RowLse(const float* x, int64_t rows, int64_t V, float* mx, double* sum, int32_t* top);
+
 /** The float64 e^x of the TypeScript reference (src/model/ops.ts fastExp), for tests. */
 double FastExp(double x);
 

@@ -41,6 +41,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <thread>
 
 #ifdef QUANT4_ACCELERATE
@@ -724,6 +725,33 @@ Napi::Value AddFn(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// rowLse(x, rows, vocab, max, sum, top): per row max (Float32Array), Σ e^(x − max) (Float64Array), argmax (Int32Array)
+Napi::Value RowLseFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "rowLse";
+  if (!CheckArgCount(info, 6, fn)) return env.Undefined();
+  int64_t rows, V;
+  if (!GetDim(info, 1, fn, "rows", &rows) || !GetDim(info, 2, fn, "vocab", &V)) return env.Undefined();
+  F32View X, M;
+  const double* S;
+  const int32_t* T;
+  if (!GetF32(info, 0, fn, "x", rows * V, "rows*vocab", &X) || !GetF32(info, 3, fn, "max", rows, "rows", &M) ||
+      !GetTyped<double, napi_float64_array>(info, 4, fn, "sum", rows, false, &S, "Float64Array") ||
+      !GetTyped<int32_t, napi_int32_array>(info, 5, fn, "top", rows, false, &T, "Int32Array"))
+    return env.Undefined();
+  auto bytes = [](const void* p, int64_t n) { return std::pair<uintptr_t, uintptr_t>(reinterpret_cast<uintptr_t>(p), reinterpret_cast<uintptr_t>(p) + n); };
+  const std::pair<uintptr_t, uintptr_t> r[4] = {bytes(X.data, 4 * rows * V), bytes(M.data, 4 * rows), bytes(S, 8 * rows), bytes(T, 4 * rows)};
+  for (int a = 0; a < 4; a++)
+    for (int b = a + 1; b < 4; b++)
+      if (rows > 0 && V > 0 && r[a].first < r[b].second && r[b].first < r[a].second) {
+        ThrowError(env, "rowLse: x, max, sum and top must not share memory");
+        return env.Undefined();
+      }
+  if (rows == 0 || V == 0) return env.Undefined();
+  q4::RowLse(X.data, rows, V, M.data, const_cast<double*>(S), const_cast<int32_t*>(T));
+  return env.Undefined();
+}
+
 // fastExp(x): the block ops' float64 e^x (tests)
 Napi::Value FastExpFn(const Napi::CallbackInfo& info) {
   if (!info[0].IsNumber()) {
@@ -757,6 +785,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("activateMul", Napi::Function::New(env, ActivateMulFn, "activateMul"));
   exports.Set("add", Napi::Function::New(env, AddFn, "add"));
   exports.Set("fastExp", Napi::Function::New(env, FastExpFn, "fastExp"));
+  exports.Set("rowLse", Napi::Function::New(env, RowLseFn, "rowLse"));
   q4gptq::Register(env, exports);  // gptqColumns (gptqloop.cc)
 #ifndef QUANT4_ACCELERATE
   q4::SetThreads(openblas_get_num_threads());

@@ -189,4 +189,11 @@ export interface Backend {
 
   /** out = a + b (the residual stream); out may be a or b. */
   add(a: Float32Array, b: Float32Array, out: Float32Array): void;
+
+  /**
+   * Per row of x [rows, vocab] (the perplexity's log-sum-exp): max[r] (NaN skipped), top[r] its first
+   * index, sum[r] = Σ_j e^(x_j − max) in float64 added left to right with ops.ts's fastExp, the same bits
+   * as src/eval/perplexity.ts's TypeScript loop (used when a backend lacks this).
+   */
+  rowLse?(x: Float32Array, rows: number, vocab: number, max: Float32Array, sum: Float64Array, top: Int32Array): void;
 }

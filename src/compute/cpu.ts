@@ -45,6 +45,7 @@ export interface NativeAddon {
   activate(kind: number, x: Float32Array): void;
   activateMul(kind: number, gate: Float32Array, up: Float32Array): void;
   add(a: Float32Array, b: Float32Array, out: Float32Array): void;
+  rowLse(x: Float32Array, rows: number, vocab: number, max: Float32Array, sum: Float64Array, top: Int32Array): void;
   /** The block ops' float64 e^x (the TypeScript reference's fastExp, bit for bit). */
   fastExp(x: number): number;
   /** AWQ's candidate rounding and output error (native/src/gptqloop.cc). */
@@ -252,6 +253,10 @@ export class CpuBackend implements Backend {
 
   add(a: Float32Array, b: Float32Array, out: Float32Array): void {
     call(() => this.addon.add(a, b, out));
+  }
+
+  rowLse(x: Float32Array, rows: number, vocab: number, max: Float32Array, sum: Float64Array, top: Int32Array): void {
+    call(() => this.addon.rowLse(x, rows, vocab, max, sum, top));
   }
 
   gptqColumns(j: GptqColumnsJob, i1: number, s1: number, s2: number): number {

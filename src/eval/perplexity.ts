@@ -3,7 +3,10 @@
 // prediction inside each window scored, ppl = exp(mean NLL). The protocol is returned with the number.
 
 import { z } from "zod";
+import type { Backend } from "../compute/backend.js";
+import type { ArchSpec } from "../model/architectures.js";
 import type { Model } from "../model/model.js";
+import { encodeCached, type Tokenizer } from "../tokenizer/index.js";
 import { fastExp } from "../model/ops.js";
 import { ModelError, UsageError } from "../util/errors.js";
 
@@ -29,6 +32,8 @@ export interface PplOptions {
   maxWindows?: number;
   /** Also run this model (the fp source) on every window and measure the evaluated model's divergence from it. */
   klBase?: Model;
+  /** Rows per batched forward (internal; default EVAL_BATCH_ROWS; `seqlen` = one window at a time). */
+  batchRows?: number;
   onWindow?: (done: number, total: number, tokensDone: number) => void;
 }
 
@@ -65,47 +70,89 @@ export interface KlResult {
   basePpl: number;
 }
 
-/** Log-sum-exp of row `o..o+vocab` and its argmax. */
+/** Per row of logits: log-sum-exp, and the argmax, or −1 when the row holds a NaN/±Inf. */
+export interface RowStats {
+  lse: Float64Array;
+  top: Int32Array;
+}
+
+/** The reference for one row (Backend.rowLse gives the same bits): log-sum-exp, argmax (−1: non-finite row). */
 function rowLse(logits: Float32Array, o: number, vocab: number): { lse: number; top: number } {
   let m = -Infinity;
   let top = 0;
-  for (let j = 0; j < vocab; j++) if (logits[o + j]! > m) (m = logits[o + j]!), (top = j);
+  let finite = true;
+  for (let j = 0; j < vocab; j++) {
+    const v = logits[o + j]!;
+    if (v > m) (m = v), (top = j);
+    if (v - v !== 0) finite = false;
+  }
   let s = 0;
   for (let j = 0; j < vocab; j++) s += fastExp(logits[o + j]! - m); // Math.exp to ~1 ulp, 2× faster
-  return { lse: m + Math.log(s), top };
+  return { lse: m + Math.log(s), top: finite ? top : -1 };
+}
+
+/** RowStats of the first `rows` rows of logits [·, vocab]: on the backend when it has rowLse (same bits). */
+export function rowsLse(logits: Float32Array, rows: number, vocab: number, backend?: Pick<Backend, "rowLse">): RowStats {
+  const lse = new Float64Array(rows);
+  const top = new Int32Array(rows);
+  if (backend?.rowLse && rows > 0) {
+    const max = new Float32Array(rows);
+    backend.rowLse(logits.subarray(0, rows * vocab), rows, vocab, max, lse, top);
+    for (let r = 0; r < rows; r++) lse[r] = max[r]! + Math.log(lse[r]!); // Math.log's bits, as the reference
+    return { lse, top };
+  }
+  for (let r = 0; r < rows; r++) {
+    const q = rowLse(logits, r * vocab, vocab);
+    lse[r] = q.lse;
+    top[r] = q.top;
+  }
+  return { lse, top };
+}
+
+/** First row in [r0, r1) holding a NaN/±Inf, or −1. */
+function firstBadRow(st: RowStats, r0: number, r1: number): number {
+  for (let r = r0; r < r1; r++) if (st.top[r]! < 0) return r;
+  return -1;
+}
+
+/** Mean NLL of one window: logits rows [T, vocab], their stats from row r0 of `st`. */
+function nllOf(logits: Float32Array, st: RowStats, r0: number, tokens: ArrayLike<number>, T: number, vocab: number): number {
+  let sum = 0;
+  for (let t = 0; t < T - 1; t++) sum += st.lse[r0 + t]! - logits[t * vocab + tokens[t + 1]!]!;
+  return sum / (T - 1);
+}
+
+/** KL of one window (see windowKl); q/b: the stats of logits/baseLogits from row r0. */
+function klOf(logits: Float32Array, baseLogits: Float32Array, q: RowStats, b: RowStats, r0: number, tokens: ArrayLike<number>, T: number, vocab: number, kl: Float64Array): { baseNllSum: number; sameTop: number } {
+  let baseNllSum = 0;
+  let sameTop = 0;
+  for (let t = 0; t < T - 1; t++) {
+    const o = t * vocab;
+    const qLse = q.lse[r0 + t]!;
+    const bLse = b.lse[r0 + t]!;
+    let d = 0;
+    for (let j = 0; j < vocab; j++) {
+      const lb = baseLogits[o + j]! - bLse;
+      d += Math.exp(lb) * (lb - (logits[o + j]! - qLse));
+    }
+    kl[t] = Math.max(0, d); // ≥ 0 in exact arithmetic; rounding can leave −1e-9
+    baseNllSum += bLse - baseLogits[o + tokens[t + 1]!]!;
+    if (q.top[r0 + t] === b.top[r0 + t]) sameTop++;
+  }
+  return { baseNllSum, sameTop };
 }
 
 /**
  * Per-prediction KL(base ‖ model) of one window into `kl` (T−1 values), the base's NLL sum and the
  * count of equal argmaxes.
  */
-export function windowKl(logits: Float32Array, baseLogits: Float32Array, tokens: ArrayLike<number>, T: number, vocab: number, kl: Float64Array): { baseNllSum: number; sameTop: number } {
-  let baseNllSum = 0;
-  let sameTop = 0;
-  for (let t = 0; t < T - 1; t++) {
-    const o = t * vocab;
-    const q = rowLse(logits, o, vocab);
-    const b = rowLse(baseLogits, o, vocab);
-    let d = 0;
-    for (let j = 0; j < vocab; j++) {
-      const lb = baseLogits[o + j]! - b.lse;
-      d += Math.exp(lb) * (lb - (logits[o + j]! - q.lse));
-    }
-    kl[t] = Math.max(0, d); // ≥ 0 in exact arithmetic; rounding can leave −1e-9
-    baseNllSum += b.lse - baseLogits[o + tokens[t + 1]!]!;
-    if (q.top === b.top) sameTop++;
-  }
-  return { baseNllSum, sameTop };
+export function windowKl(logits: Float32Array, baseLogits: Float32Array, tokens: ArrayLike<number>, T: number, vocab: number, kl: Float64Array, backend?: Pick<Backend, "rowLse">): { baseNllSum: number; sameTop: number } {
+  return klOf(logits, baseLogits, rowsLse(logits, T - 1, vocab, backend), rowsLse(baseLogits, T - 1, vocab, backend), 0, tokens, T, vocab, kl);
 }
 
 /** Mean NLL of predicting tokens[t+1] from logits row t, for t in [0, T-1). Rows are [T, vocab]. */
-export function windowNll(logits: Float32Array, tokens: ArrayLike<number>, T: number, vocab: number): number {
-  let sum = 0;
-  for (let t = 0; t < T - 1; t++) {
-    const o = t * vocab;
-    sum += rowLse(logits, o, vocab).lse - logits[o + tokens[t + 1]!]!;
-  }
-  return sum / (T - 1);
+export function windowNll(logits: Float32Array, tokens: ArrayLike<number>, T: number, vocab: number, backend?: Pick<Backend, "rowLse">): number {
+  return nllOf(logits, rowsLse(logits, T - 1, vocab, backend), 0, tokens, T, vocab);
 }
 
 /** Index of the first NaN/±Inf in `x`, or −1. */
@@ -134,38 +181,95 @@ export function windowCount(model: Pick<Model, "arch">, nTokens: number, seqlen:
   return maxWindows !== undefined ? Math.min(windows, maxWindows) : windows;
 }
 
+/**
+ * The protocol's token stream of a text: its ids (through the token cache, src/tokenizer/cache.ts) with
+ * BOS prepended once when the model has one (GPT-2-style models have none).
+ */
+export function pplTokens(tok: Tokenizer, arch: Pick<ArchSpec, "family" | "bosId">, text: string): { tokens: number[]; addBos: boolean; bosId: number | null } {
+  const bosId = tok.bosId ?? arch.bosId;
+  const addBos = arch.family !== "gpt2" && bosId !== null;
+  const ids = encodeCached(tok, text);
+  return { tokens: addBos ? [bosId!, ...ids] : ids, addBos, bosId };
+}
+
 export function protocolLine(r: Pick<PplResult, "windows" | "seqlen" | "predictionsPerWindow" | "totalTokens">, bos: boolean): string {
   return `${r.windows} non-overlapping windows × ${r.predictionsPerWindow} predictions (seqlen ${r.seqlen}, ${r.totalTokens} tokens${bos ? ", BOS prepended once" : ""}, tail dropped; GPTQ-paper protocol)`;
+}
+
+/**
+ * Rows one batched forward through the blocks takes (whole windows, at least one): every Linear then
+ * runs as one GEMM over several windows, which keeps BLAS threads busy between the JavaScript steps.
+ */
+export const EVAL_BATCH_ROWS = 2048;
+/** Bound on a batch's block activations (rows × ~(8·hidden + 3·intermediate) fp32) for wide models. */
+const EVAL_ACTIVATION_BYTES = 512 * 2 ** 20;
+/** Bound on the logits held at once (rows × vocab fp32): the LM head runs on this many windows at a time. */
+export const EVAL_LOGITS_BYTES = 32 * 2 ** 20;
+
+/** Windows per batched forward and per LM-head call, for `batchRows` rows at most (see EVAL_BATCH_ROWS). */
+export function evalBatching(arch: Model["arch"], seqlen: number, batchRows = EVAL_BATCH_ROWS): { windowsPerBatch: number; windowsPerHead: number } {
+  const inter = Math.max(0, ...arch.linears.map((l) => Math.max(l.in, l.out)));
+  const rowBytes = 4 * (8 * arch.hidden + 3 * inter);
+  const rows = Math.min(batchRows, Math.floor(EVAL_ACTIVATION_BYTES / rowBytes));
+  const windowsPerBatch = Math.max(1, Math.floor(rows / seqlen));
+  const windowsPerHead = Math.max(1, Math.min(windowsPerBatch, Math.floor(EVAL_LOGITS_BYTES / (4 * arch.vocabSize * seqlen))));
+  return { windowsPerBatch, windowsPerHead };
 }
 
 export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts: PplOptions, bos: boolean): PplResult {
   const { seqlen } = opts;
   const windows = windowCount(model, tokens.length, seqlen, opts.maxWindows);
+  const V = model.arch.vocabSize;
   const t0 = performance.now();
   let total = 0;
-  const win = new Int32Array(seqlen);
   const base = opts.klBase;
   const kls = base ? new Float64Array(windows * (seqlen - 1)) : null;
   let baseNll = 0;
   let sameTop = 0;
-  for (let w = 0; w < windows; w++) {
-    for (let i = 0; i < seqlen; i++) win[i] = tokens[w * seqlen + i]!;
-    const logits = model.forward(win, 1, seqlen);
-    const nll = windowNll(logits, win, seqlen, model.arch.vocabSize);
-    const bad = firstNonFinite(logits);
-    if (bad >= 0 || !Number.isFinite(nll)) {
-      const where = bad >= 0 ? `: logit ${logits[bad]} at position ${Math.floor(bad / model.arch.vocabSize)}, token id ${bad % model.arch.vocabSize}` : `: mean NLL ${nll}`;
-      throw nonFinite(model, `window ${w + 1} of ${windows} (tokens ${w * seqlen}..${(w + 1) * seqlen - 1})${where}`);
+  // Batching changes which rows share a GEMM, not what any row computes: the per-window NLLs, and their
+  // sum in window order, are those of one window at a time (a test).
+  const { windowsPerBatch, windowsPerHead } = evalBatching(model.arch, seqlen, opts.batchRows);
+  const batchTokens = new Int32Array(Math.min(windowsPerBatch, windows) * seqlen);
+  const hd = model.arch.hidden;
+  const headRows = Math.min(windowsPerHead, windows) * seqlen;
+  // The LM head writes into these, reused across chunks (rows × vocab fp32 each, EVAL_LOGITS_BYTES at most).
+  const logitsBuf = new Float32Array(headRows * V);
+  const baseBuf = base ? new Float32Array(headRows * V) : null;
+  for (let w0 = 0; w0 < windows; w0 += windowsPerBatch) {
+    const nb = Math.min(windowsPerBatch, windows - w0);
+    const toks = batchTokens.subarray(0, nb * seqlen);
+    for (let i = 0; i < nb * seqlen; i++) toks[i] = tokens[w0 * seqlen + i]!;
+    const hidden = model.hidden(toks, nb, seqlen);
+    const baseHidden = base?.hidden(toks, nb, seqlen);
+    for (let c0 = 0; c0 < nb; c0 += windowsPerHead) {
+      const nc = Math.min(windowsPerHead, nb - c0);
+      const rows = nc * seqlen;
+      const logitsAll = model.logits(hidden.subarray(c0 * seqlen * hd, (c0 + nc) * seqlen * hd), rows, logitsBuf.subarray(0, rows * V));
+      const st = rowsLse(logitsAll, rows, V, model.ctx.backend);
+      const baseAll = base?.logits(baseHidden!.subarray(c0 * seqlen * base.arch.hidden, (c0 + nc) * seqlen * base.arch.hidden), rows, baseBuf!.subarray(0, rows * V));
+      const bst = base ? rowsLse(baseAll!, rows, V, base.ctx.backend) : null;
+      for (let j = 0; j < nc; j++) {
+        const w = w0 + c0 + j;
+        const r0 = j * seqlen;
+        const win = toks.subarray((c0 + j) * seqlen, (c0 + j + 1) * seqlen);
+        const logits = logitsAll.subarray(r0 * V, (r0 + seqlen) * V);
+        const nll = nllOf(logits, st, r0, win, seqlen, V);
+        if (firstBadRow(st, r0, r0 + seqlen) >= 0 || !Number.isFinite(nll)) {
+          const bad = firstNonFinite(logits);
+          const where = bad >= 0 ? `: logit ${logits[bad]} at position ${Math.floor(bad / V)}, token id ${bad % V}` : `: mean NLL ${nll}`;
+          throw nonFinite(model, `window ${w + 1} of ${windows} (tokens ${w * seqlen}..${(w + 1) * seqlen - 1})${where}`);
+        }
+        total += nll;
+        if (base) {
+          if (firstBadRow(bst!, r0, r0 + seqlen) >= 0) throw nonFinite(base, `window ${w + 1} of ${windows}`);
+          const bl = baseAll!.subarray(r0 * V, (r0 + seqlen) * V);
+          const k = klOf(logits, bl, st, bst!, r0, win, seqlen, V, kls!.subarray(w * (seqlen - 1), (w + 1) * (seqlen - 1)));
+          baseNll += k.baseNllSum;
+          sameTop += k.sameTop;
+        }
+        opts.onWindow?.(w + 1, windows, (w + 1) * seqlen);
+      }
     }
-    total += nll;
-    if (base) {
-      const bl = base.forward(win, 1, seqlen);
-      if (firstNonFinite(bl) >= 0) throw nonFinite(base, `window ${w + 1} of ${windows}`);
-      const k = windowKl(logits, bl, win, seqlen, model.arch.vocabSize, kls!.subarray(w * (seqlen - 1), (w + 1) * (seqlen - 1)));
-      baseNll += k.baseNllSum;
-      sameTop += k.sameTop;
-    }
-    opts.onWindow?.(w + 1, windows, (w + 1) * seqlen);
   }
   const seconds = (performance.now() - t0) / 1000;
   const meanNll = total / windows;

@@ -356,10 +356,10 @@ export function embedTokens(arch: ArchSpec, g: Pick<RuntimeGlobals, "embed" | "p
 }
 
 /** Final norm + LM head: logits [rows, vocab]. */
-export function logitsOf(ctx: ForwardContext, g: Pick<RuntimeGlobals, "finalNorm" | "lmHead">, x: Float32Array, rows: number): Float32Array {
+export function logitsOf(ctx: ForwardContext, g: Pick<RuntimeGlobals, "finalNorm" | "lmHead">, x: Float32Array, rows: number, out?: Float32Array): Float32Array {
   const a = ctx.arch;
   const n = applyNorm(ctx.backend, a, (k) => g.finalNorm.get(k), a.finalNorm, x, rows);
-  return linear(ctx.backend, n, rows, g.lmHead, a.vocabSize, a.hidden);
+  return linear(ctx.backend, n, rows, g.lmHead, a.vocabSize, a.hidden, undefined, out);
 }
 
 /** Resident weight memory of a loaded model, by storage. */
@@ -436,6 +436,11 @@ export class Model {
 
   /** Logits [B*T, vocab] for B sequences of T tokens (B must be 1 with a cache). */
   forward(tokens: ArrayLike<number>, B: number, T: number, opts: { pos0?: number; cache?: LayerCache[] } = {}): Float32Array {
+    return this.logits(this.hidden(tokens, B, T, opts), B * T);
+  }
+
+  /** The last block's output [B*T, hidden] (before the final norm): forward() without the LM head. */
+  hidden(tokens: ArrayLike<number>, B: number, T: number, opts: { pos0?: number; cache?: LayerCache[] } = {}): Float32Array {
     const pos0 = opts.pos0 ?? 0;
     if (pos0 + T > this.arch.maxPositions)
       throw new ModelError(`sequence of ${pos0 + T} tokens exceeds the model's context of ${this.arch.maxPositions}`);
@@ -443,6 +448,15 @@ export class Model {
     for (let i = 0; i < this.blocks.length; i++) {
       x = blockForward(this.ctx, this.blocks[i]!, x, B, T, { pos0, cache: opts.cache?.[i] });
     }
-    return logitsOf(this.ctx, this.globals, x, B * T);
+    return x;
+  }
+
+  /**
+   * Final norm + LM head on `rows` rows of hidden() output: logits [rows, vocab] (into `out` when given).
+   * Row-wise, so the head can run on a few rows at a time after the blocks ran on many (eval keeps the
+   * logits small).
+   */
+  logits(x: Float32Array, rows: number, out?: Float32Array): Float32Array {
+    return logitsOf(this.ctx, this.globals, x, rows, out);
   }
 }
