@@ -8,5 +8,7 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     maxWorkers: 2,
+    // Tests never read or write the user's token cache (test/token-cache.test.ts uses temp dirs).
+    env: { QUANT4_NO_CACHE: "1" },
   },
 });

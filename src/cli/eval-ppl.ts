@@ -5,7 +5,7 @@ import fs from "node:fs";
 import type { Command } from "commander";
 import { z } from "zod";
 import { resolveText, textEncodingSchema } from "../calibration/texts.js";
-import { evaluatePerplexity, pplProtocolSchema, windowCount, type PplProtocol, type PplResult } from "../eval/perplexity.js";
+import { evaluatePerplexity, pplProtocolSchema, pplTokens, windowCount, type PplProtocol, type PplResult } from "../eval/perplexity.js";
 
 export type { PplProtocol };
 import { Model } from "../model/model.js";
@@ -163,11 +163,8 @@ Examples:
         }
         status.set(`tokenizing ${o.text}…`);
         const src = resolveText(o.text, o.textEncoding);
-        const bosId = tok.bosId ?? model.arch.bosId;
-        const addBos = model.arch.family !== "gpt2" && bosId !== null;
-        const ids = tok.encode(src.text);
+        const { tokens, addBos } = pplTokens(tok, model.arch, src.text);
         status.stop();
-        const tokens = addBos ? [bosId!, ...ids] : ids;
         const seqlen = o.seqlen ?? Math.min(2048, model.arch.maxPositions);
         // A baseline measured on another protocol is refused before the evaluation, not after it.
         const protocol = pplProtocol(src.name, src.text, tok.vocabSize, tokens, { seqlen, windows: windowCount(model, tokens.length, seqlen, o.maxWindows) }, addBos);

@@ -17,7 +17,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { resolveText } from "../calibration/texts.js";
 import type { Backend } from "../compute/backend.js";
-import { evaluatePerplexity, windowCount, type PplResult } from "../eval/perplexity.js";
+import { evaluatePerplexity, pplTokens, windowCount, type PplResult } from "../eval/perplexity.js";
 import { atomicWriteFile } from "../io/writer.js";
 import { Model } from "../model/model.js";
 import { averageBits, budgetLinears, budgetRules, chooseWidths, errorCurves, FP16_BITS, maxAverageBits, probeWidths, summarizeRaises, type BudgetLinear } from "../pipeline/budget.js";
@@ -77,10 +77,7 @@ function prepareGate(plan: Plan, o: QuantizeCliOptions, modelDir: string): GateT
   const a = plan.src.arch;
   const text = resolveText(o.gateText!, "utf8");
   const tok = loadTokenizer(modelDir);
-  const bosId = tok.bosId ?? a.bosId;
-  const addBos = a.family !== "gpt2" && bosId !== null;
-  const ids = tok.encode(text.text);
-  const tokens = addBos ? [bosId!, ...ids] : ids;
+  const { tokens, addBos } = pplTokens(tok, a, text.text);
   const seqlen = o.gateSeqlen ?? Math.min(2048, a.maxPositions);
   let windows: number;
   try {

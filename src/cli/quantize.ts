@@ -22,7 +22,7 @@ import { loadRecipe, recipeKeyOf, recipeOptions, recipeOutputs, type LoadedRecip
 import { publishOutputs, type ExtraOutput, type ManifestContext } from "./quantize-publish.js";
 import type { LayerStat } from "../pipeline/journal.js";
 import { settingsKeyOf } from "../pipeline/journal.js";
-import { loadTokenizer } from "../tokenizer/index.js";
+import { encodeCached, loadTokenizer } from "../tokenizer/index.js";
 import { OutputError, UsageError } from "../util/errors.js";
 import { progressMode, restoreCursor, startDualProgress, startStatus, type ProgressMode } from "../util/progress.js";
 import type { Backend } from "../compute/backend.js";
@@ -211,7 +211,7 @@ export function buildPlan(
   if (calibrate) {
     const tok = loadTokenizer(modelDir);
     text = resolveText(o.calib ?? "c4", o.textEncoding);
-    const ids = tok.encode(text.text);
+    const ids = encodeCached(tok, text.text);
     calibTokens = ids.length;
     windows = sampleWindows(ids, o.nsamples, seqlen, o.seed, text.name);
   }

@@ -13,6 +13,8 @@ export interface Tokenizer {
   encode(text: string, opts?: { addBos?: boolean }): number[];
   /** Text of `ids`, skipping BOS/EOS (and other SentencePiece control tokens). */
   decode(ids: number[]): string;
+  /** What decides encode() (its files and code, hashed; see cache.ts): the token cache's key. Absent: never cached. */
+  readonly fingerprint?: string;
 }
 
 /** The subset of HF's tokenizer.json we build or read (other keys pass through untouched). */
@@ -60,12 +62,15 @@ export interface EngineOptions {
   mergeRanks?: readonly number[];
   /** SentencePiece remove_extra_whitespaces: whitespace-only text encodes to nothing. */
   blankEncodesEmpty?: boolean;
+  /** See Tokenizer.fingerprint. */
+  fingerprint?: string;
 }
 
 export class EngineTokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly bosId: number | null;
   readonly eosId: number | null;
+  readonly fingerprint?: string;
   private readonly engine: HfEngine;
   private readonly vocab: readonly (string | undefined)[];
   private readonly skip: Set<number>;
@@ -96,6 +101,7 @@ export class EngineTokenizer implements Tokenizer {
     if (this.bosId !== null) this.skip.add(this.bosId);
     if (this.eosId !== null) this.skip.add(this.eosId);
     this.blankEncodesEmpty = opts.blankEncodesEmpty ?? false;
+    if (opts.fingerprint !== undefined) this.fingerprint = opts.fingerprint;
   }
 
   encode(text: string, opts?: { addBos?: boolean }): number[] {

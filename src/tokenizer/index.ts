@@ -9,6 +9,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { FileFormatError } from "../util/errors.js";
+import { tokenizerFingerprint } from "./cache.js";
 import { EngineTokenizer, type Tokenizer, type TokenizerJson } from "./engine.js";
 import { byteLevelBpeTokenizerJson, parseByteLevelMerges, parseByteLevelVocab } from "./gpt2.js";
 import { parseSentencePieceModel, sentencePieceToTokenizerJson } from "./sentencepiece.js";
@@ -20,6 +21,7 @@ export { parseSentencePieceModel, sentencePieceToTokenizerJson, PieceType } from
 export type { SentencePieceModel, SentencePiecePiece, ConvertedSentencePiece } from "./sentencepiece.js";
 export { byteLevelBpeTokenizerJson, parseByteLevelMerges, parseByteLevelVocab } from "./gpt2.js";
 export { withWordSplit } from "./wordsplit.js";
+export { encodeCached, tokenCacheDir, tokenCacheKey, tokenizerFingerprint, type TokenCacheOutcome } from "./cache.js";
 
 /** Files loadTokenizer looks for, in order of preference. */
 export const TOKENIZER_FILES = [
@@ -34,6 +36,10 @@ export const TOKENIZER_FILES = [
  * tokenizer file is there, or naming the file when it is malformed.
  */
 export function loadTokenizer(dir: string): Tokenizer {
+  return logged(() => loadTokenizerIn(dir));
+}
+
+function loadTokenizerIn(dir: string): Tokenizer {
   const at = (name: string): string => path.join(dir, name);
   const has = (name: string): boolean => existsSync(at(name));
 
@@ -46,6 +52,10 @@ export function loadTokenizer(dir: string): Tokenizer {
 
 /** Loads a SentencePiece `tokenizer.model` file directly. */
 export function loadSentencePiece(file: string, special: SpecialTokens = {}): Tokenizer {
+  return logged(() => loadSentencePieceFile(file, special));
+}
+
+function loadSentencePieceFile(file: string, special: SpecialTokens): Tokenizer {
   const model = parseSentencePieceModel(readBytes(file), file);
   const conv = sentencePieceToTokenizerJson(model, file);
   const engineOpts = {
@@ -60,7 +70,7 @@ export function loadSentencePiece(file: string, special: SpecialTokens = {}): To
   const src = special.source ?? file;
   const bosId = special.bos !== undefined ? resolveToken(look, special.bos, src, "bos_token") : conv.bosId;
   const eosId = special.eos !== undefined ? resolveToken(look, special.eos, src, "eos_token") : conv.eosId;
-  return new EngineTokenizer(conv.json, {}, file, { ...engineOpts, bosId, eosId });
+  return new EngineTokenizer(conv.json, {}, file, { ...engineOpts, bosId, eosId, fingerprint: fingerprintSoFar() });
 }
 
 function loadTokenizerJson(dir: string): Tokenizer {
@@ -84,7 +94,7 @@ function loadTokenizerJson(dir: string): Tokenizer {
     if (special.bos === undefined) bos = ids.bos;
     if (special.eos === undefined) eos = ids.eos;
   }
-  return new EngineTokenizer(tj, config, file, { bosId: bos, eosId: eos });
+  return new EngineTokenizer(tj, config, file, { bosId: bos, eosId: eos, fingerprint: fingerprintSoFar() });
 }
 
 function loadByteLevel(vocabFile: string, mergesFile: string, special: SpecialTokens): Tokenizer {
@@ -99,7 +109,7 @@ function loadByteLevel(vocabFile: string, mergesFile: string, special: SpecialTo
   const src = special.source ?? vocabFile;
   const bos = special.bos !== undefined ? resolveToken(look, special.bos, src, "bos_token") : eot;
   const eos = special.eos !== undefined ? resolveToken(look, special.eos, src, "eos_token") : eot;
-  return new EngineTokenizer(json, {}, vocabFile, { bosId: bos, eosId: eos });
+  return new EngineTokenizer(json, {}, vocabFile, { bosId: bos, eosId: eos, fingerprint: fingerprintSoFar() });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,12 +199,37 @@ function readConfigIds(dir: string): { bos: number | null; eos: number | null } 
   return { bos: id(cfg["bos_token_id"]), eos: id(cfg["eos_token_id"]) };
 }
 
-function readBytes(file: string): Uint8Array {
+// The files a load reads, in order, for the tokenizer's fingerprint (cache.ts); collected by the
+// outermost loader call (loadTokenizer may call loadSentencePiece).
+let readLog: { name: string; bytes: Uint8Array }[] | null = null;
+
+function logged<T>(load: () => T): T {
+  if (readLog !== null) return load();
+  readLog = [];
   try {
-    return readFileSync(file);
+    return load();
+  } finally {
+    readLog = null;
+  }
+}
+
+/**
+ * Fingerprint of the files read so far. config.json is left out: only its BOS/EOS ids are read, which
+ * encode() does not use, and it differs between a model and its quantized copy.
+ */
+function fingerprintSoFar(): string | undefined {
+  return readLog ? tokenizerFingerprint(readLog.filter((f) => f.name !== "config.json")) : undefined;
+}
+
+function readBytes(file: string): Uint8Array {
+  let b: Uint8Array;
+  try {
+    b = readFileSync(file);
   } catch (e) {
     throw new FileFormatError(file, `cannot read: ${(e as Error).message}`);
   }
+  readLog?.push({ name: path.basename(file), bytes: b });
+  return b;
 }
 
 function readText(file: string): string {
