@@ -130,6 +130,9 @@ bare-number baseline is accepted with a warning. A gate never passes a non-finit
 --kl-base measures fidelity rather than quality: perplexity on text unlike the model's training
 data can move either way with a small quantization error, KL from the source model only grows
 (llama.cpp's --kl-divergence); it costs a second forward pass per window.
+Token cache: a text's token ids are kept after the first run (~/.cache/quant4/tokens, or
+$XDG_CACHE_HOME/quant4/tokens, or $QUANT4_CACHE_DIR/tokens), keyed by the text and the tokenizer's
+files; QUANT4_NO_CACHE=1 turns it off.
 Exit codes: 0 ok (gate passed), 1 gate failed, 2 error, 3 internal error.
 
 Examples:
