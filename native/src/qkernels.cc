@@ -836,10 +836,7 @@ Q4_AVX512 void GemvMulti512T(const PackedLinear& L, const float* const* xs, int 
   int64_t r = r0;
   for (; r + 4 <= blocked; r += 4) {
     int i = 0;
-    for (; i + 4 <= nx; i += 4) {  // 2 weight rows × 4 input rows: 8 accumulators
-      GemvMulti512<CW, 2, 4>(L, xs + i, r, ys + i, i == 0);
-      GemvMulti512<CW, 2, 4>(L, xs + i, r + 2, ys + i, false);
-    }
+    for (; i + 4 <= nx; i += 4) GemvMulti512<CW, 4, 4>(L, xs + i, r, ys + i, i == 0);  // 16 accumulators (32 zmm registers)
     switch (nx - i) {
       case 3:
         GemvMulti512<CW, 2, 3>(L, xs + i, r, ys + i, i == 0);
