@@ -21,8 +21,10 @@
 //    `quant4 bench <int4> --baseline <fp16> --reps R`: time to first token, prompt and decode tokens/s
 //    (fastest of R runs), resident weights and peak RSS of each in its own process. Achieved decode bandwidth = weight bytes read per
 //    token (every resident weight but the embedding table) / decode seconds per token. Where the CPU has
-//    AVX-512, the INT4 model is also run with QUANT4_SIMD=avx2 (the kernels before AVX-512), in turn with
-//    the best level (--no-simd-compare skips it).
+//    AVX-512, the INT4 model is also run with QUANT4_SIMD=avx2 (the kernels before AVX-512), after the
+//    best level, and — the comparison that survives a shared machine — loaded into this process and
+//    decoded with the SIMD level alternating token by token (avx512, avx2, avx512, …; 2·gen·reps tokens
+//    after a 32-token prompt): min and median ms per token per level (--no-simd-compare skips both).
 // Targets (issue 14): INT4 decode ≥ 3× faster per token than the fp16 source; ≥ 70% of the bandwidth
 // limit (memcpy); peak RSS of the INT4 model ≤ ½ of the fp16 source's; prefill GEMM ≥ 80% of fp32 sgemm.
 
@@ -35,6 +37,7 @@ import { fileURLToPath } from "node:url";
 import { getBackend, type CpuBackend, type CpuLinearHandle, type SimdLevel } from "../src/compute/index.js";
 import type { BenchResult } from "../src/cli/bench.js";
 import { f32ToF16 } from "../src/io/dtype.js";
+import { Model } from "../src/model/model.js";
 
 const here = fileURLToPath(import.meta.url);
 const root = path.resolve(path.dirname(here), "..");
@@ -256,6 +259,32 @@ interface ModelResult {
   /** The INT4 model again with QUANT4_SIMD=avx2 (where the CPU has AVX-512 and --no-simd-compare is not given). */
   int4Avx2?: BenchResult;
   int4Avx2DecodeGBs?: number;
+  /** INT4 decode in this process, the SIMD level alternating token by token. */
+  alternating?: Array<{ level: SimdLevel; tokens: number; minMs: number; medianMs: number }>;
+}
+
+/** Decode the INT4 model in this process with the SIMD level alternating per token. */
+function alternatingDecode(be: CpuBackend, dir: string, levels: SimdLevel[], tokens: number): ModelResult["alternating"] {
+  const m = Model.load(dir, be);
+  const prompt = Array.from({ length: 32 }, (_, i) => (i * 37 + 5) % m.arch.vocabSize);
+  const cache = m.newCache(prompt.length + tokens + 4);
+  const start = be.kernelInfo().simd;
+  let logits = m.forward(prompt, 1, prompt.length, { cache });
+  const times = levels.map(() => [] as number[]);
+  for (let i = 0, pos = prompt.length; i < tokens + 2; i++, pos++) {
+    const k = i % levels.length;
+    be.setSimd(levels[k]!);
+    let next = 0;
+    for (let v = 1; v < m.arch.vocabSize; v++) if (logits[v]! > logits[next]!) next = v;
+    const t = now();
+    logits = m.forward([next], 1, 1, { pos0: pos, cache });
+    if (i >= 2) times[k]!.push(1000 * (now() - t)); // the first token per level warms up
+  }
+  be.setSimd(start);
+  return levels.map((level, k) => {
+    const s = [...times[k]!].sort((a, b) => a - b);
+    return { level, tokens: s.length, minMs: s[0]!, medianMs: s[Math.floor(s.length / 2)]! };
+  });
 }
 
 /** Every resident weight but the embedding table (one row of it is read per token). */
@@ -263,7 +292,7 @@ function bytesPerToken(r: BenchResult, embedBytes: number): number {
   return r.weightMemory.total - embedBytes;
 }
 
-async function modelBench(a: Args, simdLevels: SimdLevel[], log: (s: string) => void): Promise<ModelResult> {
+async function modelBench(a: Args, be: CpuBackend, simdLevels: SimdLevel[], log: (s: string) => void): Promise<ModelResult> {
   const base = a.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "quant4-runtime-"));
   const fp = path.join(base, "fp16");
   const q = path.join(base, "int4-g128");
@@ -289,6 +318,12 @@ async function modelBench(a: Args, simdLevels: SimdLevel[], log: (s: string) => 
       int4Avx2 = (JSON.parse(await runQuant4(["bench", q, ...common], { QUANT4_SIMD: "avx2" })) as { model: BenchResult }).model;
       log(`quant4 bench (QUANT4_SIMD=avx2): ${(now() - t2).toFixed(0)} s`);
     }
+    let alternating: ModelResult["alternating"];
+    if (a.simdCompare && simdLevels[0] === "avx512") {
+      const t3 = now();
+      alternating = alternatingDecode(be, q, ["avx512", "avx2"], 2 * a.gen * a.reps);
+      log(`decode with the SIMD level alternating per token: ${(now() - t3).toFixed(0)} s`);
+    }
     const hidden = 4096;
     const vocab = 512;
     const i4 = bytesPerToken(r.model, vocab * hidden * 2); // embeddings stay fp16 in the packed runtime
@@ -302,6 +337,7 @@ async function modelBench(a: Args, simdLevels: SimdLevel[], log: (s: string) => 
       int4DecodeGBs: (i4 * r.model.decodeTokensPerSecond) / GB,
       fp16DecodeGBs: (f * r.baseline.decodeTokensPerSecond) / GB,
       ...(int4Avx2 ? { int4Avx2, int4Avx2DecodeGBs: (i4 * int4Avx2.decodeTokensPerSecond) / GB } : {}),
+      ...(alternating ? { alternating } : {}),
     };
   } finally {
     if (!a.keep && !a.dir) fs.rmSync(base, { recursive: true, force: true });
@@ -325,7 +361,7 @@ async function main(): Promise<void> {
   const mem = memcpyBandwidth();
   log(`memcpy: ${mem.copyGBs.toFixed(1)} GB/s copied (${mem.rwGBs.toFixed(1)} GB/s read+write)`);
   const kernels = a.skipKernels ? [] : kernelBench(be);
-  const model = a.skipModel ? null : await modelBench(a, ki.simdLevels, log);
+  const model = a.skipModel ? null : await modelBench(a, be, ki.simdLevels, log);
   const mem2 = memcpyBandwidth();
   const copy = Math.max(mem.copyGBs, mem2.copyGBs);
   const rw = Math.max(mem.rwGBs, mem2.rwGBs);
@@ -378,6 +414,16 @@ async function main(): Promise<void> {
       ["prompt tokens/s", p(i.promptTokensPerSecond, 1), p(f.promptTokensPerSecond, 1), `${p(i.promptTokensPerSecond / f.promptTokensPerSecond, 2)}×`],
       ["resident weights (RSS growth)", mib(i.residentWeightBytes), mib(f.residentWeightBytes), `${p(i.residentWeightBytes / f.residentWeightBytes, 3)}×`],
       ["peak RSS", mib(i.peakRssBytes), mib(f.peakRssBytes), `${p(i.peakRssBytes / f.peakRssBytes, 3)}×`],
+    ]));
+  }
+  if (model?.alternating) {
+    const alt = model.alternating;
+    const gbs = (ms: number) => model.int4BytesPerToken / (ms / 1000) / GB;
+    console.log(`\nINT4 decode in one process, SIMD level alternating token by token (${alt[0]!.tokens} tokens each), ms/token and weight bandwidth (% of memcpy's copy rate):\n`);
+    console.log(table([
+      ["level", "min", "median"],
+      ...alt.map((l) => [l.level, `${p(l.minMs, 1)} ms, ${p(gbs(l.minMs))} GB/s (${p((100 * gbs(l.minMs)) / copy, 0)}%)`, `${p(l.medianMs, 1)} ms, ${p(gbs(l.medianMs))} GB/s (${p((100 * gbs(l.medianMs)) / copy, 0)}%)`]),
+      [`${alt[0]!.level} vs ${alt[alt.length - 1]!.level}`, `${p(alt[alt.length - 1]!.minMs / alt[0]!.minMs, 2)}× faster`, `${p(alt[alt.length - 1]!.medianMs / alt[0]!.medianMs, 2)}× faster`],
     ]));
   }
   console.log("\nTargets (issue 14):");
