@@ -3,14 +3,15 @@
 // run, with this machine's memory-copy bandwidth measured alongside.
 //
 //   node --import tsx bench/runtime.ts [--blocks 4] [--prompt-len 128] [--gen 16] [--reps 2] [--threads T]
-//                                      [--skip-kernels] [--skip-model] [--dir D] [--keep] [--json]
+//                                      [--skip-kernels] [--skip-model] [--no-simd-compare] [--dir D] [--keep] [--json]
 //
 // 1. memcpy: best of 7 copies of a 256 MiB Float32Array (TypedArray.set = memcpy); "copy GB/s" counts the
 //    bytes copied, "r+w GB/s" the bytes read plus written (the STREAM convention).
 // 2. kernels, per Llama-2-7B Linear shape (q/k/v/o 4096×4096, gate/up 11008×4096, down 4096×11008):
 //    - decode (batch 1): the packed INT4 g128 GEMV vs fp32 sgemm with M = 1 (how an fp16 checkpoint runs
 //      today) and the fp16 GEMV, each over enough copies of the layer to stream from DRAM (> 4× L3), best
-//      of several passes; achieved bandwidth = resident bytes of the weight / time;
+//      of several passes; achieved bandwidth = resident bytes of the weight / time; the INT4 GEMV at every
+//      SIMD level the CPU has (AVX-512, AVX2), passes alternating between the levels;
 //    - short prompts: the packed GEMV on 4 and 16 input rows in one pass over the weights (the kernel's
 //      multi-row path) vs once per row (the path before it), ms per call, weights streamed from DRAM;
 //    - prefill: packed GEMM (dequantized tiles + sgemm) vs fp32 sgemm at M = 128 and 512 rows, GFLOP/s.
@@ -19,7 +20,11 @@
 //    bench/quantize.ts), quantized with `quant4 quantize --method rtn --scheme w4-g128` (gptq format), then
 //    `quant4 bench <int4> --baseline <fp16> --reps R`: time to first token, prompt and decode tokens/s
 //    (fastest of R runs), resident weights and peak RSS of each in its own process. Achieved decode bandwidth = weight bytes read per
-//    token (every resident weight but the embedding table) / decode seconds per token.
+//    token (every resident weight but the embedding table) / decode seconds per token. Where the CPU has
+//    AVX-512, the INT4 model is also run with QUANT4_SIMD=avx2 (the kernels before AVX-512), after the
+//    best level, and — the comparison that survives a shared machine — loaded into this process and
+//    decoded with the SIMD level alternating token by token (avx512, avx2, avx512, …; 2·gen·reps tokens
+//    after a 32-token prompt): min and median ms per token per level (--no-simd-compare skips both).
 // Targets (issue 14): INT4 decode ≥ 3× faster per token than the fp16 source; ≥ 70% of the bandwidth
 // limit (memcpy); peak RSS of the INT4 model ≤ ½ of the fp16 source's; prefill GEMM ≥ 80% of fp32 sgemm.
 
@@ -29,9 +34,10 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { getBackend, type CpuBackend, type CpuLinearHandle } from "../src/compute/index.js";
+import { getBackend, type CpuBackend, type CpuLinearHandle, type SimdLevel } from "../src/compute/index.js";
 import type { BenchResult } from "../src/cli/bench.js";
 import { f32ToF16 } from "../src/io/dtype.js";
+import { Model } from "../src/model/model.js";
 
 const here = fileURLToPath(import.meta.url);
 const root = path.resolve(path.dirname(here), "..");
@@ -44,13 +50,14 @@ interface Args {
   threads?: number;
   skipKernels: boolean;
   skipModel: boolean;
+  simdCompare: boolean;
   dir?: string;
   keep: boolean;
   json: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { blocks: 4, promptLen: 128, gen: 16, reps: 2, skipKernels: false, skipModel: false, keep: false, json: false };
+  const a: Args = { blocks: 4, promptLen: 128, gen: 16, reps: 2, skipKernels: false, skipModel: false, simdCompare: true, keep: false, json: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => {
@@ -65,6 +72,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === "--threads") a.threads = Number(v());
     else if (k === "--skip-kernels") a.skipKernels = true;
     else if (k === "--skip-model") a.skipModel = true;
+    else if (k === "--no-simd-compare") a.simdCompare = false;
     else if (k === "--dir") a.dir = v();
     else if (k === "--keep") a.keep = true;
     else if (k === "--json") a.json = true;
@@ -105,6 +113,8 @@ interface ShapeResult {
   int4Bytes: number;
   gemvInt4Ms: number;
   gemvInt4GBs: number;
+  /** The INT4 GEMV at each SIMD level (best first; the first is gemvInt4Ms), passes alternating. */
+  gemvInt4ByLevel: Array<{ level: SimdLevel; ms: number; GBs: number }>;
   sgemvFp32Ms: number;
   sgemvFp32GBs: number;
   gemvF16Ms: number;
@@ -150,7 +160,18 @@ function kernelBench(be: CpuBackend): ShapeResult[] {
     const x1 = Float32Array.from({ length: inF }, () => r() * 2 - 1);
     const y1 = new Float32Array(out);
     for (const h of hs) h.linear(x1, 1, y1); // page in
-    const gemv = bestPerCall(copies, 8, (i) => hs[i]!.linear(x1, 1, y1, undefined, "gemv"));
+    // The GEMV at every SIMD level (not scalar), one pass each in turn, best of 8 per level.
+    const levels: SimdLevel[] = be.kernelInfo().simdLevels.filter((l) => l !== "scalar");
+    const start = be.kernelInfo().simd;
+    const bestByLevel = levels.map(() => Infinity);
+    for (let pass = 0; pass < 8; pass++)
+      levels.forEach((l, k) => {
+        be.setSimd(l);
+        bestByLevel[k] = Math.min(bestByLevel[k]!, bestPerCall(copies, 1, (i) => hs[i]!.linear(x1, 1, y1, undefined, "gemv")));
+      });
+    be.setSimd(start);
+    const gemv = levels.length ? bestByLevel[levels.indexOf(start)] ?? bestByLevel[0]! : bestPerCall(copies, 8, (i) => hs[i]!.linear(x1, 1, y1, undefined, "gemv"));
+    const gemvInt4ByLevel = levels.map((level, k) => ({ level, ms: 1000 * bestByLevel[k]!, GBs: first.bytes / bestByLevel[k]! / GB }));
     // short prompts: several rows in one pass over the weights vs the GEMV once per row
     const shortPrompt: ShapeResult["shortPrompt"] = [];
     for (const rows of [4, 16]) {
@@ -197,6 +218,7 @@ function kernelBench(be: CpuBackend): ShapeResult[] {
       int4Bytes: first.bytes,
       gemvInt4Ms: 1000 * gemv,
       gemvInt4GBs: first.bytes / gemv / GB,
+      gemvInt4ByLevel,
       sgemvFp32Ms: 1000 * sgemv,
       sgemvFp32GBs: W.byteLength / sgemv / GB,
       gemvF16Ms: 1000 * gemvF16,
@@ -213,9 +235,9 @@ function kernelBench(be: CpuBackend): ShapeResult[] {
 // 3. model: the synthetic 7B-shaped checkpoint (generator as in bench/quantize.ts)
 
 
-function runQuant4(args: string[]): Promise<string> {
+function runQuant4(args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", path.join(root, "bin/quant4.ts"), ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, QUANT4_PROGRESS: "off" } });
+    const child = spawn(process.execPath, ["--import", "tsx", path.join(root, "bin/quant4.ts"), ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, QUANT4_PROGRESS: "off", ...env } });
     let out = "";
     let err = "";
     child.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
@@ -234,6 +256,35 @@ interface ModelResult {
   fp16BytesPerToken: number;
   int4DecodeGBs: number;
   fp16DecodeGBs: number;
+  /** The INT4 model again with QUANT4_SIMD=avx2 (where the CPU has AVX-512 and --no-simd-compare is not given). */
+  int4Avx2?: BenchResult;
+  int4Avx2DecodeGBs?: number;
+  /** INT4 decode in this process, the SIMD level alternating token by token. */
+  alternating?: Array<{ level: SimdLevel; tokens: number; minMs: number; medianMs: number }>;
+}
+
+/** Decode the INT4 model in this process with the SIMD level alternating per token. */
+function alternatingDecode(be: CpuBackend, dir: string, levels: SimdLevel[], tokens: number): ModelResult["alternating"] {
+  const m = Model.load(dir, be);
+  const prompt = Array.from({ length: 32 }, (_, i) => (i * 37 + 5) % m.arch.vocabSize);
+  const cache = m.newCache(prompt.length + tokens + 4);
+  const start = be.kernelInfo().simd;
+  let logits = m.forward(prompt, 1, prompt.length, { cache });
+  const times = levels.map(() => [] as number[]);
+  for (let i = 0, pos = prompt.length; i < tokens + 2; i++, pos++) {
+    const k = i % levels.length;
+    be.setSimd(levels[k]!);
+    let next = 0;
+    for (let v = 1; v < m.arch.vocabSize; v++) if (logits[v]! > logits[next]!) next = v;
+    const t = now();
+    logits = m.forward([next], 1, 1, { pos0: pos, cache });
+    if (i >= 2) times[k]!.push(1000 * (now() - t)); // the first token per level warms up
+  }
+  be.setSimd(start);
+  return levels.map((level, k) => {
+    const s = [...times[k]!].sort((a, b) => a - b);
+    return { level, tokens: s.length, minMs: s[0]!, medianMs: s[Math.floor(s.length / 2)]! };
+  });
 }
 
 /** Every resident weight but the embedding table (one row of it is read per token). */
@@ -241,7 +292,7 @@ function bytesPerToken(r: BenchResult, embedBytes: number): number {
   return r.weightMemory.total - embedBytes;
 }
 
-async function modelBench(a: Args, log: (s: string) => void): Promise<ModelResult> {
+async function modelBench(a: Args, be: CpuBackend, simdLevels: SimdLevel[], log: (s: string) => void): Promise<ModelResult> {
   const base = a.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "quant4-runtime-"));
   const fp = path.join(base, "fp16");
   const q = path.join(base, "int4-g128");
@@ -257,9 +308,22 @@ async function modelBench(a: Args, log: (s: string) => void): Promise<ModelResul
       log(`quantized (RTN, 4-bit g128 sym, gptq format): ${q} (${(now() - t).toFixed(0)} s)`);
     }
     const t = now();
-    const out = await runQuant4(["bench", q, "--baseline", fp, "--prompt-len", String(a.promptLen), "--gen", String(a.gen), "--reps", String(a.reps), "--json", ...(a.threads ? ["--threads", String(a.threads)] : [])]);
+    const common = ["--prompt-len", String(a.promptLen), "--gen", String(a.gen), "--reps", String(a.reps), "--json", ...(a.threads ? ["--threads", String(a.threads)] : [])];
+    const out = await runQuant4(["bench", q, "--baseline", fp, ...common]);
     log(`quant4 bench: ${(now() - t).toFixed(0)} s`);
     const r = JSON.parse(out) as { model: BenchResult; baseline: BenchResult };
+    let int4Avx2: BenchResult | undefined;
+    if (a.simdCompare && simdLevels[0] === "avx512") {
+      const t2 = now();
+      int4Avx2 = (JSON.parse(await runQuant4(["bench", q, ...common], { QUANT4_SIMD: "avx2" })) as { model: BenchResult }).model;
+      log(`quant4 bench (QUANT4_SIMD=avx2): ${(now() - t2).toFixed(0)} s`);
+    }
+    let alternating: ModelResult["alternating"];
+    if (a.simdCompare && simdLevels[0] === "avx512") {
+      const t3 = now();
+      alternating = alternatingDecode(be, q, ["avx512", "avx2"], 2 * a.gen * a.reps);
+      log(`decode with the SIMD level alternating per token: ${(now() - t3).toFixed(0)} s`);
+    }
     const hidden = 4096;
     const vocab = 512;
     const i4 = bytesPerToken(r.model, vocab * hidden * 2); // embeddings stay fp16 in the packed runtime
@@ -272,6 +336,8 @@ async function modelBench(a: Args, log: (s: string) => void): Promise<ModelResul
       fp16BytesPerToken: f,
       int4DecodeGBs: (i4 * r.model.decodeTokensPerSecond) / GB,
       fp16DecodeGBs: (f * r.baseline.decodeTokensPerSecond) / GB,
+      ...(int4Avx2 ? { int4Avx2, int4Avx2DecodeGBs: (i4 * int4Avx2.decodeTokensPerSecond) / GB } : {}),
+      ...(alternating ? { alternating } : {}),
     };
   } finally {
     if (!a.keep && !a.dir) fs.rmSync(base, { recursive: true, force: true });
@@ -295,7 +361,7 @@ async function main(): Promise<void> {
   const mem = memcpyBandwidth();
   log(`memcpy: ${mem.copyGBs.toFixed(1)} GB/s copied (${mem.rwGBs.toFixed(1)} GB/s read+write)`);
   const kernels = a.skipKernels ? [] : kernelBench(be);
-  const model = a.skipModel ? null : await modelBench(a, log);
+  const model = a.skipModel ? null : await modelBench(a, be, ki.simdLevels, log);
   const mem2 = memcpyBandwidth();
   const copy = Math.max(mem.copyGBs, mem2.copyGBs);
   const rw = Math.max(mem.rwGBs, mem2.rwGBs);
@@ -309,9 +375,17 @@ async function main(): Promise<void> {
   if (kernels.length) {
     console.log("Decode (batch 1), per Linear, weights streamed from DRAM:\n");
     console.log(table([
-      ["shape", "INT4 g128 GEMV", "fp32 sgemm M=1 (today)", "fp16 GEMV", "INT4 vs fp32"],
+      ["shape", `INT4 g128 GEMV (${ki.simd})`, "fp32 sgemm M=1 (today)", "fp16 GEMV", "INT4 vs fp32"],
       ...kernels.map((k) => [k.shape, `${p(k.gemvInt4Ms, 2)} ms, ${p(k.gemvInt4GBs)} GB/s`, `${p(k.sgemvFp32Ms, 2)} ms, ${p(k.sgemvFp32GBs)} GB/s`, `${p(k.gemvF16Ms, 2)} ms, ${p(k.gemvF16GBs)} GB/s`, `${p(k.decodeSpeedup, 2)}×`]),
     ]));
+    const lv = kernels[0]!.gemvInt4ByLevel;
+    if (lv.length > 1) {
+      console.log(`\nThe INT4 GEMV per SIMD level (passes alternating), weights from DRAM, % of memcpy's copy rate:\n`);
+      console.log(table([
+        ["shape", ...lv.map((l) => l.level), `${lv[0]!.level} vs ${lv[lv.length - 1]!.level}`],
+        ...kernels.map((k) => [k.shape, ...k.gemvInt4ByLevel.map((l) => `${p(l.ms, 2)} ms, ${p(l.GBs)} GB/s (${p((100 * l.GBs) / copy, 0)}%)`), `${p(k.gemvInt4ByLevel[k.gemvInt4ByLevel.length - 1]!.ms / k.gemvInt4ByLevel[0]!.ms, 2)}×`]),
+      ]));
+    }
     console.log("\nShort prompts: INT4 GEMV on several input rows, one pass over the weights vs once per row, ms per Linear:\n");
     console.log(table([
       ["shape", "rows", "one pass", "once per row", "speed-up"],
@@ -333,10 +407,23 @@ async function main(): Promise<void> {
       ["decode tokens/s", p(i.decodeTokensPerSecond, 2), p(f.decodeTokensPerSecond, 2), `${p(i.decodeTokensPerSecond / f.decodeTokensPerSecond, 2)}×`],
       ["weight bytes read per token", mib(model.int4BytesPerToken), mib(model.fp16BytesPerToken), `${p(model.int4BytesPerToken / model.fp16BytesPerToken, 3)}×`],
       ["achieved weight bandwidth", `${p(model.int4DecodeGBs)} GB/s = ${p((100 * model.int4DecodeGBs) / copy, 0)}% of copy, ${p((100 * model.int4DecodeGBs) / rw, 0)}% of r+w`, `${p(model.fp16DecodeGBs)} GB/s`, ""],
+      ...(model.int4Avx2
+        ? [[`INT4 with QUANT4_SIMD=avx2: decode ms/token, bandwidth`, `${p(model.int4Avx2.decodeMsPerTokenMedian, 1)} ms, ${p(model.int4Avx2DecodeGBs!)} GB/s = ${p((100 * model.int4Avx2DecodeGBs!) / copy, 0)}% of copy`, "", `${ki.simd} ${p(model.int4Avx2.decodeMsPerTokenMedian / i.decodeMsPerTokenMedian, 2)}× faster`]]
+        : []),
       ["time to first token", `${p(1000 * i.timeToFirstTokenSeconds, 0)} ms`, `${p(1000 * f.timeToFirstTokenSeconds, 0)} ms`, `${p(f.timeToFirstTokenSeconds / i.timeToFirstTokenSeconds, 2)}× faster`],
       ["prompt tokens/s", p(i.promptTokensPerSecond, 1), p(f.promptTokensPerSecond, 1), `${p(i.promptTokensPerSecond / f.promptTokensPerSecond, 2)}×`],
       ["resident weights (RSS growth)", mib(i.residentWeightBytes), mib(f.residentWeightBytes), `${p(i.residentWeightBytes / f.residentWeightBytes, 3)}×`],
       ["peak RSS", mib(i.peakRssBytes), mib(f.peakRssBytes), `${p(i.peakRssBytes / f.peakRssBytes, 3)}×`],
+    ]));
+  }
+  if (model?.alternating) {
+    const alt = model.alternating;
+    const gbs = (ms: number) => model.int4BytesPerToken / (ms / 1000) / GB;
+    console.log(`\nINT4 decode in one process, SIMD level alternating token by token (${alt[0]!.tokens} tokens each), ms/token and weight bandwidth (% of memcpy's copy rate):\n`);
+    console.log(table([
+      ["level", "min", "median"],
+      ...alt.map((l) => [l.level, `${p(l.minMs, 1)} ms, ${p(gbs(l.minMs))} GB/s (${p((100 * gbs(l.minMs)) / copy, 0)}%)`, `${p(l.medianMs, 1)} ms, ${p(gbs(l.medianMs))} GB/s (${p((100 * gbs(l.medianMs)) / copy, 0)}%)`]),
+      [`${alt[0]!.level} vs ${alt[alt.length - 1]!.level}`, `${p(alt[alt.length - 1]!.minMs / alt[0]!.minMs, 2)}× faster`, `${p(alt[alt.length - 1]!.medianMs / alt[0]!.medianMs, 2)}× faster`],
     ]));
   }
   console.log("\nTargets (issue 14):");

@@ -2,14 +2,14 @@
 // format and bit width, layers written by the format and read back by its unpack are repacked into the
 // one runtime layout, and the kernels' outputs are checked against dequantize-then-fp32-GEMM on random
 // inputs (relative error < 1e-5), on the GEMV path (decoding) and the GEMM path (dequantized tiles +
-// sgemm), with the AVX2 kernels and the portable scalar ones. Then whole models: eval-ppl and generate of
+// sgemm), at every SIMD level the CPU has (AVX-512, AVX2, the portable scalar kernels). Then whole models: eval-ppl and generate of
 // quantized stories260K checkpoints on the packed kernels against --dequantize.
 
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mulberry32 as rng } from "../src/calibration/sampler.js";
-import { getBackend, type CpuBackend, type CpuLinearHandle, type KernelPath } from "../src/compute/index.js";
+import { getBackend, type CpuBackend, type CpuLinearHandle, type KernelPath, type SimdLevel } from "../src/compute/index.js";
 import { f16ToF32, f32ToF16 } from "../src/io/dtype.js";
 import type { TensorToWrite } from "../src/io/types.js";
 import { Model } from "../src/model/model.js";
@@ -23,6 +23,7 @@ const be = getBackend("cpu") as CpuBackend;
 // Two kernel threads even on a shared CI machine, so the chunked pool is exercised.
 be.setThreads(2);
 const SIMD = be.kernelInfo().simdAvailable;
+const HAS_AVX512 = be.kernelInfo().simdLevels.includes("avx512");
 afterAll(() => {
   be.setSimd(true);
   removeTmpDirs();
@@ -125,7 +126,8 @@ function reference(W: Float32Array, x: Float32Array, rows: number, out: number, 
   return y;
 }
 
-const SIMD_MODES = SIMD ? [true, false] : [false];
+/** Every SIMD level this CPU runs, best first ("avx512" only where the CPU has AVX-512 F/BW/VL). */
+const SIMD_MODES: SimdLevel[] = be.kernelInfo().simdLevels;
 const PATHS: KernelPath[] = ["gemv", "gemm", "auto"];
 
 /** Every path × SIMD mode × row count against the reference; returns the worst relative error. */
@@ -137,11 +139,12 @@ function checkKernels(q: QuantizedLinear, h: CpuLinearHandle, rowCounts: number[
     const ref = reference(W, x, rows, q.outFeatures, q.inFeatures, q.bias);
     for (const simd of SIMD_MODES) {
       expect(be.setSimd(simd)).toBe(simd);
+      expect(be.kernelInfo().simd).toBe(simd);
       for (const p of PATHS) {
         const y = new Float32Array(rows * q.outFeatures).fill(Number.NaN);
         h.linear(x, rows, y, q.bias, p);
         const e = relError(y, ref);
-        if (!(e < 1e-5)) throw new Error(`${h.label} [${q.outFeatures}, ${q.inFeatures}] rows ${rows} ${p} ${simd ? "avx2" : "scalar"}: relative error ${e}`);
+        if (!(e < 1e-5)) throw new Error(`${h.label} [${q.outFeatures}, ${q.inFeatures}] rows ${rows} ${p} ${simd}: relative error ${e}`);
         worst = Math.max(worst, e);
       }
     }
@@ -150,14 +153,14 @@ function checkKernels(q: QuantizedLinear, h: CpuLinearHandle, rowCounts: number[
   return worst;
 }
 
-/** The runtime layout dequantizes to exactly dequantize()'s weights (both SIMD modes). */
+/** The runtime layout dequantizes to exactly dequantize()'s weights (every SIMD level). */
 function checkRows(q: QuantizedLinear, h: CpuLinearHandle): void {
   const W = dequantize(q);
   for (const simd of SIMD_MODES) {
     be.setSimd(simd);
     const D = new Float32Array(W.length);
     h.rows(0, q.outFeatures, D);
-    expect(Buffer.from(D.buffer).equals(Buffer.from(W.buffer)), `rows() ${simd ? "avx2" : "scalar"}`).toBe(true);
+    expect(Buffer.from(D.buffer).equals(Buffer.from(W.buffer)), `rows() ${simd}`).toBe(true);
   }
   be.setSimd(true);
 }
@@ -252,7 +255,7 @@ describe("packed kernels match dequantize-then-fp32-GEMM (relative error < 1e-5)
           const one = new Float32Array(rows * q.outFeatures);
           for (let i = 0; i < rows; i++)
             h.linear(x.subarray(i * q.inFeatures, (i + 1) * q.inFeatures), 1, one.subarray(i * q.outFeatures, (i + 1) * q.outFeatures), bias, "gemv");
-          expect(Buffer.from(y.buffer).equals(Buffer.from(one.buffer)), `${what}, ${rows} rows, ${simd ? "avx2" : "scalar"}`).toBe(true);
+          expect(Buffer.from(y.buffer).equals(Buffer.from(one.buffer)), `${what}, ${rows} rows, ${simd}`).toBe(true);
         }
       }
     }
@@ -278,7 +281,7 @@ describe("packed kernels match dequantize-then-fp32-GEMM (relative error < 1e-5)
           be.setSimd(simd);
           const y = new Float32Array(64);
           h.linear(x, 1, y, undefined, "gemv");
-          expect(relError(y, ref), `${bits}-bit ${sym ? "sym" : "asym"}, x ${what}, ${simd ? "avx2" : "scalar"}`).toBeLessThan(2e-6);
+          expect(relError(y, ref), `${bits}-bit ${sym ? "sym" : "asym"}, x ${what}, ${simd}`).toBeLessThan(2e-6);
         }
       }
     }
@@ -340,12 +343,35 @@ describe("packed kernels: errors", () => {
     const x = new Float32Array(128);
     expect(() => h.linear(x.subarray(0, 64), 1, new Float32Array(x.buffer, 32 * 4, 8))).toThrow(/must not share memory/);
   });
-  it("QUANT4_NO_SIMD=1 starts the addon on the scalar kernels", () => {
+  it("QUANT4_NO_SIMD=1 and QUANT4_SIMD=scalar|avx2|avx512 choose the starting level (capped at the CPU's)", () => {
     const code = `import("./src/compute/index.ts").then((m) => console.log(JSON.stringify(m.getBackend("cpu").kernelInfo())))`;
-    const run = (env: NodeJS.ProcessEnv) => JSON.parse(execFileSync(process.execPath, ["--import", "tsx", "-e", code], { cwd: ROOT, env: { ...process.env, ...env }, encoding: "utf8" }));
+    const run = (env: NodeJS.ProcessEnv) => JSON.parse(execFileSync(process.execPath, ["--import", "tsx", "-e", code], { cwd: ROOT, env: { ...process.env, QUANT4_SIMD: "", QUANT4_NO_SIMD: "", ...env }, encoding: "utf8" }));
+    const best = SIMD_MODES[0];
     expect(run({ QUANT4_NO_SIMD: "1" }).simd).toBe("scalar");
-    if (SIMD) expect(run({ QUANT4_NO_SIMD: "" }).simd).toBe("avx2");
+    expect(run({ QUANT4_NO_SIMD: "1", QUANT4_SIMD: "avx512" }).simd).toBe("scalar");
+    expect(run({}).simd).toBe(best);
+    expect(run({ QUANT4_SIMD: "scalar" }).simd).toBe("scalar");
+    expect(run({ QUANT4_SIMD: "avx2" }).simd).toBe(SIMD ? "avx2" : "scalar");
+    expect(run({ QUANT4_SIMD: "avx512" }).simd).toBe(best);
+    expect(run({}).simdLevels).toEqual(SIMD_MODES);
   });
+  it("setSimd: booleans as before (true = the best level), levels capped at the CPU's, bad levels refused", () => {
+    expect(be.setSimd(false)).toBe(false);
+    expect(be.kernelInfo().simd).toBe("scalar");
+    expect(be.setSimd(true)).toBe(SIMD);
+    expect(be.kernelInfo().simd).toBe(SIMD_MODES[0]);
+    expect(be.setSimd("avx512")).toBe(SIMD_MODES[0]);
+    expect(be.setSimd("avx2")).toBe(SIMD ? "avx2" : "scalar");
+    expect(() => be.setSimd("sse" as SimdLevel)).toThrow(/setSimd: level must be "avx512", "avx2" or "scalar", got "sse"/);
+    be.setSimd(true);
+  });
+  // Where the CPU lacks AVX-512 the loops above run AVX2 and scalar only; say so in the test list.
+  it.skipIf(!HAS_AVX512)(
+    HAS_AVX512 ? "the AVX-512 kernels are in every loop above (this CPU has AVX-512 F/BW/VL)" : "AVX-512 kernels NOT tested: this CPU lacks AVX-512 F/BW/VL",
+    () => {
+      expect(SIMD_MODES).toEqual(["avx512", "avx2", "scalar"]);
+    },
+  );
 });
 
 // ---------------------------------------------------------------------------------------------

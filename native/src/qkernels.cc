@@ -1,6 +1,8 @@
-// quant4 runtime kernels: see qkernels.h for the layout. AVX2/FMA(/F16C) versions are compiled per
-// function with __attribute__((target(...))) and chosen at run time (__builtin_cpu_supports), so the addon
-// itself stays baseline x86-64; every kernel has a portable scalar version (QUANT4_NO_SIMD=1 forces it).
+// quant4 runtime kernels: see qkernels.h for the layout. AVX2/FMA(/F16C) versions, and AVX-512 (F/BW/VL)
+// ones of the 2- and 4-bit GEMV, are compiled per function with __attribute__((target(...))) and chosen at
+// run time (__builtin_cpu_supports), so the addon itself stays baseline x86-64 and loads on any CPU; every
+// kernel has a portable scalar version (QUANT4_NO_SIMD=1 or QUANT4_SIMD=scalar forces it, QUANT4_SIMD=avx2
+// the AVX2 level).
 
 #include "qkernels.h"
 
@@ -74,12 +76,33 @@ bool CpuHasAvx2() {
 #endif
 }
 
-const bool g_simdAvailable = CpuHasAvx2();
+/** AVX-512 F/BW/VL (libgcc also checks that the OS saves the zmm state) on top of AVX2/FMA/F16C. */
+bool CpuHasAvx512() {
+#ifdef Q4_X86
+  __builtin_cpu_init();
+  return CpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#else
+  return false;
+#endif
+}
+
+// SIMD levels: 0 scalar, 1 AVX2/FMA/F16C, 2 AVX-512 (F/BW/VL) for the 2- and 4-bit GEMV (everything else
+// runs the AVX2 kernels at level 2). The highest level this CPU has; QUANT4_SIMD=avx512|avx2|scalar starts
+// lower (a higher request is capped), QUANT4_NO_SIMD=1 starts on scalar.
+const int g_maxLevel = CpuHasAvx512() ? 2 : CpuHasAvx2() ? 1 : 0;
 bool EnvNoSimd() {
   const char* v = std::getenv("QUANT4_NO_SIMD");
   return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
 }
-std::atomic<bool> g_simd{g_simdAvailable && !EnvNoSimd()};
+int EnvLevel() {
+  if (EnvNoSimd()) return 0;
+  const char* v = std::getenv("QUANT4_SIMD");
+  if (v == nullptr || v[0] == '\0') return g_maxLevel;
+  const int want = std::strcmp(v, "scalar") == 0 ? 0 : std::strcmp(v, "avx2") == 0 ? 1 : 2;  // unknown: the best
+  return std::min(want, g_maxLevel);
+}
+std::atomic<int> g_level{EnvLevel()};
+int Level() { return g_level.load(std::memory_order_relaxed); }
 
 // Rows up to which a multi-row call runs the GEMV (above: dequantized tiles + sgemm).
 const int g_gemvMaxRows = EnvInt("QUANT4_GEMV_MAX_ROWS", 16);
@@ -620,26 +643,252 @@ Q4_AVX2 void DequantRowAvx2(const PackedLinear& L, int64_t r, float* dst) {
     for (int64_t c = 0; c < L.inP; c++)
       if (L.srcCol[c] >= 0) dst[L.srcCol[c]] = d[c];
 }
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 (F/BW/VL) GEMV for 2- and 4-bit codes, on the same packed layout.
+//
+// Per 16 weights: one 8-byte chunk of a row is broadcast to all eight 64-bit lanes (a load, no shuffle),
+// a variable shift (VPSRLVD) moves a different code into the low bits of each 32-bit lane, and VPERMPS
+// looks the code up in a 16-entry fp32 table of (code − zero) of that (row, group): the table lookup does
+// the masking (VPERMPS reads only the index's low 4 bits; a 2-bit table is repeated 4 times), the integer
+// subtraction and the conversion in one instruction, exactly (small integers). Then one FMA with x.
+// The AVX2 path needs widen + mask/shift + subtract + convert + FMA per 8 weights. The lanes hold the
+// chunk's columns in a fixed order other than 0..15 (the shifts), so x is permuted once per call into
+// that order (x is shared by all rows; O(in) against O(out·in)). Numerically the same operations as the
+// AVX2 path: Σ (q − z)·x in fp32 FMAs per group (16 lanes instead of 8), scaled once per group.
+
+#define Q4_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+// GCC 12's AVX-512 intrinsics pass _mm512_undefined_*() (a self-initialized variable) as the unused
+// merge source, which -Wuninitialized reports at every inlined call; the warning is spurious.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+/** The lane order of the 2- and 4-bit AVX-512 GEMV: for vector v (of BW/16 per chunk) and lane l, the
+ *  right shift of the lane's 32-bit word of the broadcast chunk and the column (within the chunk) it brings
+ *  to the low bits. */
+struct LaneOrder {
+  uint32_t shift[32];
+  int32_t col[32];
+};
+LaneOrder MakeLaneOrder(int cw) {
+  LaneOrder o{};
+  const int nv = 64 / cw / 16;
+  for (int v = 0; v < nv; v++)
+    for (int l = 0; l < 16; l++) {
+      const int d = l & 1, i = l >> 1;            // 32-bit word d of the chunk (bytes 4d..4d+3)
+      const int p = cw == 4 ? 4 * i : 16 * v + 2 * i;  // bit within that word
+      const int byte = 4 * d + p / 8, k = (p % 8) / cw;
+      o.shift[16 * v + l] = static_cast<uint32_t>(p);
+      o.col[16 * v + l] = byte + 8 * k;  // byte j holds column j + 8k at bit k·cw
+    }
+  return o;
+}
+const LaneOrder g_order4 = MakeLaneOrder(4);
+const LaneOrder g_order2 = MakeLaneOrder(2);
+
+/** Whether the AVX-512 GEMV takes this layer at this level (2- and 4-bit codes; 8-bit stays on AVX2). */
+bool Use512(const PackedLinear& L, int level) { return level >= 2 && L.kind == PackedLinear::INT && (L.cw == 4 || L.cw == 2); }
+
+/** x (original column order) → dst[inP]: group-ordered, padded (as GatherX) and permuted into the lane order. */
+void PermuteX512(const PackedLinear& L, const float* x, float* dst) {
+  const LaneOrder& o = L.cw == 4 ? g_order4 : g_order2;
+  const int bw = 64 / L.cw;
+  for (int64_t c0 = 0; c0 < L.inP; c0 += bw)
+    for (int t = 0; t < bw; t++) {
+      const int64_t c = c0 + o.col[t];
+      if (L.identity) {
+        dst[c0 + t] = x[c];
+      } else {
+        const int32_t s = L.srcCol[c];
+        dst[c0 + t] = s >= 0 ? x[s] : 0.0f;
+      }
+    }
+}
+
+Q4_AVX512 inline float Hsum512(__m512 v) {
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/** The 16-entry table index → float(index mod 2^cw) (the table of a group subtracts its zero point). */
+template <int CW>
+Q4_AVX512 inline __m512 BaseTable512() {
+  return _mm512_cvtepi32_ps(_mm512_and_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((1 << CW) - 1)));
+}
+
+Q4_AVX512 inline __m512i Bcast8(const uint8_t* p) {
+  int64_t v;
+  std::memcpy(&v, p, 8);
+  return _mm512_set1_epi64(v);
+}
+
+/** R rows starting at r (R = 4: a 4-row block; R = 1: any row): y[r..r+R) (dense part). xq: PermuteX512. */
+template <int CW, int R>
+Q4_AVX512 void GemvBlock512(const PackedLinear& L, const float* xq, int64_t r, float* y) {
+  constexpr int BW = 64 / CW, NV = BW / 16;
+  const LaneOrder& o = CW == 4 ? g_order4 : g_order2;
+  __m512i sh[NV];
+  for (int v = 0; v < NV; v++) sh[v] = _mm512_loadu_si512(o.shift + 16 * v);
+  const __m512 base = BaseTable512<CW>();
+  const uint8_t* rows[R];
+  for (int j = 0; j < R; j++) rows[j] = L.RowBase(r + j);
+  const int64_t stride = L.ChunkStride(r);
+  const int nG = L.nG;
+  __m512 tot[R];
+  for (int j = 0; j < R; j++) tot[j] = _mm512_setzero_ps();
+  for (int g = 0; g < nG; g++) {
+    const int64_t cs = L.segStart[g], ce = L.segStart[g + 1];
+    if (cs == ce) continue;
+    __m512 tab[R], acc[R];
+    for (int j = 0; j < R; j++) {
+      tab[j] = _mm512_sub_ps(base, _mm512_set1_ps(static_cast<float>(L.zeros[(r + j) * nG + g])));
+      acc[j] = _mm512_setzero_ps();
+    }
+    if (R == 4 && kPrefetch > 0)
+      for (int64_t pf = cs / BW * 32; pf < ce / BW * 32; pf += 64) _mm_prefetch(reinterpret_cast<const char*>(rows[0] + pf + kPrefetch), _MM_HINT_T0);
+    for (int64_t c = cs; c < ce; c += BW) {
+      const int64_t bo = c / BW * stride;
+      __m512 xv[NV];
+      for (int v = 0; v < NV; v++) xv[v] = _mm512_loadu_ps(xq + c + 16 * v);
+      for (int j = 0; j < R; j++) {
+        const __m512i q = Bcast8(rows[j] + bo);
+        for (int v = 0; v < NV; v++) acc[j] = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srlv_epi32(q, sh[v]), tab[j]), xv[v], acc[j]);
+      }
+    }
+    for (int j = 0; j < R; j++) tot[j] = _mm512_fmadd_ps(acc[j], _mm512_set1_ps(L.scales[(r + j) * nG + g]), tot[j]);
+  }
+  for (int j = 0; j < R; j++) y[r + j] = Hsum512(tot[j]);
+}
+
+template <int CW>
+Q4_AVX512 void Gemv512T(const PackedLinear& L, const float* xq, int64_t r0, int64_t r1, float* y) {
+  int64_t r = r0;
+  const int64_t blocked = std::min(r1, L.out / 4 * 4);
+  for (; r + 4 <= blocked; r += 4) GemvBlock512<CW, 4>(L, xq, r, y);
+  for (; r < r1; r++) GemvBlock512<CW, 1>(L, xq, r, y);
+}
+
+Q4_AVX512 void Gemv512(const PackedLinear& L, const float* xq, int64_t r0, int64_t r1, float* y) {
+  if (L.cw == 4) Gemv512T<4>(L, xq, r0, r1, y);
+  else Gemv512T<2>(L, xq, r0, r1, y);
+}
+
+/**
+ * Several input rows in one pass (as GemvMultiAvx2): RW weight rows × NX input rows (PermuteX512 each);
+ * per input row the operations and their order are exactly GemvBlock512's, so the results are
+ * bit-identical to the single-row AVX-512 GEMV once per input row.
+ */
+template <int CW, int RW, int NX>
+Q4_AVX512 void GemvMulti512(const PackedLinear& L, const float* const* xs, int64_t r, float* const* ys, bool prefetch) {
+  constexpr int BW = 64 / CW, NV = BW / 16;
+  const LaneOrder& o = CW == 4 ? g_order4 : g_order2;
+  __m512i sh[NV];
+  for (int v = 0; v < NV; v++) sh[v] = _mm512_loadu_si512(o.shift + 16 * v);
+  const __m512 base = BaseTable512<CW>();
+  const uint8_t* rows[RW];
+  for (int j = 0; j < RW; j++) rows[j] = L.RowBase(r + j);
+  const int64_t stride = L.ChunkStride(r);
+  const int nG = L.nG;
+  __m512 tot[RW][NX];
+  for (int j = 0; j < RW; j++)
+    for (int i = 0; i < NX; i++) tot[j][i] = _mm512_setzero_ps();
+  for (int g = 0; g < nG; g++) {
+    const int64_t cs = L.segStart[g], ce = L.segStart[g + 1];
+    if (cs == ce) continue;
+    __m512 tab[RW], acc[RW][NX];
+    for (int j = 0; j < RW; j++) {
+      tab[j] = _mm512_sub_ps(base, _mm512_set1_ps(static_cast<float>(L.zeros[(r + j) * nG + g])));
+      for (int i = 0; i < NX; i++) acc[j][i] = _mm512_setzero_ps();
+    }
+    if (prefetch && kPrefetch > 0 && stride == 32) {
+      const uint8_t* b = rows[0] - (r % 4) * 8;
+      for (int64_t pf = cs / BW * 32; pf < ce / BW * 32; pf += 64) _mm_prefetch(reinterpret_cast<const char*>(b + pf + kPrefetch), _MM_HINT_T0);
+    }
+    for (int64_t c = cs; c < ce; c += BW) {
+      const int64_t bo = c / BW * stride;
+      for (int v = 0; v < NV; v++) {
+        __m512 xv[NX];
+        for (int i = 0; i < NX; i++) xv[i] = _mm512_loadu_ps(xs[i] + c + 16 * v);
+        for (int j = 0; j < RW; j++) {
+          const __m512 w = _mm512_permutexvar_ps(_mm512_srlv_epi32(Bcast8(rows[j] + bo), sh[v]), tab[j]);
+          for (int i = 0; i < NX; i++) acc[j][i] = _mm512_fmadd_ps(w, xv[i], acc[j][i]);
+        }
+      }
+    }
+    for (int j = 0; j < RW; j++) {
+      const __m512 sc = _mm512_set1_ps(L.scales[(r + j) * nG + g]);
+      for (int i = 0; i < NX; i++) tot[j][i] = _mm512_fmadd_ps(acc[j][i], sc, tot[j][i]);
+    }
+  }
+  for (int j = 0; j < RW; j++)
+    for (int i = 0; i < NX; i++) ys[i][r + j] = Hsum512(tot[j][i]);
+}
+
+template <int CW>
+Q4_AVX512 void GemvMulti512T(const PackedLinear& L, const float* const* xs, int nx, int64_t r0, int64_t r1, float* const* ys) {
+  const int64_t blocked = std::min(r1, L.out / 4 * 4);
+  int64_t r = r0;
+  for (; r + 4 <= blocked; r += 4) {
+    int i = 0;
+    for (; i + 4 <= nx; i += 4) GemvMulti512<CW, 4, 4>(L, xs + i, r, ys + i, i == 0);  // 16 accumulators (32 zmm registers)
+    switch (nx - i) {
+      case 3:
+        GemvMulti512<CW, 2, 3>(L, xs + i, r, ys + i, i == 0);
+        GemvMulti512<CW, 2, 3>(L, xs + i, r + 2, ys + i, false);
+        break;
+      case 2: GemvMulti512<CW, 4, 2>(L, xs + i, r, ys + i, i == 0); break;
+      case 1: GemvMulti512<CW, 4, 1>(L, xs + i, r, ys + i, i == 0); break;
+      default: break;
+    }
+  }
+  for (; r < r1; r++) {
+    int i = 0;
+    for (; i + 4 <= nx; i += 4) GemvMulti512<CW, 1, 4>(L, xs + i, r, ys + i, false);
+    switch (nx - i) {
+      case 3: GemvMulti512<CW, 1, 3>(L, xs + i, r, ys + i, false); break;
+      case 2: GemvMulti512<CW, 1, 2>(L, xs + i, r, ys + i, false); break;
+      case 1: GemvMulti512<CW, 1, 1>(L, xs + i, r, ys + i, false); break;
+      default: break;
+    }
+  }
+}
+
+Q4_AVX512 void GemvMulti512Dispatch(const PackedLinear& L, const float* const* xs, int nx, int64_t r0, int64_t r1, float* const* ys) {
+  if (L.cw == 4) GemvMulti512T<4>(L, xs, nx, r0, r1, ys);
+  else GemvMulti512T<2>(L, xs, nx, r0, r1, ys);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif  // Q4_X86
 
 // ---------------------------------------------------------------------------------------------
 // Dispatch
 
-void GemvRows(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y) {
+/** xp: GatherX's row, or PermuteX512's where Use512(L, level). */
+void GemvRows(const PackedLinear& L, const float* xp, int64_t r0, int64_t r1, float* y, int level) {
 #ifdef Q4_X86
-  if (g_simd.load(std::memory_order_relaxed)) {
+  if (Use512(L, level)) return Gemv512(L, xp, r0, r1, y);
+  if (level >= 1) {
     if (L.kind == PackedLinear::F16) GemvF16Avx2(L, xp, r0, r1, y);
     else GemvAvx2(L, xp, r0, r1, y);
     return;
   }
 #endif
+  (void)level;
   if (L.kind == PackedLinear::F16) GemvF16Scalar(L, xp, r0, r1, y);
   else GemvScalar(L, xp, r0, r1, y);
 }
 
 void DequantRow(const PackedLinear& L, int64_t r, float* dst) {
 #ifdef Q4_X86
-  if (g_simd.load(std::memory_order_relaxed)) {
+  if (Level() >= 1) {
     DequantRowAvx2(L, r, dst);
   } else
 #endif
@@ -670,15 +919,25 @@ const float* GatherX(const PackedLinear& L, const float* x, std::vector<float>& 
   return buf.data();
 }
 
-void GemvOne(const PackedLinear& L, const float* x, float* y, const float* bias, std::vector<float>& xbuf) {
-  const float* xp = GatherX(L, x, xbuf);
+void GemvOne(const PackedLinear& L, const float* x, float* y, const float* bias, std::vector<float>& xbuf, int level) {
+  const float* xp;
+#ifdef Q4_X86
+  if (Use512(L, level)) {
+    xbuf.resize(L.inP);
+    PermuteX512(L, x, xbuf.data());
+    xp = xbuf.data();
+  } else
+#endif
+  {
+    xp = GatherX(L, x, xbuf);
+  }
   // Chunks of ≥ 64 rows (≥ ~128 KiB of 4-bit codes at 4096 inputs), about 8 per thread.
   const int chunks = L.out * L.in >= g_parallelMin ? static_cast<int>(std::min<int64_t>(8 * ThePool().Threads(), (L.out + 63) / 64)) : 1;
   ThePool().Run(chunks, [&](int p, int n) {
     int64_t lo, hi;
     Split(L.out, p, n, 16, &lo, &hi);
     if (lo >= hi) return;
-    GemvRows(L, xp, lo, hi, y);
+    GemvRows(L, xp, lo, hi, y, level);
     OutlierGemv(L, x, lo, hi, y);
     if (bias)
       for (int64_t r = lo; r < hi; r++) y[r] += bias[r];
@@ -692,14 +951,19 @@ void GemvOne(const PackedLinear& L, const float* x, float* y, const float* bias,
  * memory once instead of once per row, and each weight is dequantized once per 4 input rows. Bit-identical
  * to GemvOne per row.
  */
-void GemvMulti(const PackedLinear& L, const float* x, int64_t rows, float* y, const float* bias) {
+void GemvMulti(const PackedLinear& L, const float* x, int64_t rows, float* y, const float* bias, int level) {
+  const bool z512 = Use512(L, level);
   std::vector<float> gathered;
   std::vector<const float*> xs(rows);
   std::vector<float*> ys(rows);
-  if (!L.identity) gathered.resize(static_cast<size_t>(rows * L.inP));
+  if (!L.identity || z512) gathered.resize(static_cast<size_t>(rows * L.inP));
   for (int64_t i = 0; i < rows; i++) {
     ys[i] = y + i * L.out;
-    if (L.identity) {
+    if (z512) {
+      float* g = gathered.data() + i * L.inP;
+      PermuteX512(L, x + i * L.in, g);
+      xs[i] = g;
+    } else if (L.identity) {
       xs[i] = x + i * L.in;
     } else {
       float* g = gathered.data() + i * L.inP;
@@ -712,7 +976,8 @@ void GemvMulti(const PackedLinear& L, const float* x, int64_t rows, float* y, co
     int64_t lo, hi;
     Split(L.out, p, n, 16, &lo, &hi);
     if (lo >= hi) return;
-    GemvMultiAvx2Dispatch(L, xs.data(), static_cast<int>(rows), lo, hi, ys.data());
+    if (z512) GemvMulti512Dispatch(L, xs.data(), static_cast<int>(rows), lo, hi, ys.data());
+    else GemvMultiAvx2Dispatch(L, xs.data(), static_cast<int>(rows), lo, hi, ys.data());
     for (int64_t i = 0; i < rows; i++) {
       OutlierGemv(L, x + i * L.in, lo, hi, ys[i]);
       if (bias)
@@ -858,11 +1123,12 @@ void Linear(const PackedLinear& L, const float* x, int64_t rows, float* y, const
   if (rows <= 0) return;
   const bool gemm = mode == 2 || (mode == 0 && rows > g_gemvMaxRows);
   if (!gemm) {
+    const int level = Level();  // once per call: the x copy and the kernel must agree
 #ifdef Q4_X86
-    if (rows > 1 && L.kind == PackedLinear::INT && g_multiRow && g_simd.load(std::memory_order_relaxed)) return GemvMulti(L, x, rows, y, bias);
+    if (rows > 1 && L.kind == PackedLinear::INT && g_multiRow && level >= 1) return GemvMulti(L, x, rows, y, bias, level);
 #endif
     std::vector<float> xbuf;
-    for (int64_t i = 0; i < rows; i++) GemvOne(L, x + i * L.in, y + i * L.out, bias, xbuf);
+    for (int64_t i = 0; i < rows; i++) GemvOne(L, x + i * L.in, y + i * L.out, bias, xbuf, level);
     return;
   }
   GemmTiles(L, x, rows, y, bias);
@@ -880,11 +1146,14 @@ void ParallelFor(int chunks, const std::function<void(int, int)>& fn) { ThePool(
 
 void SetThreads(int n) { ThePool().SetThreads(n); }
 int Threads() { return ThePool().Threads(); }
-bool SetSimd(bool on) {
-  g_simd.store(on && g_simdAvailable);
-  return g_simd.load();
+bool SetSimd(bool on) { return SetSimdLevel(on ? g_maxLevel : 0) >= 1; }
+int SetSimdLevel(int level) {
+  g_level.store(std::max(0, std::min(level, g_maxLevel)));
+  return Level();
 }
-bool SimdAvailable() { return g_simdAvailable; }
-bool SimdInUse() { return g_simd.load(); }
+int SimdLevel() { return Level(); }
+int MaxSimdLevel() { return g_maxLevel; }
+bool SimdAvailable() { return g_maxLevel >= 1; }
+bool SimdInUse() { return Level() >= 1; }
 
 }  // namespace q4

@@ -19,7 +19,8 @@
 //   - outliers: CSR by row with the original column, the exact value (GEMM tiles) and value − grid weight
 //     (the GEMV adds delta·x after the dense part).
 // GEMV (one input row): the codes are dequantized in registers (q − z exact in int32, converted, FMA with
-// x), Σ(q − z)·x per group scaled once per group; rows split over the kernel threads. GEMM (several rows): tiles of output rows are dequantized into an
+// x; with AVX-512, 2- and 4-bit codes go through a per-group lookup table of q − z instead, see qkernels.cc),
+// Σ(q − z)·x per group scaled once per group; rows split over the kernel threads. GEMM (several rows): tiles of output rows are dequantized into an
 // fp32 buffer (bit-identical to dequantize()) and multiplied with BLAS sgemm.
 
 #pragma once
@@ -105,8 +106,17 @@ void ParallelFor(int chunks, const std::function<void(int, int)>& fn);
 /** Kernel threads (the GEMV/dequant pool and the block ops; BLAS threads are set separately). */
 void SetThreads(int n);
 int Threads();
-/** SIMD: true = AVX2/FMA kernels when the CPU has them. Returns whether they are in use. */
+/**
+ * SIMD levels: 0 scalar, 1 AVX2/FMA/F16C, 2 AVX-512 F/BW/VL (the 2- and 4-bit GEMV; the rest stays AVX2).
+ * SetSimd(true) selects the highest level the CPU has, SetSimd(false) scalar; returns whether AVX2 or
+ * more is in use. SetSimdLevel caps the level at the CPU's and returns the level in use. The process
+ * starts on the highest level, or QUANT4_SIMD=avx512|avx2|scalar (capped), or scalar with QUANT4_NO_SIMD=1.
+ */
 bool SetSimd(bool on);
+int SetSimdLevel(int level);
+int SimdLevel();
+int MaxSimdLevel();
+/** AVX2 or more available / in use (the block ops and GPTQ's loops run AVX2 at levels 1 and 2). */
 bool SimdAvailable();
 bool SimdInUse();
 

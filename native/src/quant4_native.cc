@@ -17,7 +17,8 @@
 //   qlinear(handle, x, rows, y, bias|null, mode)           y = x·Wᵀ (+ bias); mode 0 auto, 1 GEMV, 2 GEMM
 //   qdequant(handle, r0, r1, dst)                          rows r0..r1 of the fp32 weight
 //   qbytes(handle) -> number                               resident bytes
-//   kernelInfo() -> {simd, simdAvailable, threads}; setSimd(on) -> boolean; trimMemory() -> boolean
+//   kernelInfo() -> {simd, simdAvailable, simdLevels, threads}; setSimd(on | level) -> boolean | level
+//   trimMemory() -> boolean
 // Block ops (blockops.h), on the kernel pool, AVX2 or scalar with the packed kernels' switch:
 //   rmsNorm(x, rows, dim, w, eps, out); layerNorm(x, rows, dim, w, b|null, eps, out)
 //   rope(x, rows, T, nHeads, headDim, pos0, cos, sin)      in place, rotate_half layout
@@ -496,11 +497,16 @@ Napi::Value QBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(L->Bytes()));
 }
 
+const char* const kSimdLevels[] = {"scalar", "avx2", "avx512"};
+
 Napi::Value KernelInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  o.Set("simd", Napi::String::New(env, q4::SimdInUse() ? "avx2" : "scalar"));
+  o.Set("simd", Napi::String::New(env, kSimdLevels[q4::SimdLevel()]));
   o.Set("simdAvailable", Napi::Boolean::New(env, q4::SimdAvailable()));
+  Napi::Array levels = Napi::Array::New(env);
+  for (int l = q4::MaxSimdLevel(); l >= 0; l--) levels.Set(static_cast<uint32_t>(levels.Length()), Napi::String::New(env, kSimdLevels[l]));
+  o.Set("simdLevels", levels);
   o.Set("threads", Napi::Number::New(env, q4::Threads()));
   return o;
 }
@@ -516,9 +522,18 @@ Napi::Value TrimMemory(const Napi::CallbackInfo& info) {
 #endif
 }
 
+// setSimd(on: boolean) -> boolean (AVX2 or more in use); setSimd(level: "avx512"|"avx2"|"scalar") -> the
+// level in use (capped at the CPU's).
 Napi::Value SetSimd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckArgCount(info, 1, "setSimd")) return env.Undefined();
+  if (info[0].IsString()) {
+    const std::string s = info[0].As<Napi::String>().Utf8Value();
+    for (int l = 0; l < 3; l++)
+      if (s == kSimdLevels[l]) return Napi::String::New(env, kSimdLevels[q4::SetSimdLevel(l)]);
+    ThrowTypeError(env, "setSimd: level must be \"avx512\", \"avx2\" or \"scalar\", got \"" + s + "\"");
+    return env.Undefined();
+  }
   bool on;
   if (!GetBool(info, 0, "setSimd", "on", &on)) return env.Undefined();
   return Napi::Boolean::New(env, q4::SetSimd(on));

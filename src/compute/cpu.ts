@@ -32,7 +32,7 @@ export interface NativeAddon {
   qdequant(h: NativeWeight, r0: number, r1: number, dst: Float32Array): void;
   qbytes(h: NativeWeight): number;
   kernelInfo(): KernelInfo;
-  setSimd(on: boolean): boolean;
+  setSimd(on: boolean | SimdLevel): boolean | SimdLevel;
   trimMemory(): boolean;
   // Block ops (native/src/blockops.h).
   rmsNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, eps: number, out: Float32Array): void;
@@ -64,10 +64,22 @@ const ACTIVATION: Record<ActivationKind, number> = { silu: 0, relu: 1, gelu_new:
 /** An addon-owned weight (napi External). */
 export type NativeWeight = { readonly __nativeWeight: unique symbol };
 
+/**
+ * SIMD level of the packed kernels: "avx512" (AVX-512 F/BW/VL for the 2- and 4-bit GEMV, AVX2 for the
+ * rest), "avx2" (AVX2/FMA/F16C) or "scalar" (portable).
+ */
+export type SimdLevel = "avx512" | "avx2" | "scalar";
+
 export interface KernelInfo {
-  /** Kernels in use: "avx2" (AVX2/FMA/F16C) or "scalar" (portable; QUANT4_NO_SIMD=1 or a CPU without AVX2). */
-  simd: "avx2" | "scalar";
+  /**
+   * Kernels in use: the highest level the CPU has, or QUANT4_SIMD=avx512|avx2|scalar (capped at the CPU's),
+   * or "scalar" with QUANT4_NO_SIMD=1.
+   */
+  simd: SimdLevel;
+  /** AVX2 (or more) available. */
   simdAvailable: boolean;
+  /** The levels this CPU can run, best first (always ends with "scalar"). */
+  simdLevels: SimdLevel[];
   /** Threads of the packed kernels' pool (set with setThreads, like the BLAS threads). */
   threads: number;
 }
@@ -284,11 +296,15 @@ export class CpuBackend implements Backend {
   }
 
   /**
-   * Use the AVX2 kernels (when the CPU has them) or the portable scalar ones; returns whether AVX2 is now
-   * in use. QUANT4_NO_SIMD=1 in the environment starts with the scalar ones. For tests and benches.
+   * setSimd(true): the best SIMD kernels the CPU has; setSimd(false): the portable scalar ones; returns
+   * whether AVX2 (or more) is now in use. setSimd(level): that level, capped at the CPU's; returns the
+   * level now in use. QUANT4_SIMD / QUANT4_NO_SIMD=1 in the environment set the starting level. For tests
+   * and benches.
    */
-  setSimd(on: boolean): boolean {
-    return this.addon.setSimd(on);
+  setSimd(on: boolean): boolean;
+  setSimd(level: SimdLevel): SimdLevel;
+  setSimd(v: boolean | SimdLevel): boolean | SimdLevel {
+    return this.addon.setSimd(v);
   }
 
   /** Hand the C heap's free pages back to the OS (glibc malloc_trim; a no-op elsewhere). For RSS measurements. */

@@ -5,7 +5,7 @@ import type { Backend } from "./backend.js";
 import { CpuBackend } from "./cpu.js";
 
 export type { ActivationKind, AttentionShape, Backend, KvCache, LinearHandle, PackableLinear, RopeTable } from "./backend.js";
-export { CpuBackend, CpuLinearHandle, type KernelInfo, type KernelPath } from "./cpu.js";
+export { CpuBackend, CpuLinearHandle, type KernelInfo, type KernelPath, type SimdLevel } from "./cpu.js";
 
 export type Device = "cpu" | "cuda";
 
