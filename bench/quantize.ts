@@ -6,7 +6,12 @@
 //                                       [--full] [--seqlen 512] [--threads T] [--calib c4] [--json] [--keep]
 //                                       [--method gptq[,awq,awq-gptq,rtn]] [--bits 4] [--group-size 128]
 //                                       [--asym] [--propagate auto|quantized|fp] [--format gptq] [--ts-columns]
+//                                       [--max-memory <size>|none] [--act-dtype fp32|fp16]
 //   node --import tsx bench/quantize.ts --print saved.json       (re-render a --json result)
+//
+// --max-memory / --act-dtype: as quantize's (a size spills the calibration activations to the work dir when
+// both stores exceed it; default none = in memory, the bench's fixed setting). The RSS trace (current and
+// peak RSS after each Linear and block) shows where in the block loop the peak is reached.
 //
 // --ts-columns runs GPTQ's per-column work in the TypeScript reference (algorithms/gptq.ts gptqColumnsTs)
 // instead of the backend's native gptqColumns: same output, the time it took before native code.
@@ -68,6 +73,8 @@ import { AWQ_CLIP_TOKENS, AWQ_SCALE_TOKENS } from "../src/pipeline/awq.js";
 import { METHODS } from "../src/pipeline/methods.js";
 import { runQuantize, skipReason, type QuantizePlan } from "../src/pipeline/quantize.js";
 import { loadTokenizer } from "../src/tokenizer/index.js";
+import { spillsActivations } from "../src/pipeline/activations.js";
+import { parseSize } from "../src/cli/quantize.js";
 import { getFormat } from "../formats/index.js";
 
 const here = fileURLToPath(import.meta.url);
@@ -92,10 +99,12 @@ interface Args {
   json: boolean;
   keep: boolean;
   tsColumns: boolean;
+  maxMemory: number | null;
+  actDtype: "fp32" | "fp16";
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { cases: ["brown", "7b"], methods: ["gptq"], bits: 4, groupSize: 128, sym: true, propagate: "auto", format: "gptq", windows: 32, windows7b: 8, seqlen: 512, blocks: 1, calib: "c4", json: false, keep: false, tsColumns: false };
+  const a: Args = { cases: ["brown", "7b"], methods: ["gptq"], bits: 4, groupSize: 128, sym: true, propagate: "auto", format: "gptq", windows: 32, windows7b: 8, seqlen: 512, blocks: 1, calib: "c4", json: false, keep: false, tsColumns: false, maxMemory: null, actDtype: "fp32" };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => {
@@ -128,6 +137,14 @@ function parseArgs(argv: string[]): Args {
       a.propagate = p;
     }
     else if (k === "--keep") a.keep = true;
+    else if (k === "--max-memory") {
+      const m = v();
+      a.maxMemory = m === "none" ? null : parseSize(m, "--max-memory");
+    } else if (k === "--act-dtype") {
+      const d = v();
+      if (d !== "fp32" && d !== "fp16") throw new Error(`--act-dtype fp32|fp16, not ${d}`);
+      a.actDtype = d;
+    }
     else if (k === "--ts-columns") a.tsColumns = true;
     else if (k === "-h" || k === "--help") {
       console.log(fs.readFileSync(here, "utf8").split("\n").slice(0, 50).join("\n"));
@@ -181,6 +198,11 @@ interface ChildResult {
   blocks: BlockTiming[];
   peakRssBytes: number;
   reportPeakRssBytes: number;
+  /** Memory after each Linear and block (absent in older results): current RSS and peak so far. */
+  rssTrace?: { at: string; rss: number; maxRss: number }[];
+  maxMemory?: number | null;
+  actDtype?: string;
+  spilled?: boolean;
   gemmPeak: { before: Record<string, number>; after: Record<string, number>; best: number };
   quantizedLinears: number;
   meanRelError: number;
@@ -391,6 +413,8 @@ interface ChildSpec {
   sym: boolean;
   propagate: "quantized" | "fp";
   format: string;
+  maxMemory?: number | null;
+  actDtype?: "fp32" | "fp16";
 }
 
 /** The settings in words, e.g. "awq 4-bit g128 sym, gptq format". */
@@ -418,8 +442,8 @@ async function runChild(spec: ChildSpec): Promise<ChildResult> {
     calibrate: true,
     nsamples: spec.nsamples,
     seqlen: spec.seqlen,
-    actDtype: "fp32",
-    maxMemoryBytes: null,
+    actDtype: spec.actDtype ?? "fp32",
+    maxMemoryBytes: spec.maxMemory ?? null,
     blockSize: 128,
     maxShardBytes: 4e9,
     outDir: path.join(outDir, "out"),
@@ -450,10 +474,13 @@ async function runChild(spec: ChildSpec): Promise<ChildResult> {
   // Which Linear closes its true-sequential group (then a forward starts; after the last group, the write).
   const groupEnd = new Map<string, "forward" | "write">();
   a.sequentialGroups.forEach((g, gi) => groupEnd.set(g[g.length - 1]!, gi === a.sequentialGroups.length - 1 ? "write" : "forward"));
+  const rssTrace: NonNullable<ChildResult["rssTrace"]> = [];
+  const mark = (at: string) => rssTrace.push({ at, rss: process.memoryUsage().rss, maxRss: process.resourceUsage().maxRSS * 1024 });
   let report;
   try {
     report = await runQuantize(plan, clock, {
       onBlockStart: (i) => {
+        mark(`block ${i} start`);
         const b = newBlock(i);
         blocks.push(b);
         clock.begin(b);
@@ -464,11 +491,13 @@ async function runChild(spec: ChildSpec): Promise<ChildResult> {
       },
       onLayerDone: (i, stat) => {
         const rel = stat.name.slice(a.blockPrefix(i).length);
+        mark(`block ${i} ${rel}`);
         clock.switchTo(groupEnd.get(rel) ?? "gptq", now());
       },
       onBlockDone: (i, _n, seconds) => {
         clock.switchTo("forward", now());
         blocks[blocks.length - 1]!.seconds = seconds;
+        mark(`block ${i} done`);
         process.stderr.write(`  [${spec.label}] block ${i + 1}/${a.nLayers}: ${seconds.toFixed(1)} s\n`);
       },
     });
@@ -493,6 +522,10 @@ async function runChild(spec: ChildSpec): Promise<ChildResult> {
     blocks,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
     reportPeakRssBytes: report.peakRssBytes,
+    rssTrace,
+    maxMemory: plan.maxMemoryBytes,
+    actDtype: plan.actDtype,
+    spilled: spillsActivations(plan, a.hidden),
     gemmPeak: { before, after, best: Math.max(...Object.values(before), ...Object.values(after)) },
     quantizedLinears: q.length,
     meanRelError: q.reduce((s, l) => s + (l.relError ?? 0), 0) / Math.max(1, q.length),
@@ -528,6 +561,10 @@ function printResult(r: ChildResult, log: (s: string) => void): void {
     `${r.settings ?? "gptq 4-bit g128 sym, gptq format"}, ${r.nsamples} windows × ${r.seqlen}, threads ${r.threads}`);
   log(`wall ${r.totalSeconds.toFixed(1)} s (pipeline total), ${(r.blockSeconds.reduce((s, x) => s + x, 0) / r.blockSeconds.length).toFixed(1)} s per block ` +
     `[${r.blockSeconds.map((s) => s.toFixed(1)).join(", ")}], peak RSS ${gb(r.peakRssBytes)}; ${r.quantizedLinears} Linears, mean rel. error ${r.meanRelError.toExponential(2)}`);
+  if (r.actDtype !== undefined)
+    log(`activations: ${r.actDtype}, --max-memory ${r.maxMemory == null ? "none" : gb(r.maxMemory)}: ${r.spilled ? "spilled to the work dir" : "in memory"}`);
+  if (r.rssTrace?.length)
+    log(`RSS trace (current / peak so far, GiB): ${r.rssTrace.map((t) => `${t.at} ${(t.rss / 2 ** 30).toFixed(2)}/${(t.maxRss / 2 ** 30).toFixed(2)}`).join("; ")}`);
   log(`GEMM peak in this process (gemmPeakGflops, best of n=512/1024/2048 before and after): ${pk.toFixed(1)} GFLOP/s ` +
     `(before ${Object.entries(r.gemmPeak.before).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")}; after ${Object.entries(r.gemmPeak.after).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ")})`);
   const sum = (f: (b: BlockTiming) => number) => r.blocks.reduce((s, b) => s + f(b), 0);
@@ -599,7 +636,7 @@ async function main(): Promise<void> {
   const results: ChildResult[] = [];
   const common = (method: Method) => ({
     method, seqlen: args.seqlen, calib: args.calib, threads: args.threads, tsColumns: args.tsColumns,
-    bits: args.bits, groupSize: args.groupSize, sym: args.sym, format: args.format,
+    bits: args.bits, groupSize: args.groupSize, sym: args.sym, format: args.format, maxMemory: args.maxMemory, actDtype: args.actDtype,
     // As the CLI's --propagate auto: fp for AWQ methods, quantized otherwise.
     propagate: args.propagate !== "auto" ? args.propagate : METHODS[method].awq ? ("fp" as const) : ("quantized" as const),
   });

@@ -15,6 +15,9 @@ import { METHOD_NAMES, METHODS, type MethodName } from "../pipeline/methods.js";
 import { overridesOf, parseDynamic, parseSkip, type ModuleRule } from "../pipeline/rules.js";
 import { openModel } from "../model/model.js";
 import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
+import { ActivationStore, spillsActivations } from "../pipeline/activations.js";
+import { BUDGET_FRACTION, blockWorkingSetBytes, defaultActivationBudget, readMemoryFacts, type MemoryFacts } from "../pipeline/memory.js";
+import { Journal } from "../pipeline/journal.js";
 import type { OutputMeasure } from "../pipeline/summary.js";
 import { conversionProblem, keptFp16Holdable } from "../pipeline/convert.js";
 import { MANIFEST_FILE } from "../pipeline/manifest.js";
@@ -50,6 +53,43 @@ export function parseSize(s: string, flag = "--max-shard-size"): number {
   const v = Number(m[1]) * mult[unit]!;
   if (!(v >= 1024)) throw new UsageError(`${flag} "${s}" is too small (minimum 1KiB)`);
   return Math.floor(v);
+}
+
+/**
+ * The activation budget from --max-memory: a size; none/inf = in memory whatever their size; absent or
+ * auto = derived from the memory available (src/pipeline/memory.ts). QUANT4_AVAILABLE_MEMORY=<size>
+ * replaces the detected available memory (tests, or a machine shared with other jobs).
+ */
+export function resolveMaxMemory(v: string | undefined, workingSetBytes: number, facts: () => MemoryFacts = memoryFacts): { bytes: number | null; why: string } {
+  const s = v?.trim().toLowerCase();
+  if (s === "none" || s === "inf" || s === "infinity") return { bytes: null, why: `--max-memory ${s}` };
+  if (s === undefined || s === "auto") return defaultActivationBudget(facts(), workingSetBytes);
+  return { bytes: parseSize(v!, "--max-memory"), why: "--max-memory" };
+}
+
+function memoryFacts(): MemoryFacts {
+  const o = process.env["QUANT4_AVAILABLE_MEMORY"];
+  if (o === undefined || o === "") return readMemoryFacts();
+  const b = parseSize(o, "QUANT4_AVAILABLE_MEMORY");
+  return { freeBytes: b, totalBytes: b, cgroup: null };
+}
+
+/**
+ * What the run does with its calibration activations when they exceed the budget, said on stderr before
+ * it starts (with --json too: it decides where gigabytes go); null when they stay in memory.
+ */
+export function spillNotice(plan: Pick<Plan, "src" | "calibrate" | "nsamples" | "seqlen" | "actDtype" | "maxMemoryBytes" | "memoryBudget" | "outDir">): string | null {
+  const h = plan.src.arch.hidden;
+  if (!plan.calibrate || !spillsActivations(plan, h)) return null;
+  const one = ActivationStore.bytesFor(plan.nsamples, plan.seqlen, h, plan.actDtype);
+  const half = ActivationStore.bytesFor(plan.nsamples, plan.seqlen, h, "fp16");
+  const fp16Fits = plan.actDtype === "fp32" && 2 * half <= plan.maxMemoryBytes!;
+  return (
+    `calibration activations (2 × ${fmtBytes(one)} ${plan.actDtype}, ${plan.nsamples} × ${plan.seqlen} tokens) exceed the memory budget of ${fmtBytes(plan.maxMemoryBytes!)} ` +
+    `(${plan.memoryBudget}): spilling them to ${path.join(Journal.workDirFor(plan.outDir), "activations-{a,b}.bin")}, one batch at a time (same results, more disk I/O); ` +
+    (fp16Fits ? `--act-dtype fp16 would keep them in memory (2 × ${fmtBytes(half)}); ` : "") +
+    `--max-memory none keeps them in memory regardless`
+  );
 }
 
 /**
@@ -188,7 +228,7 @@ export function buildPlan(
   outDir: string,
   o: QuantizeCliOptions,
   explicit: ReadonlySet<string> = new Set(),
-): QuantizePlan & { calibName: string | null; calibTokens: number; seed: number; formatWhy: string | null; scheme: string } {
+): QuantizePlan & { calibName: string | null; calibTokens: number; seed: number; formatWhy: string | null; scheme: string; memoryBudget: string } {
   checkConflicts(o, explicit);
   if (o.format !== "auto") getFormat(o.format); // an unknown name fails before the model is opened
   const src = openModel(modelDir);
@@ -238,6 +278,10 @@ export function buildPlan(
     calibWindows: sha(new Uint8Array(windows.buffer, windows.byteOffset, windows.byteLength)),
   };
   const key = settingsKeyOf(runSettings);
+  // Not part of the settings key: where activations live does not change results.
+  const budget = calibrate
+    ? resolveMaxMemory(o.maxMemory, blockWorkingSetBytes(src.arch, seqlen, METHODS[o.method].awq || propagationOf(o) === "fp"))
+    : { bytes: null, why: "no calibration" };
   return {
     src,
     format,
@@ -249,7 +293,8 @@ export function buildPlan(
     actDtype: o.actDtype,
     blockSize: o.blockSize,
     maxShardBytes: parseSize(o.maxShardSize),
-    maxMemoryBytes: o.maxMemory !== undefined ? parseSize(o.maxMemory, "--max-memory") : null,
+    maxMemoryBytes: budget.bytes,
+    memoryBudget: budget.why,
     outDir,
     settingsKey: key,
     runSettings,
@@ -301,7 +346,15 @@ export function describePlan(plan: ReturnType<typeof buildPlan>): Record<string,
     skippedLinears: a.nLayers * a.linears.length - quantizedLinears,
     rules: plan.rules ?? [],
     outlierFraction: plan.outlierFraction ?? 0,
-    memoryEstimateBytes: { activations: 2 * actBytes, blockWeights: blockParams * 4, hessian: maxIn * maxIn * 4 * 2 },
+    memoryEstimateBytes: {
+      activations: 2 * actBytes,
+      blockWeights: blockParams * 4,
+      hessian: maxIn * maxIn * 4 * 2,
+      blockWorkingSet: blockWorkingSetBytes(a, plan.seqlen, METHODS[plan.settings.method].awq || plan.propagate === "fp"),
+    },
+    activationBudgetBytes: plan.maxMemoryBytes,
+    activationBudget: plan.memoryBudget,
+    activationsSpilled: plan.calibrate && spillsActivations(plan, a.hidden),
   };
 }
 
@@ -324,8 +377,10 @@ export function formatPlan(plan: ReturnType<typeof buildPlan>, d: ReturnType<typ
   for (const l of d["linearsPerBlock"] as { name: string; shape: number[]; reason: string | null }[])
     lines.push(`    ${l.name.padEnd(20)} [${l.shape.join("×")}]  ${l.reason === null ? "quantized" : `fp16: ${l.reason}`}`);
   lines.push(
-    `  memory       activations ${fmtBytes(mem["activations"]!)}${plan.maxMemoryBytes !== null && mem["activations"]! > plan.maxMemoryBytes ? " (spilled to disk)" : ""}, ` +
-      `block weights ${fmtBytes(mem["blockWeights"]!)}, Hessians ${fmtBytes(mem["hessian"]!)}`,
+    `  memory       activations ${fmtBytes(mem["activations"]!)} ${plan.actDtype}` +
+      `${spillsActivations(plan, a.hidden) ? ` (spilled to disk: over the budget of ${fmtBytes(plan.maxMemoryBytes!)})` : ""}, ` +
+      `per-block working set ≈ ${fmtBytes(mem["blockWorkingSet"]!)} (block weights ${fmtBytes(mem["blockWeights"]!)}, Hessians ${fmtBytes(mem["hessian"]!)})`,
+    `  budget       ${plan.maxMemoryBytes === null ? "none (activations in memory)" : fmtBytes(plan.maxMemoryBytes)}: ${plan.memoryBudget}`,
   );
   return lines.join("\n") + "\n";
 }
@@ -356,8 +411,8 @@ export function addMethodOptions(cmd: Command, text: { calibHelp: string; work: 
     .option("--seqlen <n>", "tokens per calibration window (default: min(2048, model context))")
     .option("--seed <n>", "seed of the window sampler", "0")
     .option("--format <name>", `output format: auto, ${formatNames().join(", ")} (auto: the one that holds the most Linears, said in the output)`, "auto")
-    .option("--act-dtype <fp32|fp16>", "storage of calibration activations between blocks (fp16 halves memory)", "fp32")
-    .option("--max-memory <size>", `budget for calibration activations; above it they are spilled to a temp file in ${text.work} (default: keep in memory)`)
+    .option("--act-dtype <fp32|fp16>", "storage of calibration activations between blocks: fp16 halves their memory and disk traffic (results differ slightly: inputs rounded to fp16); use it when fp32 activations do not fit in memory and spilling is slow", "fp32")
+    .option("--max-memory <size|none>", `budget for calibration activations (both stores, 2 × nsamples × seqlen × hidden × 4 bytes in fp32); above it they are spilled to temp files in ${text.work} (same results). Default: ${Math.round(100 * BUDGET_FRACTION)}% of the available memory (free, or the cgroup limit) less the per-block working set; none keeps them in memory`)
     .option("--json", text.json, false)
     .option("--device <cpu|cuda>", "compute device", "cpu")
     .option("--threads <n>", "BLAS threads (default: all cores)");
@@ -647,6 +702,8 @@ export async function runWithProgress(
   };
   process.on("SIGINT", onSigint);
   const unique = (): string[] => [...new Set(warnings.map((w) => w.replace(/\.layers\.\d+\./, ".layers.*.")))];
+  const spill = spillNotice(plan);
+  if (spill && say.warnings !== false) process.stderr.write(`quant4: ${spill}\n`);
   let report: QuantizeReport;
   try {
     report = await runQuantize(plan, backend, {

@@ -8,6 +8,14 @@ import { OutputError } from "../util/errors.js";
 
 export type ActDtype = "fp32" | "fp16";
 
+/**
+ * The two stores (a block's inputs and its outputs) are spilled when together they exceed the budget
+ * (null = no budget: in memory). The CLI says so before the run from the same test.
+ */
+export function spillsActivations(p: { nsamples: number; seqlen: number; actDtype: ActDtype; maxMemoryBytes: number | null }, hidden: number): boolean {
+  return p.maxMemoryBytes !== null && 2 * ActivationStore.bytesFor(p.nsamples, p.seqlen, hidden, p.actDtype) > p.maxMemoryBytes;
+}
+
 export class ActivationStore {
   private readonly mem: Float32Array | Uint16Array | null;
   private readonly fd: number | null = null;

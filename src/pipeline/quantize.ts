@@ -28,7 +28,7 @@ import { prepareAwqBlock } from "./awq.js";
 import { METHODS, type MethodName } from "./methods.js";
 import { matchRule, moduleSettings, overridesOf, type ModuleRule } from "./rules.js";
 import { activationSaliency, outlierBudget, topKMask } from "../../algorithms/outliers.js";
-import { ActivationStore, type ActDtype } from "./activations.js";
+import { ActivationStore, spillsActivations, type ActDtype } from "./activations.js";
 import { BlockPasses, batchWindows, type CacheStoreFactory } from "./passes.js";
 import { Journal, type LayerStat, type RunSettings } from "./journal.js";
 
@@ -430,7 +430,7 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
   if (journal.resumed) events.onResume?.(resumedFrom, a.nLayers);
   const ctx = createContext(a, backend, Math.max(a.maxPositions, plan.seqlen));
 
-  const spill = plan.maxMemoryBytes !== null && 2 * ActivationStore.bytesFor(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype) > plan.maxMemoryBytes;
+  const spill = spillsActivations(plan, a.hidden);
   const store = (tag: string) =>
     new ActivationStore(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype, spill ? path.join(journal.workDir, `activations-${tag}.bin`) : null);
   let acts = store("a");
