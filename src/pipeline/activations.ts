@@ -16,6 +16,22 @@ export function spillsActivations(p: { nsamples: number; seqlen: number; actDtyp
   return p.maxMemoryBytes !== null && 2 * ActivationStore.bytesFor(p.nsamples, p.seqlen, hidden, p.actDtype) > p.maxMemoryBytes;
 }
 
+/**
+ * Refuse a spill that cannot fit on the work directory's file system, before the first block rather than
+ * hours in (`statfs` injectable for tests).
+ */
+export function checkSpillSpace(dir: string, bytes: number, statfs: (d: string) => { bavail: number | bigint; bsize: number | bigint } = fs.statfsSync): void {
+  let free: number;
+  try {
+    const st = statfs(dir);
+    free = Number(st.bavail) * Number(st.bsize);
+  } catch {
+    return; // unknown: the writes themselves report ENOSPC
+  }
+  if (free < bytes)
+    throw new OutputError(dir, `spilling the calibration activations needs ${(bytes / 2 ** 30).toFixed(2)} GiB but the file system has ${(free / 2 ** 30).toFixed(2)} GiB free; free space there, or use --act-dtype fp16 (half the size), fewer --nsamples, or --max-memory none to keep them in memory`);
+}
+
 export class ActivationStore {
   private readonly mem: Float32Array | Uint16Array | null;
   private readonly fd: number | null = null;

@@ -28,7 +28,7 @@ import { prepareAwqBlock } from "./awq.js";
 import { METHODS, type MethodName } from "./methods.js";
 import { matchRule, moduleSettings, overridesOf, type ModuleRule } from "./rules.js";
 import { activationSaliency, outlierBudget, topKMask } from "../../algorithms/outliers.js";
-import { ActivationStore, spillsActivations, type ActDtype } from "./activations.js";
+import { ActivationStore, checkSpillSpace, spillsActivations, type ActDtype } from "./activations.js";
 import { BlockPasses, batchWindows, type CacheStoreFactory } from "./passes.js";
 import { Journal, type LayerStat, type RunSettings } from "./journal.js";
 
@@ -431,6 +431,7 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
   const ctx = createContext(a, backend, Math.max(a.maxPositions, plan.seqlen));
 
   const spill = spillsActivations(plan, a.hidden);
+  if (spill && plan.calibrate) checkSpillSpace(journal.workDir, 2 * ActivationStore.bytesFor(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype));
   const store = (tag: string) =>
     new ActivationStore(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype, spill ? path.join(journal.workDir, `activations-${tag}.bin`) : null);
   let acts = store("a");
