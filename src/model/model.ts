@@ -160,17 +160,18 @@ function expectFpLinear(src: ModelSource, full: string, l: LinearSpec): void {
   expectShape(src, wn, a.transposedLinears ? [l.in, l.out] : [l.out, l.in]);
 }
 
-/** Load block i: norms as fp32, every Linear as an fp32 [out, in] matrix (dequantized when packed). */
-export function loadBlockWeights(src: ModelSource, i: number): BlockWeights {
+/** Load block i: norms as fp32, every Linear as an fp32 [out, in] matrix (dequantized when packed); `onlyLinear`: that Linear alone. */
+export function loadBlockWeights(src: ModelSource, i: number, onlyLinear?: string): BlockWeights {
   const a = src.arch;
   const p = a.blockPrefix(i);
   const w: BlockWeights = new Map();
-  for (const n of [a.attnNorm, a.mlpNorm]) {
+  for (const n of onlyLinear === undefined ? [a.attnNorm, a.mlpNorm] : []) {
     expectShape(src, p + n.weight, [a.hidden]);
     w.set(n.weight, readFloat(src, p + n.weight));
     if (n.bias) w.set(n.bias, readFloat(src, p + n.bias));
   }
   for (const l of a.linears) {
+    if (onlyLinear !== undefined && l.name !== onlyLinear) continue;
     const full = p + l.name;
     const settings = linearQuantSettings(src, full);
     if (settings) {

@@ -170,9 +170,11 @@ function relativeError(backend: Backend, W: Float32Array, Q: Float32Array, H: Fl
   return den > 0 ? num / den : 0;
 }
 
-/** A deep copy of a block's weights. */
-function cloneBlock(w: BlockWeights): BlockWeights {
-  return new Map([...w].map(([k, v]) => [k, v.slice()]));
+/** A block's source Linear weights, read from the checkpoint when asked for ("<linear>.weight") and not kept. */
+function sourceLinears(src: ModelSource, i: number): BlockWeights {
+  const m = new Map<string, Float32Array>();
+  m.get = (key: string) => (key.endsWith(".weight") ? loadBlockWeights(src, i, key.slice(0, -".weight".length)).get(key) : undefined);
+  return m;
 }
 
 /**
@@ -455,7 +457,10 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
     } else {
       w = loadBlockWeights(src, i);
       const fpPropagation = plan.propagate === "fp";
-      const original = METHODS[plan.settings.method].awq || fpPropagation ? cloneBlock(w) : null;
+      // No second fp32 copy of the block is held while it is quantized (at 7B shapes 0.75 GiB): AWQ's
+      // "before" errors re-read one source Linear at a time, fp propagation re-reads the block afterwards
+      // (the same values loadBlockWeights gave w).
+      const original = METHODS[plan.settings.method].awq ? sourceLinears(src, i) : null;
       const passes = plan.calibrate ? new BlockPasses(ctx, w, acts, cacheStore, plan.restartPasses === true) : null;
       let stats: LayerStat[];
       try {
@@ -463,9 +468,12 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
         ({ tensors, stats } = await quantizeBlock(plan, backend, ctx, i, w, acts, events, original, passes, !fpPropagation));
         writeSafetensors(journal.blockFile(i), tensors);
         // Outputs for the next block come from the quantized block (resuming from the last pass's cache),
-        // or, with fp propagation, from the fp block.
-        if (plan.calibrate && fpPropagation) runBlockOverSamples(ctx, original!, acts, next);
-        else passes?.run(Stage.out, (s0, _s1, st) => next.set(s0, st.residual), false);
+        // or, with fp propagation, from the fp block (re-read after the quantized values, journaled, are freed).
+        if (plan.calibrate && fpPropagation) {
+          passes?.drop();
+          w.clear();
+          runBlockOverSamples(ctx, loadBlockWeights(src, i), acts, next);
+        } else passes?.run(Stage.out, (s0, _s1, st) => next.set(s0, st.residual), false);
       } finally {
         passes?.drop();
       }
