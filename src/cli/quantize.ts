@@ -280,7 +280,7 @@ export function buildPlan(
   const key = settingsKeyOf(runSettings);
   // Not part of the settings key: where activations live does not change results.
   const budget = calibrate
-    ? resolveMaxMemory(o.maxMemory, blockWorkingSetBytes(src.arch, seqlen, METHODS[o.method].awq || propagationOf(o) === "fp"))
+    ? resolveMaxMemory(o.maxMemory, blockWorkingSetBytes(src.arch, seqlen, METHODS[o.method].awq))
     : { bytes: null, why: "no calibration" };
   return {
     src,
@@ -350,7 +350,7 @@ export function describePlan(plan: ReturnType<typeof buildPlan>): Record<string,
       activations: 2 * actBytes,
       blockWeights: blockParams * 4,
       hessian: maxIn * maxIn * 4 * 2,
-      blockWorkingSet: blockWorkingSetBytes(a, plan.seqlen, METHODS[plan.settings.method].awq || plan.propagate === "fp"),
+      blockWorkingSet: blockWorkingSetBytes(a, plan.seqlen, METHODS[plan.settings.method].awq),
     },
     activationBudgetBytes: plan.maxMemoryBytes,
     activationBudget: plan.memoryBudget,

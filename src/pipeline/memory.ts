@@ -45,23 +45,21 @@ export function defaultActivationBudget(f: MemoryFacts, workingSetBytes: number)
 
 /**
  * What one block needs at its peak besides the activation stores, for GPTQ at the shapes of `arch`
- * (measured: bench/quantize.ts's RSS trace, README "Memory"): the process itself, the block's fp32
- * weights (twice when the fp block is kept, for AWQ or --propagate fp), the widest Linear's Hessian
- * and GPTQ's inverse factor (in²), GPTQ's copies of that Linear (transposed W, dequantized Q, codes),
- * and one forward batch's intermediates (≤ 2048 rows × (3·intermediate + 6·hidden)).
+ * (measured with bench/quantize.ts's RSS trace, README "Real models"): the process itself, the block's
+ * fp32 weights (for AWQ twice: an allowance for its captured inputs and search temporaries, not measured
+ * at these shapes), and the larger of the two phases of the widest Linear:
+ * GPTQ (its Hessian and inverse factor, in² each, plus transposed W, dequantized Q and the replaced W)
+ * or the forward that collects its Hessian (in², one batch's intermediates: ≤ 2048 rows × (3·intermediate
+ * + 8·hidden), as src/model/forward.ts's scratch).
  */
-export function blockWorkingSetBytes(arch: Pick<ArchSpec, "hidden" | "intermediate" | "linears">, seqlen: number, keepsFpBlock: boolean): number {
+export function blockWorkingSetBytes(arch: Pick<ArchSpec, "hidden" | "intermediate" | "linears">, seqlen: number, awq: boolean): number {
   const blockParams = arch.linears.reduce((s, l) => s + l.out * l.in, 0) + 2 * arch.hidden;
   const maxIn = Math.max(...arch.linears.map((l) => l.in));
   const maxLinear = Math.max(...arch.linears.map((l) => l.out * l.in));
   const rows = Math.max(seqlen, Math.floor(2048 / seqlen) * seqlen);
-  return (
-    PROCESS_BYTES +
-    4 * blockParams * (keepsFpBlock ? 2 : 1) +
-    2 * 4 * maxIn * maxIn +
-    3 * 4 * maxLinear +
-    4 * rows * (3 * arch.intermediate + 6 * arch.hidden)
-  );
+  const gptq = 2 * 4 * maxIn * maxIn + 3 * 4 * maxLinear;
+  const forward = 4 * maxIn * maxIn + 4 * rows * (3 * arch.intermediate + 8 * arch.hidden);
+  return PROCESS_BYTES + 4 * blockParams * (awq ? 2 : 1) + Math.max(gptq, forward);
 }
 
 /** Node, the native addon and OpenBLAS's buffers before any model data (measured ≈ 0.1–0.2 GiB). */

@@ -7,7 +7,7 @@
 // the fp32 values the forward computed (same code, same batches, same weights), so results are
 // bit-identical to restarting; they live in ActivationStores, spilled to the work dir when over budget.
 
-import { Stage, advanceBlock, resumeState, stageCarry, type BlockState, type BlockWeights, type ForwardContext } from "../model/forward.js";
+import { Stage, advanceBlock, releaseScratch, resumeState, stageCarry, type BlockState, type BlockWeights, type ForwardContext } from "../model/forward.js";
 import type { ActivationStore } from "./activations.js";
 
 /** An fp32 store of `width` values per row over the calibration windows (spilled or not, the caller's choice). */
@@ -67,6 +67,8 @@ export class BlockPasses {
       if (residual && residual !== this.residual) residual.set(s0, state.residual);
       if (input) input.set(s0, state.input!);
     }
+    // The forward's scratch buffers are not held through the GPTQ that follows (its peak; ≈ 0.25 GiB at 7B shapes).
+    releaseScratch(ctx);
     if (!keep) return this.drop();
     if (this.residual !== residual) this.residual?.close();
     this.input?.close();

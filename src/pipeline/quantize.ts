@@ -21,7 +21,7 @@ import type { QuantOptions } from "../../algorithms/quantizer.js";
 import { roundToF16InPlace } from "../../algorithms/quantizer.js";
 import { type GptqFactor, GptqHessian, gptqFactor, gptqQuantize } from "../../algorithms/gptq.js";
 import type { ArchSpec, LinearSpec } from "../model/architectures.js";
-import { Stage, blockForward, createContext, stageOfLinear, type BlockWeights, type ForwardContext } from "../model/forward.js";
+import { Stage, blockForward, createContext, releaseScratch, stageOfLinear, type BlockWeights, type ForwardContext } from "../model/forward.js";
 import { embedTokens, loadBlockWeights, readFloat, unpackLinear, type ModelSource } from "../model/model.js";
 import { InterruptedError, OutputError } from "../util/errors.js";
 import { prepareAwqBlock } from "./awq.js";
@@ -194,6 +194,7 @@ function runBlockOverSamples(ctx: ForwardContext, w: BlockWeights, acts: Activat
     const s1 = Math.min(acts.samples, s0 + B);
     write.set(s0, blockForward(ctx, w, acts.get(s0, s1), s1 - s0, acts.seqlen));
   }
+  releaseScratch(ctx); // not held through the next block's GPTQ (peak memory)
 }
 
 /** Weights of a finished block as the pipeline ran them, re-read from its journal file. */

@@ -260,7 +260,7 @@ run:
   device: cpu             # cpu | cuda
   # threads: 8            # BLAS threads (default: all cores)
   actDtype: fp32          # calibration activations between blocks: fp32 | fp16
-  # maxMemory: 8GB        # above it, activations are spilled to a file in <out>.partial/
+  # maxMemory: 8GB        # above it, activations are spilled to files in <out>.partial/ (default auto: from free memory; none: in memory)
   maxShardSize: 4GB       # shard the output files
   overwrite: false        # replace a non-empty output directory
 `;
