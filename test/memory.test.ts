@@ -65,6 +65,7 @@ describe("budget derivation", () => {
     expect(resolveMaxMemory("2GB", 0, facts).bytes).toBe(2e9);
     expect(resolveMaxMemory("none", 0, facts).bytes).toBeNull();
     expect(resolveMaxMemory("inf", 0, facts).bytes).toBeNull();
+    expect(resolveMaxMemory("0", 0, facts).bytes).toBe(0);
     expect(resolveMaxMemory(undefined, GiB, facts).bytes).toBe(Math.floor(BUDGET_FRACTION * 8 * GiB - GiB));
     expect(resolveMaxMemory("auto", GiB, facts)).toEqual(resolveMaxMemory(undefined, GiB, facts));
   });
@@ -140,6 +141,18 @@ describe("default spill through the CLI (models/stories260K)", () => {
     expect(files(spilled)).toEqual(files(inMem));
     for (const f of files(spilled)) expect(fs.readFileSync(path.join(spilled, f)).equals(fs.readFileSync(path.join(inMem, f))), f).toBe(true);
     expect(fs.existsSync(spilled + ".partial")).toBe(false);
+  }, 120_000);
+
+  it("--act-dtype fp16: spilled (--max-memory 0) and in memory give byte-identical output too", async () => {
+    const dir = makeTmpDir("quant4-spill-fp16-");
+    const [a, b] = await Promise.all([
+      runCli(args(path.join(dir, "s"), ["--act-dtype", "fp16", "--max-memory", "0"])),
+      runCli(args(path.join(dir, "m"), ["--act-dtype", "fp16", "--max-memory", "none"])),
+    ]);
+    expect(a.code, a.stderr).toBe(0);
+    expect(b.code, b.stderr).toBe(0);
+    expect(a.stderr).toContain("(--max-memory 0: always spill)");
+    for (const f of files(path.join(dir, "m"))) expect(fs.readFileSync(path.join(dir, "s", f)).equals(fs.readFileSync(path.join(dir, "m", f))), f).toBe(true);
   }, 120_000);
 
   it("--json: stdout stays one JSON document, the spill is said on stderr; --dry-run shows the budget", async () => {

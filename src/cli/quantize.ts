@@ -56,7 +56,7 @@ export function parseSize(s: string, flag = "--max-shard-size"): number {
 }
 
 /**
- * The activation budget from --max-memory: a size; none/inf = in memory whatever their size; absent or
+ * The activation budget from --max-memory: a size (0 = always spill); none/inf = in memory whatever their size; absent or
  * auto = derived from the memory available (src/pipeline/memory.ts). QUANT4_AVAILABLE_MEMORY=<size>
  * replaces the detected available memory (tests, or a machine shared with other jobs).
  */
@@ -64,6 +64,7 @@ export function resolveMaxMemory(v: string | undefined, workingSetBytes: number,
   const s = v?.trim().toLowerCase();
   if (s === "none" || s === "inf" || s === "infinity") return { bytes: null, why: `--max-memory ${s}` };
   if (s === undefined || s === "auto") return defaultActivationBudget(facts(), workingSetBytes);
+  if (s === "0") return { bytes: 0, why: "--max-memory 0: always spill" };
   return { bytes: parseSize(v!, "--max-memory"), why: "--max-memory" };
 }
 
@@ -412,7 +413,7 @@ export function addMethodOptions(cmd: Command, text: { calibHelp: string; work: 
     .option("--seed <n>", "seed of the window sampler", "0")
     .option("--format <name>", `output format: auto, ${formatNames().join(", ")} (auto: the one that holds the most Linears, said in the output)`, "auto")
     .option("--act-dtype <fp32|fp16>", "storage of calibration activations between blocks: fp16 halves their memory and disk traffic (results differ slightly: inputs rounded to fp16); use it when fp32 activations do not fit in memory and spilling is slow", "fp32")
-    .option("--max-memory <size|none>", `budget for calibration activations (both stores, 2 × nsamples × seqlen × hidden × 4 bytes in fp32); above it they are spilled to temp files in ${text.work} (same results). Default: ${Math.round(100 * BUDGET_FRACTION)}% of the available memory (free, or the cgroup limit) less the per-block working set; none keeps them in memory`)
+    .option("--max-memory <size|auto|none>", `budget for calibration activations (both stores, 2 × nsamples × seqlen × hidden × 4 bytes in fp32); above it they are spilled to temp files in ${text.work} (same results). Default: ${Math.round(100 * BUDGET_FRACTION)}% of the available memory (free, or the cgroup limit) less the per-block working set; none keeps them in memory`)
     .option("--json", text.json, false)
     .option("--device <cpu|cuda>", "compute device", "cpu")
     .option("--threads <n>", "BLAS threads (default: all cores)");

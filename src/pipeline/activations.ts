@@ -1,12 +1,16 @@
 // Calibration activations between blocks: nsamples × seqlen rows of `hidden` values, kept as fp32 or
-// (halving memory) fp16, in memory or — when over the --max-memory budget — in a temp file that is
-// read and written one batch at a time. Batches are materialised as fp32 for the forward pass.
+// (halving memory) fp16, in memory or — when over the memory budget (--max-memory, by default derived
+// from free memory: src/pipeline/memory.ts) — in a temp file in the work dir that is read and written
+// one batch at a time. Batches are materialised as fp32 for the forward pass.
 
 import fs from "node:fs";
 import { f16ToF32, f32ToF16 } from "../io/dtype.js";
 import { OutputError } from "../util/errors.js";
 
 export type ActDtype = "fp32" | "fp16";
+
+/** Largest single readSync (Node refuses lengths ≥ 2 GiB). */
+const READ_CHUNK = 1 << 30;
 
 /**
  * The two stores (a block's inputs and its outputs) are spilled when together they exceed the budget
@@ -78,10 +82,15 @@ export class ActivationStore {
   get(s0: number, s1: number): Float32Array {
     const [a, b] = this.range(s0, s1);
     if (this.mem) return this.mem instanceof Float32Array ? this.mem.slice(a, b) : f16ToF32(this.mem.subarray(a, b));
-    const buf = Buffer.alloc((b - a) * this.elemBytes);
-    fs.readSync(this.fd!, buf, 0, buf.length, a * this.elemBytes);
-    if (this.dtype === "fp32") return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length));
-    return f16ToF32(new Uint16Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length)));
+    // Read straight into the array returned (no second copy of the batch).
+    const out = this.dtype === "fp32" ? new Float32Array(b - a) : new Uint16Array(b - a);
+    const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+    for (let done = 0; done < bytes.length; ) {
+      const n = fs.readSync(this.fd!, bytes, done, Math.min(bytes.length - done, READ_CHUNK), a * this.elemBytes + done);
+      if (n === 0) throw new OutputError(this.spillFile!, "the activation spill file is shorter than written (removed or truncated while running?)");
+      done += n;
+    }
+    return out instanceof Float32Array ? out : f16ToF32(out);
   }
 
   set(s0: number, x: Float32Array): void {
