@@ -44,26 +44,26 @@ export function defaultActivationBudget(f: MemoryFacts, workingSetBytes: number)
 }
 
 /**
- * What one block needs at its peak besides the activation stores, for GPTQ at the shapes of `arch`
- * (measured with bench/quantize.ts's RSS trace, README "Real models"): the process itself, the block's
- * fp32 weights (for AWQ twice: an allowance for its captured inputs and search temporaries, not measured
- * at these shapes), and the larger of the two phases of the widest Linear:
- * GPTQ (its Hessian and inverse factor, in² each, plus transposed W, dequantized Q and the replaced W)
- * or the forward that collects its Hessian (in², one batch's intermediates: ≤ 2048 rows × (3·intermediate
- * + 8·hidden), as src/model/forward.ts's scratch).
+ * What one block needs at its peak besides the activation stores, for GPTQ at the shapes of `arch`:
+ * the process itself, the block's fp32 weights (for AWQ twice: an allowance for its captured inputs and
+ * search temporaries, not measured at these shapes), and the larger of the two phases of the widest
+ * Linear (down_proj: hidden × I, I = its input width): GPTQ (Hessian and inverse factor, 2 × 4·I², and
+ * 13·hidden·I bytes of transposed W, codes, dequantized Q and garbage not yet collected) or the forward
+ * that collects its Hessian (4·I² and one ≤ 2048-row batch's intermediates). Measured at Llama-2-7B
+ * shapes (bench/README.md "Memory"): 2.41 GiB spilled; this gives 2.40 GiB.
  */
 export function blockWorkingSetBytes(arch: Pick<ArchSpec, "hidden" | "intermediate" | "linears">, seqlen: number, awq: boolean): number {
   const blockParams = arch.linears.reduce((s, l) => s + l.out * l.in, 0) + 2 * arch.hidden;
   const maxIn = Math.max(...arch.linears.map((l) => l.in));
   const maxLinear = Math.max(...arch.linears.map((l) => l.out * l.in));
   const rows = Math.max(seqlen, Math.floor(2048 / seqlen) * seqlen);
-  const gptq = 2 * 4 * maxIn * maxIn + 3 * 4 * maxLinear;
+  const gptq = 2 * 4 * maxIn * maxIn + 13 * maxLinear;
   const forward = 4 * maxIn * maxIn + 4 * rows * (3 * arch.intermediate + 8 * arch.hidden);
   return PROCESS_BYTES + 4 * blockParams * (awq ? 2 : 1) + Math.max(gptq, forward);
 }
 
-/** Node, the native addon and OpenBLAS's buffers before any model data (measured ≈ 0.1–0.2 GiB). */
-const PROCESS_BYTES = 256 * 2 ** 20;
+/** Node, the native addon, OpenBLAS's buffers and the tokenizer before any model data (measured 0.20 GiB). */
+const PROCESS_BYTES = 0.2 * 2 ** 30;
 
 /** The number in a cgroup file ("max" kept as such); null when the file is absent or unreadable. */
 function readNumber(file: string): number | "max" | null {
