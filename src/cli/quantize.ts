@@ -82,6 +82,8 @@ function memoryFacts(): MemoryFacts {
 export function spillNotice(plan: Pick<Plan, "src" | "calibrate" | "nsamples" | "seqlen" | "actDtype" | "maxMemoryBytes" | "memoryBudget" | "outDir">): string | null {
   const h = plan.src.arch.hidden;
   if (!plan.calibrate || !spillsActivations(plan, h)) return null;
+  // The calibration passes' caches (src/pipeline/quantize.ts) spill under the same budget whenever the stores do.
+  const caches = ActivationStore.bytesFor(plan.nsamples, plan.seqlen, h + plan.src.arch.intermediate, "fp32");
   const one = ActivationStore.bytesFor(plan.nsamples, plan.seqlen, h, plan.actDtype);
   const half = ActivationStore.bytesFor(plan.nsamples, plan.seqlen, h, "fp16");
   const fp16Fits = plan.actDtype === "fp32" && 2 * half <= plan.maxMemoryBytes!;
@@ -89,7 +91,7 @@ export function spillNotice(plan: Pick<Plan, "src" | "calibrate" | "nsamples" | 
     `calibration activations (2 × ${fmtBytes(one)} ${plan.actDtype}, ${plan.nsamples} × ${plan.seqlen} tokens) exceed the memory budget of ${fmtBytes(plan.maxMemoryBytes!)} ` +
     `(${plan.memoryBudget}): spilling them to ${path.join(Journal.workDirFor(plan.outDir), "activations-{a,b}.bin")}, one batch at a time (same results, more disk I/O); ` +
     (fp16Fits ? `--act-dtype fp16 would keep them in memory (2 × ${fmtBytes(half)}); ` : "") +
-    `--max-memory none keeps them in memory regardless`
+    `the calibration passes' caches (${fmtBytes(caches)}) spill beside them (stage-*.bin); --max-memory none keeps all of it in memory regardless`
   );
 }
 
