@@ -459,8 +459,11 @@ async function runChild(spec: ChildSpec): Promise<ChildResult> {
     const rows = nWin * T;
     const stride = Math.max(1, Math.floor(rows / AWQ_CLIP_TOKENS));
     const quantized = a.linears.filter((l) => skipReason(plan, l, a.blockPrefix(0) + l.name) === null);
+    // With fp propagation the capture rides on the fp pass over every window (the next block's inputs).
+    const fpPass = spec.propagate === "fp";
+    const Ball = Math.max(1, Math.min(spec.nsamples, Math.floor(2048 / T)));
     awq = {
-      captureBatches: Math.ceil(nWin / B),
+      captureBatches: fpPass ? Math.ceil(spec.nsamples / Ball) : Math.ceil(nWin / B),
       hidden: a.hidden,
       intermediate: a.intermediate,
       clipTokens: Math.ceil(rows / stride),
@@ -573,7 +576,9 @@ function printResult(r: ChildResult, log: (s: string) => void): void {
   const tot = sum((b) => b.seconds);
   const fwd = sum((b) => b.phases.forward) - sum((b) => b.hessianSeconds);
   const awqRows: [string, number, string][] = [
-    ["AWQ: capture inputs", sum((b) => b.phases["awq-capture"] ?? 0), "fp block forward over the AWQ sample (+ loading the block)"],
+    (r.settings ?? "").includes("fp propagation")
+      ? ["AWQ: fp pass + capture", sum((b) => b.phases["awq-capture"] ?? 0), "the fp block over every window (the next block's inputs), capturing the AWQ sample on the way (+ loading the block)"]
+      : ["AWQ: capture inputs", sum((b) => b.phases["awq-capture"] ?? 0), "fp block forward over the AWQ sample (+ loading the block)"],
     ["AWQ: scale search + fold", sum((b) => b.phases["awq-scale"] ?? 0), "20 α per scale pair, each scored on the module output" +
       (sum((b) => b.awqScaleGemmSeconds ?? 0) > 0 ? `; GEMMs ${sum((b) => b.awqScaleGemmSeconds ?? 0).toFixed(1)} s at ${(sum((b) => b.awqScaleGemmFlops ?? 0) / sum((b) => b.awqScaleGemmSeconds ?? 0) / 1e9).toFixed(1)} GFLOP/s (${((100 * sum((b) => b.awqScaleGemmSeconds ?? 0)) / Math.max(1e-9, sum((b) => b.phases["awq-scale"] ?? 0))).toFixed(0)}% of it)` : "")],
     ["AWQ: clip search", sum((b) => b.phases["awq-clip"] ?? 0), "20 shrinks (≤ 45%) per Linear, 512 sampled tokens"],

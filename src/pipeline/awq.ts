@@ -29,24 +29,60 @@ function windowsPerBatch(seqlen: number, n: number): number {
   return Math.max(1, Math.min(n, Math.floor(2048 / seqlen)));
 }
 
-/** The input of each Linear in `names`, over the first `nWin` calibration windows of `acts`, as [nWin·seqlen, in]. */
-function captureInputs(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, nWin: number, names: Set<string>): Map<string, Float32Array> {
-  const a = ctx.arch;
-  const T = acts.seqlen;
+/** What AWQ's searches read from the fp block: the input of `names` over the first `windows` calibration windows. */
+export interface AwqCapture {
+  windows: number;
+  names: Set<string>;
+}
+
+/** The scale pairs searched and the Linears clipped (those of them with a quantized Linear). */
+function awqTargets(a: ArchSpec, quantized: (l: LinearSpec) => boolean, clip: boolean): { pairs: ScalePair[]; clipped: LinearSpec[] } {
+  const spec = new Map(a.linears.map((l) => [l.name, l]));
+  const pairs = a.scalePairs.filter((p) => p.linears.some((n) => quantized(spec.get(n)!)));
+  const noClip = new Set("qkv" in a.attn ? [] : [a.attn.q, a.attn.k]);
+  const clipped = clip ? a.linears.filter((l) => quantized(l) && !noClip.has(l.name)) : [];
+  return { pairs, clipped };
+}
+
+/** The capture AWQ needs for a block: every Linear whose input a search reads (a pair's Linears share one). */
+export function awqCapture(a: ArchSpec, samples: number, seqlen: number, quantized: (l: LinearSpec) => boolean, clip = true): AwqCapture {
+  const { pairs, clipped } = awqTargets(a, quantized, clip);
+  return {
+    windows: Math.max(1, Math.min(samples, Math.floor(AWQ_SCALE_TOKENS / seqlen))),
+    names: new Set<string>([...pairs.map((p) => p.linears[0]!), ...clipped.map((l) => l.name)]),
+  };
+}
+
+/**
+ * Collects a capture from fp block forwards over batches of whole windows: `hook(s0, s1)` is the
+ * blockForward onLinearInput hook for the batch of windows [s0, s1) (undefined past the sample).
+ */
+export function awqCollector(a: ArchSpec, cap: AwqCapture, seqlen: number): { inputs: Map<string, Float32Array>; hook: (s0: number, s1: number) => ((n: string, x: Float32Array) => void) | undefined } {
   const dims = new Map(a.linears.map((l) => [l.name, l.in]));
-  const out = new Map<string, Float32Array>();
-  for (const n of names) out.set(n, new Float32Array(nWin * T * dims.get(n)!));
-  const B = windowsPerBatch(T, nWin);
-  for (let s0 = 0; s0 < nWin; s0 += B) {
-    const s1 = Math.min(nWin, s0 + B);
-    blockForward(ctx, w, acts.get(s0, s1), s1 - s0, T, {
-      onLinearInput: (n, x) => {
-        const dst = out.get(n);
-        if (dst) dst.set(x, s0 * T * dims.get(n)!);
-      },
-    });
+  const inputs = new Map<string, Float32Array>();
+  for (const n of cap.names) inputs.set(n, new Float32Array(cap.windows * seqlen * dims.get(n)!));
+  const hook = (s0: number, s1: number) => {
+    if (s0 >= cap.windows) return undefined;
+    const n1 = Math.min(s1, cap.windows) - s0; // windows of this batch inside the sample
+    return (n: string, x: Float32Array): void => {
+      const dst = inputs.get(n);
+      const d = dims.get(n)!;
+      if (dst) dst.set(x.subarray(0, n1 * seqlen * d), s0 * seqlen * d);
+    };
+  };
+  return { inputs, hook };
+}
+
+/** The capture's inputs from the fp block's own forward over the sample (whole windows, bounded batches). */
+function captureInputs(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, cap: AwqCapture): Map<string, Float32Array> {
+  const T = acts.seqlen;
+  const { inputs, hook } = awqCollector(ctx.arch, cap, T);
+  const B = windowsPerBatch(T, cap.windows);
+  for (let s0 = 0; s0 < cap.windows; s0 += B) {
+    const s1 = Math.min(cap.windows, s0 + B);
+    blockForward(ctx, w, acts.get(s0, s1), s1 - s0, T, { onLinearInput: hook(s0, s1)! });
   }
-  return out;
+  return inputs;
 }
 
 /** Mean squared difference of two equal-length arrays (float64 sum in a fixed order). */
@@ -101,18 +137,17 @@ export function prepareAwqBlock(
   optsOf: (l: LinearSpec) => QuantOptions,
   quantized: (l: LinearSpec) => boolean,
   steps: { clip: boolean } = { clip: true },
+  /** The capture (awqCapture, same `quantized` and clip step) when a forward of the fp block already made it; emptied on return. */
+  captured?: Map<string, Float32Array>,
 ): Map<string, AwqLinearInfo> {
   const a: ArchSpec = ctx.arch;
   const T = acts.seqlen;
-  const nWin = Math.max(1, Math.min(acts.samples, Math.floor(AWQ_SCALE_TOKENS / T)));
+  const cap = awqCapture(a, acts.samples, T, quantized, steps.clip);
+  const nWin = cap.windows;
   const spec = new Map(a.linears.map((l) => [l.name, l]));
   const info = new Map<string, AwqLinearInfo>(a.linears.map((l) => [l.name, {}]));
-  const pairs = a.scalePairs.filter((p) => p.linears.some((n) => quantized(spec.get(n)!)));
-  const noClip = new Set("qkv" in a.attn ? [] : [a.attn.q, a.attn.k]);
-  const clipped = steps.clip ? a.linears.filter((l) => quantized(l) && !noClip.has(l.name)) : [];
-  // Every Linear whose input a search needs; Linears of one pair share their input.
-  const wanted = new Set<string>([...pairs.map((p) => p.linears[0]!), ...clipped.map((l) => l.name)]);
-  const inputs = captureInputs(ctx, w, acts, nWin, wanted);
+  const { pairs, clipped } = awqTargets(a, quantized, steps.clip);
+  const inputs = captured ?? captureInputs(ctx, w, acts, cap);
   const inputOf = (n: string): Float32Array => inputs.get(n) ?? inputs.get(pairs.find((p) => p.linears.includes(n))!.linears[0]!)!;
 
   // 1. Search every pair on the unmodified block (llm-awq: all searches first, then all folds).
@@ -189,5 +224,6 @@ export function prepareAwqBlock(
     w.set(`${l.name}.weight`, r.clipped);
     info.get(l.name)!.clipShrink = r.meanShrink;
   }
+  inputs.clear(); // the capture is this function's (also one handed in): not held through the quantization
   return info;
 }

@@ -24,7 +24,7 @@ import type { ArchSpec, LinearSpec } from "../model/architectures.js";
 import { Stage, blockForward, createContext, releaseScratch, stageOfLinear, type BlockWeights, type ForwardContext } from "../model/forward.js";
 import { embedTokens, loadBlockWeights, readFloat, unpackLinear, type ModelSource } from "../model/model.js";
 import { InterruptedError, OutputError } from "../util/errors.js";
-import { prepareAwqBlock } from "./awq.js";
+import { awqCapture, awqCollector, prepareAwqBlock } from "./awq.js";
 import { METHODS, type MethodName } from "./methods.js";
 import { matchRule, moduleSettings, overridesOf, type ModuleRule } from "./rules.js";
 import { activationSaliency, outlierBudget, topKMask } from "../../algorithms/outliers.js";
@@ -188,11 +188,16 @@ function rtnErrorBefore(backend: Backend, W: Float32Array, Hs: Float32Array, s: 
 }
 
 /** Run the block over every calibration sample, writing its outputs to `write`. */
-function runBlockOverSamples(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, write: ActivationStore): void {
+function runBlockOverSamples(
+  ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, write: ActivationStore,
+  /** A Linear-input hook per batch of windows [s0, s1) (AWQ's capture rides on the fp pass). */
+  hook?: (s0: number, s1: number) => ((name: string, x: Float32Array) => void) | undefined,
+): void {
   const B = batchWindows(acts.seqlen, acts.samples);
   for (let s0 = 0; s0 < acts.samples; s0 += B) {
     const s1 = Math.min(acts.samples, s0 + B);
-    write.set(s0, blockForward(ctx, w, acts.get(s0, s1), s1 - s0, acts.seqlen));
+    const onLinearInput = hook?.(s0, s1);
+    write.set(s0, blockForward(ctx, w, acts.get(s0, s1), s1 - s0, acts.seqlen, onLinearInput ? { onLinearInput } : undefined));
   }
   releaseScratch(ctx); // not held through the next block's GPTQ (peak memory)
 }
@@ -265,6 +270,8 @@ async function quantizeBlock(
   /** The block's calibration passes (with calibration); `passes.run(Stage.out)` afterwards resumes from the last one's cache when `keepLast`. */
   passes: BlockPasses | null,
   keepLast: boolean,
+  /** AWQ's capture, when the fp pass that feeds the next block already made it. */
+  awqInputs?: Map<string, Float32Array>,
 ): Promise<{ tensors: TensorToWrite[]; stats: LayerStat[] }> {
   const a = plan.src.arch;
   const prefix = a.blockPrefix(i);
@@ -278,7 +285,7 @@ async function quantizeBlock(
     return { bits: s.bits, groupSize: s.groupSize, sym: s.sym };
   };
   // AWQ rewrites the working block (scales folded, weights clipped) before anything is quantized.
-  const awq = method.awq ? prepareAwqBlock(ctx, backend, w, acts, optsOf, (l) => reasonOf(l) === null) : null;
+  const awq = method.awq ? prepareAwqBlock(ctx, backend, w, acts, optsOf, (l) => reasonOf(l) === null, { clip: true }, awqInputs) : null;
   if (awq) await checkpoint(events, i, a.nLayers);
   let done = 0;
   // Groups with a quantized Linear get a calibration pass; each pass caches its stage for the next one
@@ -459,22 +466,29 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
       w = loadBlockWeights(src, i);
       const fpPropagation = plan.propagate === "fp";
       // No second fp32 copy of the block is held while it is quantized (at 7B shapes 0.75 GiB): AWQ's
-      // "before" errors re-read one source Linear at a time, fp propagation re-reads the block afterwards
-      // (the same values loadBlockWeights gave w).
+      // "before" errors re-read one source Linear at a time, fp propagation runs the fp block first.
       const original = METHODS[plan.settings.method].awq ? sourceLinears(src, i) : null;
       const passes = plan.calibrate ? new BlockPasses(ctx, w, acts, cacheStore, plan.restartPasses === true) : null;
       let stats: LayerStat[];
       try {
-        let tensors: TensorToWrite[];
-        ({ tensors, stats } = await quantizeBlock(plan, backend, ctx, i, w, acts, events, original, passes, !fpPropagation));
-        writeSafetensors(journal.blockFile(i), tensors);
-        // Outputs for the next block come from the quantized block (resuming from the last pass's cache),
-        // or, with fp propagation, from the fp block (re-read after the quantized values, journaled, are freed).
+        // With fp propagation the next block's inputs are the fp block's outputs: computed first, from w
+        // as loaded, and the same forward captures what AWQ's searches read (no forward of its own).
+        let awqInputs: Map<string, Float32Array> | undefined;
         if (plan.calibrate && fpPropagation) {
-          passes?.drop();
-          w.clear();
-          runBlockOverSamples(ctx, loadBlockWeights(src, i), acts, next);
-        } else passes?.run(Stage.out, (s0, _s1, st) => next.set(s0, st.residual), false);
+          let hook: Parameters<typeof runBlockOverSamples>[4];
+          if (METHODS[plan.settings.method].awq) {
+            const quantized = (l: LinearSpec): boolean => skipReason(plan, l, a.blockPrefix(i) + l.name) === null;
+            const c = awqCollector(a, awqCapture(a, acts.samples, acts.seqlen, quantized), acts.seqlen);
+            awqInputs = c.inputs;
+            hook = c.hook;
+          }
+          runBlockOverSamples(ctx, w, acts, next, hook);
+        }
+        let tensors: TensorToWrite[];
+        ({ tensors, stats } = await quantizeBlock(plan, backend, ctx, i, w, acts, events, original, passes, !fpPropagation, awqInputs));
+        writeSafetensors(journal.blockFile(i), tensors);
+        // Otherwise they come from the quantized block, resuming from the last pass's cache.
+        if (!(plan.calibrate && fpPropagation)) passes?.run(Stage.out, (s0, _s1, st) => next.set(s0, st.residual), false);
       } finally {
         passes?.drop();
       }
