@@ -11,6 +11,7 @@ import type { QuantOptions } from "../../algorithms/quantizer.js";
 import type { ArchSpec, LinearSpec, ScalePair } from "../model/architectures.js";
 import { attentionModule, blockForward, linear, mlpModule, type BlockWeights, type ForwardContext } from "../model/forward.js";
 import type { ActivationStore } from "./activations.js";
+import { batchWindows } from "./passes.js";
 
 /** Calibration tokens (whole windows) the scale search runs on, at most (llm-awq uses all its 128×512). */
 export const AWQ_SCALE_TOKENS = 16384;
@@ -22,11 +23,6 @@ export interface AwqLinearInfo {
   clipShrink?: number;
   /** Scales folded into this Linear's input columns (to map its Hessian back for the "before" error). */
   scales?: Float32Array;
-}
-
-/** Rows per forward batch while capturing (whole windows, ~2048 rows). */
-function windowsPerBatch(seqlen: number, n: number): number {
-  return Math.max(1, Math.min(n, Math.floor(2048 / seqlen)));
 }
 
 /** What AWQ's searches read from the fp block: the input of `names` over the first `windows` calibration windows. */
@@ -77,7 +73,7 @@ export function awqCollector(a: ArchSpec, cap: AwqCapture, seqlen: number): { in
 function captureInputs(ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, cap: AwqCapture): Map<string, Float32Array> {
   const T = acts.seqlen;
   const { inputs, hook } = awqCollector(ctx.arch, cap, T);
-  const B = windowsPerBatch(T, cap.windows);
+  const B = batchWindows(T, cap.windows);
   for (let s0 = 0; s0 < cap.windows; s0 += B) {
     const s1 = Math.min(cap.windows, s0 + B);
     blockForward(ctx, w, acts.get(s0, s1), s1 - s0, T, { onLinearInput: hook(s0, s1)! });
@@ -114,7 +110,7 @@ function moduleOutput(ctx: ForwardContext, w: BlockWeights, pair: ScalePair, X: 
   }
   // The halves work on whole windows (attention is causal within a window); batches bound the memory.
   const y = new Float32Array(rows * hd);
-  const B = windowsPerBatch(T, nWin);
+  const B = batchWindows(T, nWin);
   for (let s0 = 0; s0 < nWin; s0 += B) {
     const s1 = Math.min(nWin, s0 + B);
     const x = X.subarray(s0 * T * hd, s1 * T * hd);
