@@ -97,7 +97,17 @@ describe("encodeCached", () => {
     expect(r.outcome).toBe("miss");
     expect(r.ids).toEqual(off.ids);
     expect(entries(dir)).toEqual(["a-file"]);
+    // Nested directories that do not exist yet are created.
+    const nested = path.join(dir, "x", "y", "tokens");
+    expect(run(STORIES_VENDORED, nested).outcome).toBe("miss");
+    expect(entries(nested)).toHaveLength(1);
   });
+
+  it.skipIf(!fs.existsSync("/proc/self"))("a directory under /proc (where Node's recursive mkdir never returns) is skipped, not hung", () => {
+    const r = run(STORIES_VENDORED, "/proc/quant4-no-such/tokens");
+    expect(r.outcome).toBe("miss");
+    expect(r.ids.length).toBeGreaterThan(1000);
+  }, 20_000);
 
   it("the key follows the tokenizer's files, not the directory or config.json", () => {
     const a = makeTmpDir();

@@ -91,6 +91,19 @@ function readEntry(file: string, key: string): number[] | null {
   return ids;
 }
 
+/**
+ * mkdir -p, one level at a time: Node's own `mkdirSync(dir, { recursive: true })` spins forever on some
+ * unwritable trees (e.g. under /proc, where mkdir answers ENOENT for a parent it reports existing).
+ */
+function makeDirs(dir: string): void {
+  const missing: string[] = [];
+  for (let d = path.resolve(dir); !fs.existsSync(d); d = path.dirname(d)) {
+    missing.push(d);
+    if (path.dirname(d) === d) break;
+  }
+  for (const d of missing.reverse()) fs.mkdirSync(d);
+}
+
 /** Write `ids` under `key` atomically (temp file + rename); false when the directory cannot be written. */
 function writeEntry(dir: string, file: string, key: string, ids: readonly number[]): boolean {
   const payload = Buffer.alloc(4 * ids.length);
@@ -101,7 +114,7 @@ function writeEntry(dir: string, file: string, key: string, ids: readonly number
   head.writeUInt32LE(ids.length, MAGIC.length + 32);
   const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`;
   try {
-    fs.mkdirSync(dir, { recursive: true });
+    makeDirs(dir);
     fs.writeFileSync(tmp, Buffer.concat([head, payload, crypto.createHash("sha256").update(payload).digest()]));
     fs.renameSync(tmp, file);
     return true;
