@@ -15,7 +15,7 @@ import { METHOD_NAMES, METHODS, type MethodName } from "../pipeline/methods.js";
 import { overridesOf, parseDynamic, parseSkip, type ModuleRule } from "../pipeline/rules.js";
 import { openModel } from "../model/model.js";
 import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
-import { ActivationStore, spillsActivations } from "../pipeline/activations.js";
+import { ActivationStore, passCacheBytes, spillsActivations, spillsPassCaches } from "../pipeline/activations.js";
 import { BUDGET_FRACTION, blockWorkingSetBytes, defaultActivationBudget, readMemoryFacts, type MemoryFacts } from "../pipeline/memory.js";
 import { Journal } from "../pipeline/journal.js";
 import type { OutputMeasure } from "../pipeline/summary.js";
@@ -81,9 +81,14 @@ function memoryFacts(): MemoryFacts {
  */
 export function spillNotice(plan: Pick<Plan, "src" | "calibrate" | "nsamples" | "seqlen" | "actDtype" | "maxMemoryBytes" | "memoryBudget" | "outDir">): string | null {
   const h = plan.src.arch.hidden;
-  if (!plan.calibrate || !spillsActivations(plan, h)) return null;
-  // The calibration passes' caches (src/pipeline/quantize.ts) spill under the same budget whenever the stores do.
-  const caches = ActivationStore.bytesFor(plan.nsamples, plan.seqlen, h + plan.src.arch.intermediate, "fp32");
+  if (!plan.calibrate) return null;
+  // The calibration passes' caches spill under the same budget: with the stores, or alone when only the two together exceed it.
+  const caches = passCacheBytes(plan, h, plan.src.arch.intermediate);
+  if (!spillsActivations(plan, h)) {
+    if (!spillsPassCaches(plan, h, plan.src.arch.intermediate)) return null;
+    return `the calibration passes' caches (${fmtBytes(caches)}) do not fit the memory budget of ${fmtBytes(plan.maxMemoryBytes!)} (${plan.memoryBudget}) beside the activations: ` +
+      `spilling them to ${path.join(Journal.workDirFor(plan.outDir), "stage-*.bin")} (same results, more disk I/O); --max-memory none keeps them in memory`;
+  }
   const one = ActivationStore.bytesFor(plan.nsamples, plan.seqlen, h, plan.actDtype);
   const half = ActivationStore.bytesFor(plan.nsamples, plan.seqlen, h, "fp16");
   const fp16Fits = plan.actDtype === "fp32" && 2 * half <= plan.maxMemoryBytes!;

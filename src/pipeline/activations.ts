@@ -20,6 +20,16 @@ export function spillsActivations(p: { nsamples: number; seqlen: number; actDtyp
   return p.maxMemoryBytes !== null && 2 * ActivationStore.bytesFor(p.nsamples, p.seqlen, hidden, p.actDtype) > p.maxMemoryBytes;
 }
 
+/** Bytes of the calibration passes' caches at their widest (residual + MLP hidden state, fp32: src/pipeline/passes.ts). */
+export function passCacheBytes(p: { nsamples: number; seqlen: number }, hidden: number, intermediate: number): number {
+  return ActivationStore.bytesFor(p.nsamples, p.seqlen, hidden + intermediate, "fp32");
+}
+
+/** Whether those caches spill: when they and the two activation stores exceed the budget. */
+export function spillsPassCaches(p: { nsamples: number; seqlen: number; actDtype: ActDtype; maxMemoryBytes: number | null }, hidden: number, intermediate: number): boolean {
+  return p.maxMemoryBytes !== null && 2 * ActivationStore.bytesFor(p.nsamples, p.seqlen, hidden, p.actDtype) + passCacheBytes(p, hidden, intermediate) > p.maxMemoryBytes;
+}
+
 /**
  * Refuse a spill that cannot fit on the work directory's file system, before the first block rather than
  * hours in (`statfs` injectable for tests).

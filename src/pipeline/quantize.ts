@@ -28,7 +28,7 @@ import { awqCapture, awqCollector, prepareAwqBlock } from "./awq.js";
 import { METHODS, type MethodName } from "./methods.js";
 import { matchRule, moduleSettings, overridesOf, type ModuleRule } from "./rules.js";
 import { activationSaliency, outlierBudget, topKMask } from "../../algorithms/outliers.js";
-import { ActivationStore, checkSpillSpace, spillsActivations, type ActDtype } from "./activations.js";
+import { ActivationStore, checkSpillSpace, spillsActivations, spillsPassCaches, type ActDtype } from "./activations.js";
 import { BlockPasses, batchWindows, type CacheStoreFactory } from "./passes.js";
 import { Journal, type LayerStat, type RunSettings } from "./journal.js";
 
@@ -449,8 +449,7 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
   let next = store("b");
   // The calibration passes' caches (fp32: exactly the values the forward computed) are widest at the MLP
   // hidden state, with the residual beside it; over the budget together with the two stores, they spill too.
-  const cacheBytes = ActivationStore.bytesFor(plan.nsamples, plan.seqlen, a.hidden + a.intermediate, "fp32");
-  const cacheSpill = plan.maxMemoryBytes !== null && 2 * ActivationStore.bytesFor(plan.nsamples, plan.seqlen, a.hidden, plan.actDtype) + cacheBytes > plan.maxMemoryBytes;
+  const cacheSpill = spillsPassCaches(plan, a.hidden, a.intermediate);
   const cacheStore: CacheStoreFactory = (width, tag) =>
     new ActivationStore(plan.nsamples, plan.seqlen, width, "fp32", cacheSpill ? path.join(journal.workDir, `stage-${tag}.bin`) : null);
 
