@@ -33,6 +33,8 @@ export class GptqHessian {
   private readonly backend: Backend;
   private readonly h: Float32Array;
   private n = 0;
+  /** The batches since the last read updated only the upper triangle (one mirror per read, not per batch). */
+  private lowerStale = false;
 
   constructor(backend: Backend, inF: number) {
     if (!Number.isInteger(inF) || inF < 1) throw new UsageError(`GptqHessian: input features must be a positive integer, got ${inF}`);
@@ -43,6 +45,8 @@ export class GptqHessian {
 
   /** [in, in] row-major, both triangles. gptqQuantize may modify it (dead diagonal entries set to 1). */
   get H(): Float32Array {
+    if (this.lowerStale) this.backend.symmetrize(this.h, this.inF);
+    this.lowerStale = false;
     return this.h;
   }
 
@@ -63,12 +67,13 @@ export class GptqHessian {
     if (!(count > 0) || rows === 0) return; // an empty batch (e.g. an MoE expert no token reached)
     const beta = this.n / (this.n + count);
     this.n += count;
-    this.backend.syrk(inF, rows, 2 / this.n, X.length === rows * inF ? X : X.subarray(0, rows * inF), beta, this.h);
+    this.backend.syrk(inF, rows, 2 / this.n, X.length === rows * inF ? X : X.subarray(0, rows * inF), beta, this.h, true);
+    this.lowerStale = true;
   }
 
   /** fasterquant: gptqQuantize with this Hessian (which it may modify). */
   quantize(W: Float32Array, out: number, opts: GptqOptions): GptqResult {
-    return gptqQuantize(this.backend, W, this.h, out, this.inF, opts);
+    return gptqQuantize(this.backend, W, this.H, out, this.inF, opts);
   }
 }
 

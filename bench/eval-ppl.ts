@@ -111,8 +111,11 @@ class TimingBackend implements Backend {
       sh.flops += flops;
     }
   }
-  syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array): void {
-    this.inner.syrk(n, rows, alpha, X, beta, H);
+  syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array, upperOnly?: boolean): void {
+    this.inner.syrk(n, rows, alpha, X, beta, H, upperOnly);
+  }
+  symmetrize(H: Float32Array, n: number): void {
+    this.inner.symmetrize(H, n);
   }
   cholesky(A: Float32Array, n: number, upper: boolean): boolean {
     return this.inner.cholesky(A, n, upper);

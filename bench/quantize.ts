@@ -317,9 +317,9 @@ class PhaseClock implements Backend {
       this.switchTo("awq-scale", t1);
     }
   }
-  syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array): void {
+  syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array, upperOnly?: boolean): void {
     const t0 = now();
-    this.inner.syrk(n, rows, alpha, X, beta, H);
+    this.inner.syrk(n, rows, alpha, X, beta, H, upperOnly);
     const t1 = now();
     if (this.phase === "awq-scale") {
       // AWQ's Gram matrix of a Linear-scored pair: part of the scale search.
@@ -330,6 +330,14 @@ class PhaseClock implements Backend {
     this.hessians.add(H);
     this.cur.hessianSeconds += t1 - t0;
     this.cur.hessianFlops += rows * n * (n + 1);
+    if (this.phase === "forward") this.lastForwardEnd = t1;
+  }
+  /** The Hessian's one mirror before it is read (GptqHessian.H): Hessian time. */
+  symmetrize(H: Float32Array, n: number): void {
+    const t0 = now();
+    this.inner.symmetrize(H, n);
+    const t1 = now();
+    this.cur.hessianSeconds += t1 - t0;
     if (this.phase === "forward") this.lastForwardEnd = t1;
   }
   private enterGptq(): void {

@@ -6,6 +6,7 @@ import { describe, it, expect } from "vitest";
 import { CpuBackend, gemmPeakGflops, getBackend } from "../src/compute/index.js";
 import { BackendError } from "../src/util/errors.js";
 import { mulberry32 as rng } from "../src/calibration/sampler.js";
+import { GptqHessian } from "../algorithms/gptq.js";
 
 const be = getBackend("cpu");
 const U = 2 ** -24; // float32 unit roundoff
@@ -301,6 +302,44 @@ describe("syrk", () => {
     expectClose(H1, H2, maxAbs(H2), 1e-5);
   });
 
+  it("upperOnly updates the upper triangle only; symmetrize then gives the full call's bits", () => {
+    const rand = rng(91);
+    // 150: more than two 64-wide mirror tiles, with a ragged last one.
+    for (const n of [5, 150]) {
+      const X = randMat(40 * n, rand);
+      const full = new Float32Array(n * n);
+      be.syrk(n, 15, 1, X.subarray(0, 15 * n), 0, full);
+      be.syrk(n, 25, 0.5, X.subarray(15 * n), 0.75, full);
+      const upper = new Float32Array(n * n).fill(-7);
+      be.syrk(n, 15, 1, X.subarray(0, 15 * n), 0, upper, true);
+      be.syrk(n, 25, 0.5, X.subarray(15 * n), 0.75, upper, true);
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < n; j++) {
+          if (j >= i) expect(upper[i * n + j]).toBe(full[i * n + j]);
+          else expect(upper[i * n + j]).toBe(-7);
+        }
+      be.symmetrize(upper, n);
+      expect(Buffer.from(upper.buffer).equals(Buffer.from(full.buffer))).toBe(true);
+      expectSymmetric(upper, n);
+    }
+  });
+
+  it("GptqHessian: batches accumulated upper-only read back as the full symmetric running mean", () => {
+    const rand = rng(5);
+    const n = 70;
+    const X = randMat(60 * n, rand);
+    const h = new GptqHessian(be, n);
+    h.addBatch(X.subarray(0, 20 * n), 20);
+    h.addBatch(X.subarray(20 * n), 40);
+    const want = new Float32Array(n * n);
+    be.syrk(n, 20, 2 / 20, X.subarray(0, 20 * n), 0, want);
+    be.syrk(n, 40, 2 / 60, X.subarray(20 * n), 20 / 60, want);
+    expect(Buffer.from(h.H.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+    h.addBatch(X.subarray(0, 10 * n), 10); // after a read, a new batch makes the lower triangle stale again
+    be.syrk(n, 10, 2 / 70, X.subarray(0, 10 * n), 60 / 70, want);
+    expect(Buffer.from(h.H.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+  });
+
   it("rows=0 scales H by beta", () => {
     const H = Float32Array.from([1, 2, 2, 5]);
     be.syrk(2, 0, 1, new Float32Array(0), 3, H);
@@ -311,6 +350,7 @@ describe("syrk", () => {
     expect(() => be.syrk(4, 3, 1, new Float32Array(11), 0, new Float32Array(16))).toThrow(BackendError);
     expect(() => be.syrk(4, 3, 1, new Float32Array(11), 0, new Float32Array(16))).toThrow("syrk: X has 11 elements, expected rows*n=12");
     expect(() => be.syrk(4, 3, 1, new Float32Array(12), 0, new Float32Array(15))).toThrow("syrk: H has 15 elements, expected n*n=16");
+    expect(() => be.symmetrize(new Float32Array(15), 4)).toThrow("symmetrize: H has 15 elements, expected n*n=16");
   });
 });
 

@@ -6,7 +6,8 @@
 //
 // Exports:
 //   sgemm(transA, transB, M, N, K, alpha, A, B, beta, C)   C = alpha*op(A)*op(B) + beta*C
-//   ssyrk(n, rows, alpha, X, beta, H)                      H = beta*H + alpha*X^T X, full matrix
+//   ssyrk(n, rows, alpha, X, beta, H[, upperOnly])         H = beta*H + alpha*X^T X, full matrix (or upper)
+//   symmetrize(H, n)                                       upper triangle copied onto the lower
 //   spotrf(A, n, upper) -> boolean                         in-place Cholesky, other triangle zeroed
 //   spotri(A, n) -> boolean                                in-place SPD inverse, full matrix
 //   setThreads(n), getThreads() -> number                  BLAS threads and the kernel pool's threads
@@ -151,14 +152,18 @@ bool Overlaps(const F32View& a, const F32View& b) {
   return a0 < b1 && b0 < a1;
 }
 
-// Copy the triangle holding data onto the other one (row-major n×n).
-//   fromUpper=true : A[j][i] = A[i][j] for j > i
-void MirrorTriangle(float* a, int64_t n, bool fromUpper) {
-  for (int64_t i = 0; i < n; ++i) {
-    float* row = a + i * n;
-    for (int64_t j = i + 1; j < n; ++j) {
-      if (fromUpper) a[j * n + i] = row[j];
-      else row[j] = a[j * n + i];
+// Copy the upper triangle onto the lower one (row-major n×n): A[j][i] = A[i][j] for j > i. In 64×64
+// tiles: a row-by-row copy writes one float per cache line and page (n = 11008: 0.4 s against 0.14 s).
+void MirrorUpper(float* a, int64_t n) {
+  constexpr int64_t kTile = 64;
+  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
+    const int64_t i1 = std::min(n, i0 + kTile);
+    for (int64_t j0 = i0; j0 < n; j0 += kTile) {
+      const int64_t j1 = std::min(n, j0 + kTile);
+      for (int64_t i = i0; i < i1; ++i) {
+        const float* row = a + i * n;
+        for (int64_t j = std::max(j0, i + 1); j < j1; ++j) a[j * n + i] = row[j];
+      }
     }
   }
 }
@@ -209,7 +214,9 @@ Napi::Value Sgemm(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// ssyrk(n, rows, alpha, X, beta, H): H = beta*H + alpha*X^T X with X rows×n; full symmetric result.
+// ssyrk(n, rows, alpha, X, beta, H[, upperOnly]): H = beta*H + alpha*X^T X with X rows×n; the full
+// symmetric result, or with upperOnly only the upper triangle (the lower one is left as it was: callers
+// accumulating many batches mirror once at the end with symmetrize).
 Napi::Value Ssyrk(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* fn = "syrk";
@@ -219,6 +226,8 @@ Napi::Value Ssyrk(const Napi::CallbackInfo& info) {
   if (!GetDim(info, 0, fn, "n", &n) || !GetDim(info, 1, fn, "rows", &rows) ||
       !GetScalar(info, 2, fn, "alpha", &alpha) || !GetScalar(info, 4, fn, "beta", &beta))
     return env.Undefined();
+  bool upperOnly = false;
+  if (info.Length() > 6 && !info[6].IsUndefined() && !GetBool(info, 6, fn, "upperOnly", &upperOnly)) return env.Undefined();
   F32View X, H;
   if (!GetF32(info, 3, fn, "X", rows * n, "rows*n", &X) || !GetF32(info, 5, fn, "H", n * n, "n*n", &H))
     return env.Undefined();
@@ -230,7 +239,20 @@ Napi::Value Ssyrk(const Napi::CallbackInfo& info) {
   // Row-major, Trans: C(n×n) = alpha * Aᵀ A + beta * C with A rows×n, lda = n.
   cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(n), static_cast<int>(rows), alpha, X.data,
               static_cast<int>(n), beta, H.data, static_cast<int>(n));
-  MirrorTriangle(H.data, n, /*fromUpper=*/true);
+  if (!upperOnly) MirrorUpper(H.data, n);
+  return env.Undefined();
+}
+
+// symmetrize(H, n): copy H's upper triangle onto its lower one.
+Napi::Value Symmetrize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "symmetrize";
+  if (!CheckArgCount(info, 2, fn)) return env.Undefined();
+  int64_t n;
+  if (!GetDim(info, 1, fn, "n", &n)) return env.Undefined();
+  F32View H;
+  if (!GetF32(info, 0, fn, "H", n * n, "n*n", &H)) return env.Undefined();
+  MirrorUpper(H.data, n);
   return env.Undefined();
 }
 
@@ -287,7 +309,7 @@ Napi::Value Spotri(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   if (status > 0) return Napi::Boolean::New(env, false);  // singular factor (zero on the diagonal)
-  MirrorTriangle(A.data, n, /*fromUpper=*/true);
+  MirrorUpper(A.data, n);
   return Napi::Boolean::New(env, true);
 }
 
@@ -779,6 +801,7 @@ Napi::Value FastExpFn(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sgemm", Napi::Function::New(env, Sgemm, "sgemm"));
   exports.Set("ssyrk", Napi::Function::New(env, Ssyrk, "ssyrk"));
+  exports.Set("symmetrize", Napi::Function::New(env, Symmetrize, "symmetrize"));
   exports.Set("spotrf", Napi::Function::New(env, Spotrf, "spotrf"));
   exports.Set("spotri", Napi::Function::New(env, Spotri, "spotri"));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));

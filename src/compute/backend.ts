@@ -116,9 +116,14 @@ export interface Backend {
 
   /**
    * Hessian accumulation: H[n×n] = beta·H + alpha · Xᵀ X, X is rows×n row-major.
-   * The FULL symmetric matrix is written (both triangles), so callers never care which one BLAS filled.
+   * The FULL symmetric matrix is written (both triangles), so callers never care which one BLAS filled;
+   * with `upperOnly` only the upper triangle is updated (the lower one keeps whatever it held), for
+   * callers that accumulate many batches and `symmetrize` once at the end.
    */
-  syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array): void;
+  syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array, upperOnly?: boolean): void;
+
+  /** Copies the upper triangle of the n×n row-major H onto its lower triangle. */
+  symmetrize(H: Float32Array, n: number): void;
 
   /**
    * In-place Cholesky factorisation of a symmetric positive-definite n×n matrix (row-major).

@@ -16,7 +16,8 @@ export interface NativeAddon {
     transA: boolean, transB: boolean, M: number, N: number, K: number,
     alpha: number, A: Float32Array, B: Float32Array, beta: number, C: Float32Array,
   ): void;
-  ssyrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array): void;
+  ssyrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array, upperOnly?: boolean): void;
+  symmetrize(H: Float32Array, n: number): void;
   spotrf(A: Float32Array, n: number, upper: boolean): boolean;
   spotri(A: Float32Array, n: number): boolean;
   setThreads(n: number): void;
@@ -212,8 +213,12 @@ export class CpuBackend implements Backend {
     call(() => this.addon.sgemm(transA, transB, M, N, K, alpha, A, B, beta, C));
   }
 
-  syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array): void {
-    call(() => this.addon.ssyrk(n, rows, alpha, X, beta, H));
+  syrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array, upperOnly = false): void {
+    call(() => this.addon.ssyrk(n, rows, alpha, X, beta, H, upperOnly));
+  }
+
+  symmetrize(H: Float32Array, n: number): void {
+    call(() => this.addon.symmetrize(H, n));
   }
 
   cholesky(A: Float32Array, n: number, upper: boolean): boolean {
