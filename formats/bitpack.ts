@@ -85,17 +85,18 @@ export function packBits(
   checkBits(bits);
   const max = (1 << bits) - 1;
   const { word, shift } = positions(L.lineLen, bits, scheme, L.slots);
-  for (let l = 0; l < L.lines; l++) {
-    const s0 = l * L.srcLineStride;
-    const d0 = l * L.dstLineStride;
-    for (let k = 0; k < L.lineLen; k++) {
-      const v = src[s0 + k * L.srcElemStride]!;
+  const { lines, lineLen, srcLineStride, srcElemStride, dstLineStride, dstWordStride } = L; // locals for the hot loop
+  for (let l = 0; l < lines; l++) {
+    const s0 = l * srcLineStride;
+    const d0 = l * dstLineStride;
+    for (let k = 0; k < lineLen; k++) {
+      const v = src[s0 + k * srcElemStride]!;
       if (v > max) throw new ModelError(`${what}: value ${v} at line ${l}, index ${k} does not fit in ${bits} bits`);
       const sh = shift[k]!;
-      const di = d0 + word[k]! * L.dstWordStride;
+      const di = d0 + word[k]! * dstWordStride;
       dst[di] = dst[di]! | (v << sh); // bits above 31 fall off (int32 arithmetic)
       if (sh + bits > 32) {
-        const dn = di + L.dstWordStride;
+        const dn = di + dstWordStride;
         dst[dn] = dst[dn]! | (v >>> (32 - sh));
       }
     }
@@ -113,15 +114,16 @@ export function unpackBits(
   checkBits(bits);
   const mask = (1 << bits) - 1;
   const { word, shift } = positions(L.lineLen, bits, scheme, L.slots);
-  for (let l = 0; l < L.lines; l++) {
-    const w0 = l * L.dstLineStride;
-    const v0 = l * L.srcLineStride;
-    for (let k = 0; k < L.lineLen; k++) {
+  const { lines, lineLen, srcLineStride, srcElemStride, dstLineStride, dstWordStride } = L;
+  for (let l = 0; l < lines; l++) {
+    const w0 = l * dstLineStride;
+    const v0 = l * srcLineStride;
+    for (let k = 0; k < lineLen; k++) {
       const sh = shift[k]!;
-      const si = w0 + word[k]! * L.dstWordStride;
+      const si = w0 + word[k]! * dstWordStride;
       let v = src[si]! >>> sh;
-      if (sh + bits > 32) v |= src[si + L.dstWordStride]! << (32 - sh);
-      dst[v0 + k * L.srcElemStride] = v & mask;
+      if (sh + bits > 32) v |= src[si + dstWordStride]! << (32 - sh);
+      dst[v0 + k * srcElemStride] = v & mask;
     }
   }
 }

@@ -47,12 +47,13 @@ export function validateLayer(layer: QuantizedLinear): void {
   if (layer.codes.length !== out * inF) bad(`codes has ${layer.codes.length} values, expected ${out}×${inF}`);
   if (layer.scales.length !== out * g) bad(`scales has ${layer.scales.length} values, expected ${out}×${g}`);
   if (layer.zeros.length !== out * g) bad(`zeros has ${layer.zeros.length} values, expected ${out}×${g}`);
-  for (let i = 0; i < layer.codes.length; i++) {
-    if (layer.codes[i]! > maxq) bad(`code ${layer.codes[i]} at ${i} exceeds ${maxq}`);
+  const { codes, zeros } = layer; // locals: out·in iterations
+  for (let i = 0; i < codes.length; i++) {
+    if (codes[i]! > maxq) bad(`code ${codes[i]} at ${i} exceeds ${maxq}`);
   }
   const mid = 1 << (bits - 1);
-  for (let i = 0; i < layer.zeros.length; i++) {
-    const z = layer.zeros[i]!;
+  for (let i = 0; i < zeros.length; i++) {
+    const z = zeros[i]!;
     if (z > maxq) bad(`zero point ${z} at ${i} exceeds ${maxq}`);
     if (layer.sym && z !== mid) bad(`symmetric layer has zero point ${z} at ${i} (must be ${mid})`);
   }

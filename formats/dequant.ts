@@ -1,7 +1,7 @@
 // Format-neutral dequantization: w[o, i] = scale[o, g] · (q[o, i] − zero[o, g]), g = gIdx[i] or floor(i / gs);
 // then each outlier weight (CSR by row) replaces the grid value at its (row, column).
 
-import { defaultGroup, numGroups, outlierProblem } from "./common.js";
+import { numGroups, outlierProblem } from "./common.js";
 import type { QuantizedLinear } from "./types.js";
 import { ModelError } from "../src/util/errors.js";
 
@@ -17,19 +17,34 @@ export function dequantize(layer: DequantInput): Float32Array {
   if (layer.codes.length !== out * inF || layer.scales.length !== out * g || layer.zeros.length !== out * g) {
     throw new ModelError(`quantized layer ${layer.name ?? ""}: codes/scales/zeros sizes do not match [${out}, ${inF}] with ${g} groups`);
   }
-  const group = new Int32Array(inF);
-  for (let i = 0; i < inF; i++) {
-    const v = layer.gIdx ? layer.gIdx[i]! : defaultGroup(i, groupSize);
-    if (!(v >= 0 && v < g)) throw new ModelError(`quantized layer ${layer.name ?? ""}: gIdx[${i}] = ${v} is outside [0, ${g})`);
-    group[i] = v;
-  }
+  const { codes, scales, zeros, gIdx } = layer; // locals: the loops below run out·in times
   const w = new Float32Array(out * inF);
-  for (let o = 0; o < out; o++) {
-    const row = o * inF;
-    const grow = o * g;
+  if (!gIdx) {
+    // Contiguous groups: one scale and zero point per run of columns.
+    const gs = groupSize === -1 ? inF : groupSize;
+    for (let o = 0; o < out; o++) {
+      const row = o * inF;
+      for (let gi = 0; gi < g; gi++) {
+        const s = scales[o * g + gi]!;
+        const z = zeros[o * g + gi]!;
+        const i1 = row + Math.min(inF, (gi + 1) * gs);
+        for (let i = row + gi * gs; i < i1; i++) w[i] = s * (codes[i]! - z);
+      }
+    }
+  } else {
+    const group = new Int32Array(inF);
     for (let i = 0; i < inF; i++) {
-      const k = grow + group[i]!;
-      w[row + i] = layer.scales[k]! * (layer.codes[row + i]! - layer.zeros[k]!);
+      const v = gIdx[i]!;
+      if (!(v >= 0 && v < g)) throw new ModelError(`quantized layer ${layer.name ?? ""}: gIdx[${i}] = ${v} is outside [0, ${g})`);
+      group[i] = v;
+    }
+    for (let o = 0; o < out; o++) {
+      const row = o * inF;
+      const grow = o * g;
+      for (let i = 0; i < inF; i++) {
+        const k = grow + group[i]!;
+        w[row + i] = scales[k]! * (codes[row + i]! - zeros[k]!);
+      }
     }
   }
   const ol = layer.outliers;
