@@ -167,6 +167,34 @@ describe("--method awq on stories260K (vendored), per-row asymmetric, compressed
   });
 });
 
+describe("--awq-tokens bounds the scale search's sample (whole windows)", () => {
+  const SMALL = ["--method", "awq", "--calib", "c4", "--nsamples", "4", "--seqlen", "128", "--threads", "1", "--group-size", "-1", "--asym", "--format", "compressed-tensors"];
+  it("whole windows: 4 × 128 tokens fit both the default and 512, so those outputs are identical; 256 (2 windows) and 300 (still 2) search on less", async () => {
+    const run = async (extra: string[]) => {
+      const out = path.join(makeTmpDir("quant4-awq-tok-"), "out");
+      const r = await runCli(["quantize", STORIES_VENDORED, out, ...SMALL, ...extra, "--json"]);
+      expect(r.code, r.stderr).toBe(0);
+      const alphas = (JSON.parse(r.stdout).report.layers as { awqAlpha?: number }[]).map((l) => l.awqAlpha ?? -1).join();
+      return { bytes: fs.readFileSync(path.join(out, "model.safetensors")), alphas };
+    };
+    const [dflt, all, two, twoAgain] = await Promise.all([run([]), run(["--awq-tokens", "512"]), run(["--awq-tokens", "256"]), run(["--awq-tokens", "300"])]);
+    expect(all.bytes.equals(dflt.bytes)).toBe(true);
+    expect(two.bytes.equals(dflt.bytes)).toBe(false);
+    expect(two.alphas).not.toBe(dflt.alphas);
+    expect(twoAgain.bytes.equals(two.bytes)).toBe(true); // 300 tokens hold 2 whole windows of 128
+  });
+
+  it("is refused with other methods and below 1", async () => {
+    const out = path.join(makeTmpDir("quant4-awq-tok-"), "out");
+    const g = await runCli(["quantize", STORIES_VENDORED, out, "--method", "gptq", "--awq-tokens", "1024", "--nsamples", "4"]);
+    expect(g.code).toBe(2);
+    expect(g.stderr).toContain("--awq-tokens applies to --method awq or awq-gptq only");
+    const z = await runCli(["quantize", STORIES_VENDORED, out, "--method", "awq", "--awq-tokens", "0", "--nsamples", "4"]);
+    expect(z.code).toBe(2);
+    expect(z.stderr).toContain("--awq-tokens");
+  });
+});
+
 describe("--method awq: kill -9 after block 2, then --resume", () => {
   // The working block's folded norms and clipped weights come back from the journal, so the resumed
   // output is byte-identical; with --propagate fp the finished blocks' fp outputs come from the source.

@@ -12,6 +12,7 @@ import { VERSION } from "../version.js";
 import { formatNames, getFormat, type FormatSpec } from "../../formats/index.js";
 import { chooseFormat, getScheme, SCHEMES, schemeNames } from "../pipeline/schemes.js";
 import { METHOD_NAMES, METHODS, type MethodName } from "../pipeline/methods.js";
+import { AWQ_SCALE_TOKENS } from "../pipeline/awq.js";
 import { overridesOf, parseDynamic, parseSkip, type ModuleRule } from "../pipeline/rules.js";
 import { openModel } from "../model/model.js";
 import { runQuantize, skipReason, type QuantizePlan, type QuantizeReport } from "../pipeline/quantize.js";
@@ -118,6 +119,7 @@ const methodOptionFields = {
   staticGroups: z.boolean().default(false),
   damp: numOpt().positive().max(1).default(0.01),
   blockSize: intOpt(1).default(128),
+  awqTokens: intOpt(1).optional(),
   calib: z.string().optional(),
   textEncoding: textEncodingSchema,
   nsamples: intOpt(1).default(128),
@@ -200,6 +202,7 @@ export function checkConflicts(o: QuantizeCliOptions, explicit: ReadonlySet<stri
   if (!METHODS[o.method].gptq)
     for (const k of GPTQ_ONLY)
       if (explicit.has(k)) throw new UsageError(`${flag(k)} applies to --method gptq or awq-gptq only (${o.method} rounds each weight to the nearest grid point)`);
+  if (!METHODS[o.method].awq && explicit.has("awqTokens")) throw new UsageError(`--awq-tokens applies to --method awq or awq-gptq only`);
   if (o.staticGroups && (o.groupSize ?? (o.scheme ? getScheme(o.scheme).groupSize : undefined)) === -1)
     throw new UsageError("--static-groups needs a --group-size (it has no effect per row)");
 }
@@ -282,6 +285,8 @@ export function buildPlan(
     method: o.method, bits: r.bits, groupSize: r.groupSize, sym: r.sym, actOrder: o.actOrder, staticGroups: o.staticGroups, damp: o.damp,
     format: format.name, seqlen, nsamples: calibrate ? o.nsamples : 0, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads, propagate: propagationOf(o),
     outliers: o.outliers, rules: JSON.stringify(rules),
+    // Only AWQ runs record it, so other runs' keys (and journals from before the option) are unchanged.
+    ...(METHODS[o.method].awq ? { awqTokens: o.awqTokens ?? AWQ_SCALE_TOKENS } : {}),
     calib: text ? `sha256 ${sha(text.text)}` : "none",
     calibWindows: sha(new Uint8Array(windows.buffer, windows.byteOffset, windows.byteLength)),
   };
@@ -309,6 +314,7 @@ export function buildPlan(
     resume: o.resume,
     overwrite: o.overwrite,
     propagate: propagationOf(o),
+    awqTokens: o.awqTokens ?? AWQ_SCALE_TOKENS,
     rules,
     outlierFraction: o.outliers,
     calibName: text?.name ?? null,
@@ -409,6 +415,7 @@ export function addMethodOptions(cmd: Command, text: { calibHelp: string; work: 
     .option("--static-groups", "GPTQ: compute group scales up front from the unquantized weights", false)
     .option("--damp <fraction>", "GPTQ: dampening added to the Hessian diagonal, as a fraction of its mean", "0.01")
     .option("--block-size <n>", "GPTQ: lazy-batch block of columns", "128")
+    .option("--awq-tokens <n>", `AWQ: calibration tokens the scale search runs on, at most (the first whole windows; default ${AWQ_SCALE_TOKENS}); more costs time in proportion`)
     .option("--outliers <fraction>", "keep this fraction of each Linear's most salient weights exactly in fp16 (e.g. 0.005); needs --format quant4 (auto picks it)", "0")
     .option("--dynamic <rule>", "per-module override, GPTQModel syntax: '[+:]<regex>=bits:8,group:64,sym:false' or '-:<regex>' (skip); regex re.match-ed on full module names; repeatable, first match wins", collect, [])
     .option("--skip <regex>", "keep matching modules fp16 (same as --dynamic '-:<regex>'); repeatable", collect, [])

@@ -13,7 +13,7 @@ import { attentionModule, blockForward, linear, mlpModule, type BlockWeights, ty
 import type { ActivationStore } from "./activations.js";
 import { batchWindows } from "./passes.js";
 
-/** Calibration tokens (whole windows) the scale search runs on, at most (llm-awq uses all its 128×512). */
+/** Calibration tokens (whole windows) the scale search runs on by default, at most (llm-awq uses all its 128×512); --awq-tokens. */
 export const AWQ_SCALE_TOKENS = 16384;
 /** Tokens the clipping search samples from a Linear's input (llm-awq n_sample_token). */
 export const AWQ_CLIP_TOKENS = 512;
@@ -41,10 +41,12 @@ function awqTargets(a: ArchSpec, quantized: (l: LinearSpec) => boolean, clip: bo
 }
 
 /** The capture AWQ needs for a block: every Linear whose input a search reads (a pair's Linears share one). */
-export function awqCapture(a: ArchSpec, samples: number, seqlen: number, quantized: (l: LinearSpec) => boolean, clip = true): AwqCapture {
+export function awqCapture(
+  a: ArchSpec, samples: number, seqlen: number, quantized: (l: LinearSpec) => boolean, clip = true, tokens = AWQ_SCALE_TOKENS,
+): AwqCapture {
   const { pairs, clipped } = awqTargets(a, quantized, clip);
   return {
-    windows: Math.max(1, Math.min(samples, Math.floor(AWQ_SCALE_TOKENS / seqlen))),
+    windows: Math.max(1, Math.min(samples, Math.floor(tokens / seqlen))),
     names: new Set<string>([...pairs.map((p) => p.linears[0]!), ...clipped.map((l) => l.name)]),
   };
 }
@@ -132,13 +134,14 @@ export function prepareAwqBlock(
   acts: ActivationStore,
   optsOf: (l: LinearSpec) => QuantOptions,
   quantized: (l: LinearSpec) => boolean,
-  steps: { clip: boolean } = { clip: true },
+  /** clip: run the clipping search; tokens: the scale search's sample bound (default AWQ_SCALE_TOKENS). */
+  steps: { clip: boolean; tokens?: number } = { clip: true },
   /** The capture (awqCapture, same `quantized` and clip step) when a forward of the fp block already made it; emptied on return. */
   captured?: Map<string, Float32Array>,
 ): Map<string, AwqLinearInfo> {
   const a: ArchSpec = ctx.arch;
   const T = acts.seqlen;
-  const cap = awqCapture(a, acts.samples, T, quantized, steps.clip);
+  const cap = awqCapture(a, acts.samples, T, quantized, steps.clip, steps.tokens);
   const nWin = cap.windows;
   const spec = new Map(a.linears.map((l) => [l.name, l]));
   const info = new Map<string, AwqLinearInfo>(a.linears.map((l) => [l.name, {}]));

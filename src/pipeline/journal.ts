@@ -78,6 +78,7 @@ const SETTING_LABELS: Record<string, string> = {
   nsamples: "--nsamples",
   seed: "--seed",
   blockSize: "--block-size",
+  awqTokens: "--awq-tokens",
   actDtype: "--act-dtype",
   threads: "--threads",
   calib: "--calib",

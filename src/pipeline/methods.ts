@@ -15,7 +15,7 @@ export interface MethodSpec {
 
 import { AWQ_CLIP_TOKENS, AWQ_SCALE_TOKENS } from "./awq.js";
 
-const awqSample = `the scale search runs on the first ≤ ${AWQ_SCALE_TOKENS.toLocaleString("en-US")} calibration tokens (whole windows), the clip search on ${AWQ_CLIP_TOKENS} of them`;
+const awqSample = `the scale search runs on the first ≤ ${AWQ_SCALE_TOKENS.toLocaleString("en-US")} calibration tokens (whole windows; --awq-tokens), the clip search on ${AWQ_CLIP_TOKENS} of them`;
 
 export const METHODS = {
   rtn: { description: "round to nearest: no calibration needed", needsCalibration: false, awq: false, gptq: false },

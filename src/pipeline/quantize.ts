@@ -41,6 +41,8 @@ export interface QuantizePlan {
    * blocks see the error of earlier ones) or the fp block's (as llm-awq does). Default "quantized".
    */
   propagate?: "quantized" | "fp";
+  /** AWQ's scale-search sample bound in tokens (whole windows); default AWQ_SCALE_TOKENS. */
+  awqTokens?: number;
   /** Calibration token windows, nsamples × seqlen (empty without calibration). */
   windows: Int32Array;
   /**
@@ -285,7 +287,7 @@ async function quantizeBlock(
     return { bits: s.bits, groupSize: s.groupSize, sym: s.sym };
   };
   // AWQ rewrites the working block (scales folded, weights clipped) before anything is quantized.
-  const awq = method.awq ? prepareAwqBlock(ctx, backend, w, acts, optsOf, (l) => reasonOf(l) === null, { clip: true }, awqInputs) : null;
+  const awq = method.awq ? prepareAwqBlock(ctx, backend, w, acts, optsOf, (l) => reasonOf(l) === null, { clip: true, tokens: plan.awqTokens }, awqInputs) : null;
   if (awq) await checkpoint(events, i, a.nLayers);
   let done = 0;
   // Groups with a quantized Linear get a calibration pass; each pass caches its stage for the next one
@@ -477,7 +479,7 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
           let hook: Parameters<typeof runBlockOverSamples>[4];
           if (METHODS[plan.settings.method].awq) {
             const quantized = (l: LinearSpec): boolean => skipReason(plan, l, a.blockPrefix(i) + l.name) === null;
-            const c = awqCollector(a, awqCapture(a, acts.samples, acts.seqlen, quantized), acts.seqlen);
+            const c = awqCollector(a, awqCapture(a, acts.samples, acts.seqlen, quantized, true, plan.awqTokens), acts.seqlen);
             awqInputs = c.inputs;
             hook = c.hook;
           }

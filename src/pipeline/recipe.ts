@@ -43,6 +43,7 @@ export const recipeQuantizeSchema = section({
   staticGroups: bool().optional(),
   damp: num().positive("expected a fraction in (0, 1]").max(1, "expected a fraction in (0, 1]").optional(),
   blockSize: int(1).optional(),
+  awqTokens: int(1).optional(),
   outliers: num().min(0, "expected a fraction from 0 to 0.2").max(0.2, "expected a fraction from 0 to 0.2").optional(),
   propagate: z.enum(["auto", "quantized", "fp"], { error: "expected auto, quantized or fp" }).optional(),
   dynamic: strList().optional(),
@@ -234,6 +235,7 @@ quantize:
   staticGroups: false     # GPTQ: group scales fixed up front
   damp: 0.01              # GPTQ dampening, fraction of mean(diag H)
   blockSize: 128          # GPTQ lazy-batch block
+  # awqTokens: 16384      # AWQ: calibration tokens the scale search runs on, at most
   outliers: 0             # fraction of weights kept exactly in fp16 (needs format quant4)
   propagate: auto         # what feeds the next block: auto | quantized | fp
   format: auto            # auto | gptq | compressed-tensors | awq | quant4 (with \`out\`)
