@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Does AWQ's scale search need more than 8,192 calibration tokens? brown-llama AWQ (compressed-tensors) with
+# --awq-tokens 8192 and 16384 over calibration seeds, each scored by perplexity and by KL from the source
+# (eval-ppl --kl-base) on the first 100 windows of 512 of WikiText-2; prints every run, then mean ± sd per
+# sample size and in how many seeds the smaller sample is at least as good (lower or equal KL).
+#
+#   bash bench/awq-tokens.sh [w4|w3]        w4: 4-bit per row asymmetric (default); w3: 3-bit g128 asymmetric
+#
+# Calibration C4 128 × 512 (65,536 tokens: 16,384 = the first 32 windows, 8,192 = the first 16).
+# Environment: Q (the CLI, default `node dist/bin/quant4.js`), WORK (default out/awq-tokens), SEEDS
+# (default "0 1 2 3 4"), TOKENS (default "8192 16384"), THREADS, REUSE=1 (see bench/table-lib.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+read -r -a QA <<< "${Q:-node dist/bin/quant4.js}"
+read -r -a TOKLIST <<< "${TOKENS-8192 16384}"
+read -r -a SEEDLIST <<< "${SEEDS-0 1 2 3 4}"
+THR=()
+if [ -n "${THREADS:-}" ]; then THR=(--threads "$THREADS"); fi
+# shellcheck source=bench/table-lib.sh
+source bench/table-lib.sh
+
+scheme=${1:-w4}
+case $scheme in
+  w4) FLAGS=(--bits 4 --group-size -1 --asym) ;;
+  w3) FLAGS=(--bits 3 --group-size 128 --asym) ;;
+  *) echo "unknown scheme $scheme (w4, w3)" >&2; exit 2 ;;
+esac
+MODEL=../shared/models/brown-llama
+if [ ! -f "$MODEL/config.json" ]; then echo "(skipping: $MODEL not found)"; exit 0; fi
+CALIB=(--calib c4 --nsamples 128 --seqlen 512)
+EVAL=(--text wikitext2 --seqlen 512 --max-windows 100)
+W="${WORK:-out/awq-tokens}/$scheme"
+mkdir -p "$W"
+ROWS="$W/rows.tsv"
+: > "$ROWS"
+for seed in "${SEEDLIST[@]}"; do
+  for t in "${TOKLIST[@]}"; do
+    d="$W/s$seed-t$t"
+    OUTFILE="$d.quantize.json"
+    run "${QA[@]}" quantize "$MODEL" "$d" --overwrite --method awq --format compressed-tensors "${FLAGS[@]}" --awq-tokens "$t" "${CALIB[@]}" --seed "$seed" "${THR[@]}" --json
+    secs=$(jget "$OUTFILE" 'report.totalSeconds.toFixed(1)' 2>/dev/null || echo "?")
+    OUTFILE="$d.eval.json"
+    run "${QA[@]}" eval-ppl "$d" "${EVAL[@]}" --kl-base "$MODEL" "${THR[@]}" --json
+    echo "$seed	$t	$(jget "$OUTFILE" 'ppl.toFixed(4)')	$(jget "$OUTFILE" 'kl.meanKl.toExponential(4)')	$secs" >> "$ROWS"
+  done
+done
+echo
+echo "### brown-llama AWQ ${FLAGS[*]}, ${CALIB[*]}; eval ${EVAL[*]}"
+node -e '
+  const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => l.split("\t"));
+  console.log("| seed | --awq-tokens | ppl | KL from source | quantize s |\n|---|---|---|---|---|");
+  for (const r of rows) console.log(`| ${r.join(" | ")} |`);
+  const ts = [...new Set(rows.map((r) => r[1]))];
+  const stat = (v) => { const m = v.reduce((a, b) => a + b, 0) / v.length; return [m, Math.sqrt(v.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(1, v.length - 1))]; };
+  console.log("\n| --awq-tokens | ppl mean ± sd | KL mean ± sd | seeds with KL ≤ the largest sample |\n|---|---|---|---|");
+  const big = ts[ts.length - 1];
+  for (const t of ts) {
+    const rs = rows.filter((r) => r[1] === t);
+    const [pm, ps] = stat(rs.map((r) => +r[2]));
+    const [km, ks] = stat(rs.map((r) => +r[3]));
+    const wins = rs.filter((r) => +r[3] <= +rows.find((b) => b[0] === r[0] && b[1] === big)[3]).length;
+    console.log(`| ${t} | ${pm.toFixed(2)} ± ${ps.toFixed(2)} | ${km.toExponential(3)} ± ${ks.toExponential(2)} | ${t === big ? "—" : `${wins}/${rs.length}`} |`);
+  }
+' "$ROWS"
