@@ -86,6 +86,26 @@ export function packBits(
   const max = (1 << bits) - 1;
   const { word, shift } = positions(L.lineLen, bits, scheme, L.slots);
   const { lines, lineLen, srcLineStride, srcElemStride, dstLineStride, dstWordStride } = L; // locals for the hot loop
+  if (scheme === "word" || 32 % bits === 0) {
+    // No value straddles two words: gather each word's values in a register, one store per word.
+    const pf = Math.floor(32 / bits);
+    for (let l = 0; l < lines; l++) {
+      const s0 = l * srcLineStride;
+      const d0 = l * dstLineStride;
+      for (let k0 = 0; k0 < lineLen; k0 += pf) {
+        const k1 = Math.min(lineLen, k0 + pf);
+        let acc = 0;
+        for (let k = k0; k < k1; k++) {
+          const v = src[s0 + k * srcElemStride]!;
+          if (v > max) throw new ModelError(`${what}: value ${v} at line ${l}, index ${k} does not fit in ${bits} bits`);
+          acc |= v << shift[k]!;
+        }
+        const di = d0 + word[k0]! * dstWordStride;
+        dst[di] = dst[di]! | acc;
+      }
+    }
+    return;
+  }
   for (let l = 0; l < lines; l++) {
     const s0 = l * srcLineStride;
     const d0 = l * dstLineStride;
