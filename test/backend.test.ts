@@ -4,6 +4,8 @@
 import { describe, it, expect } from "vitest";
 
 import { CpuBackend, gemmPeakGflops, getBackend } from "../src/compute/index.js";
+import { loadNativeAddon } from "../src/compute/cpu.js";
+import { f16ToF32, useNativeF16Decoder } from "../src/io/dtype.js";
 import { BackendError } from "../src/util/errors.js";
 import { mulberry32 as rng } from "../src/calibration/sampler.js";
 import { GptqHessian } from "../algorithms/gptq.js";
@@ -351,6 +353,30 @@ describe("syrk", () => {
     expect(() => be.syrk(4, 3, 1, new Float32Array(11), 0, new Float32Array(16))).toThrow("syrk: X has 11 elements, expected rows*n=12");
     expect(() => be.syrk(4, 3, 1, new Float32Array(12), 0, new Float32Array(15))).toThrow("syrk: H has 15 elements, expected n*n=16");
     expect(() => be.symmetrize(new Float32Array(15), 4)).toThrow("symmetrize: H has 15 elements, expected n*n=16");
+  });
+});
+
+describe("native half → float32 (F16C, installed by the CPU backend)", () => {
+  it("gives the table's values for every half (NaN stays NaN), ragged tails and longer destinations", () => {
+    const addon = loadNativeAddon(); // the backend above loaded it: the decoder is installed
+    const all = Uint16Array.from({ length: 65536 + 5 }, (_, i) => (i * 40503) & 0xffff); // every pattern, 5 more: a tail
+    const fast = f16ToF32(all, new Float32Array(all.length + 3));
+    useNativeF16Decoder(null);
+    let ref: Float32Array;
+    try {
+      ref = f16ToF32(all);
+    } finally {
+      useNativeF16Decoder((src, dst) => addon.f16ToF32(src, dst));
+    }
+    for (let i = 0; i < all.length; i++) {
+      if (Number.isNaN(ref[i]!)) expect(Number.isNaN(fast[i]!)).toBe(true);
+      else if (!Object.is(fast[i], ref[i])) expect.fail(`half 0x${all[i]!.toString(16)}: native ${fast[i]}, table ${ref[i]}`);
+    }
+    expect(fast[all.length]).toBe(0); // the destination's extra values are left alone
+    // The addon call itself converts exactly src.length values and says whether it did.
+    const d = new Float32Array(9);
+    expect(typeof addon.f16ToF32(Uint16Array.of(0x3c00, 0, 0, 0, 0, 0, 0, 0, 0xc200), d)).toBe("boolean");
+    expect(() => addon.f16ToF32(Uint16Array.of(1, 2), new Float32Array(3))).toThrow("f16ToF32: dst has 3 elements, expected src.length=2");
   });
 });
 

@@ -621,6 +621,18 @@ Q4_AVX2 void RowLseAvx2(const float* x, int64_t r0, int64_t r1, int64_t V, float
     for (int i = 0; i < nr; i++) sum[r + i] = s[i];
   }
 }
+
+Q4_AVX2 void F16ToF32Avx2(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  if (i < n) {
+    alignas(16) uint16_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    alignas(32) float f[8];
+    for (int64_t j = i; j < n; j++) t[j - i] = src[j];
+    _mm256_store_ps(f, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(t))));
+    for (int64_t j = i; j < n; j++) dst[j] = f[j - i];
+  }
+}
 #endif  // Q4B_X86
 
 }  // namespace
@@ -739,6 +751,17 @@ void RowLse(const float* x, int64_t rows, int64_t V, float* mx, double* sum, int
     RowLseScalar(x, r0, r1, V, mx, sum, top);
   });
   (void)simd;
+}
+
+bool F16ToF32(const uint16_t* src, float* dst, int64_t n) {
+#ifdef Q4B_X86
+  if (!Simd()) return false;
+  ForRows(n, 1, [&](int64_t i0, int64_t i1) { F16ToF32Avx2(src + i0, dst + i0, i1 - i0); });
+  return true;
+#else
+  (void)src, (void)dst, (void)n;
+  return false;
+#endif
 }
 
 void Add(const float* a, const float* b, float* out, int64_t n) {

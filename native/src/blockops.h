@@ -51,6 +51,12 @@ void ActivateMul(int kind, float* gate, const float* up, int64_t n);
 void Add(const float* a, const float* b, float* out, int64_t n);
 
 /**
+ * IEEE half → float32 for n values (exact: every half is a float32; NaN payloads kept, quieted) with
+ * F16C on the kernel pool. Returns false, converting nothing, when SIMD is off or unavailable.
+ */
+bool F16ToF32(const uint16_t* src, float* dst, int64_t n);
+
+/**
  * Per row of x [rows, V]: mx = the max (NaN skipped), top = its first index (−1 when the row holds a NaN
  * or ±Inf), sum = Σ_j e^(x_j − mx) in float64 added left to right (the perplexity's log-sum-exp; the
  * caller takes mx + log(sum)).

@@ -26,6 +26,7 @@
 //   attention(q, k, v, B, T, nHeads, nKvHeads, headDim, pos0, kCache|null, vCache|null, out)
 //   activate(kind, x); activateMul(kind, gate, up)          kind 0 silu, 1 relu, 2 gelu_new, 3 gelu
 //   add(a, b, out); fastExp(x) -> number
+//   f16ToF32(src, dst) -> boolean                           half → float32 (F16C; false: not converted)
 // GPTQ (gptqloop.h): gptqColumns(...) -> 0|1|2, one sub-block of the column loop
 
 #include <napi.h>
@@ -449,6 +450,22 @@ Napi::Value QPack(const Napi::CallbackInfo& info) {
   return WrapPacked(env, std::move(L));
 }
 
+// f16ToF32(src: Uint16Array, dst: Float32Array) -> boolean (false: no F16C here, nothing converted)
+Napi::Value F16ToF32Fn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* fn = "f16ToF32";
+  if (!CheckArgCount(info, 2, fn)) return env.Undefined();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array) {
+    ThrowTypeError(env, "f16ToF32: src must be a Uint16Array");
+    return env.Undefined();
+  }
+  auto src = info[0].As<Napi::Uint16Array>();
+  const int64_t n = static_cast<int64_t>(src.ElementLength());
+  F32View dst;
+  if (!GetF32(info, 1, fn, "dst", n, "src.length", &dst)) return env.Undefined();
+  return Napi::Boolean::New(env, q4::F16ToF32(src.Data(), dst.data, n));
+}
+
 // qpackF16(out, in, Uint16Array)
 Napi::Value QPackF16(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -824,6 +841,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("add", Napi::Function::New(env, AddFn, "add"));
   exports.Set("fastExp", Napi::Function::New(env, FastExpFn, "fastExp"));
   exports.Set("rowLse", Napi::Function::New(env, RowLseFn, "rowLse"));
+  exports.Set("f16ToF32", Napi::Function::New(env, F16ToF32Fn, "f16ToF32"));
   q4gptq::Register(env, exports);  // gptqColumns (gptqloop.cc)
 #ifndef QUANT4_ACCELERATE
   q4::SetThreads(openblas_get_num_threads());

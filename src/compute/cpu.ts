@@ -8,6 +8,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { BackendError } from "../util/errors.js";
+import { useNativeF16Decoder } from "../io/dtype.js";
 import type { ActivationKind, AttentionShape, Backend, GptqColumnsJob, KvCache, LinearHandle, PackableLinear, RopeTable } from "./backend.js";
 
 /** The raw addon surface (native/src/quant4_native.cc). */
@@ -18,6 +19,7 @@ export interface NativeAddon {
   ): void;
   ssyrk(n: number, rows: number, alpha: number, X: Float32Array, beta: number, H: Float32Array, upperOnly?: boolean): void;
   symmetrize(H: Float32Array, n: number): void;
+  f16ToF32(src: Uint16Array, dst: Float32Array): boolean;
   spotrf(A: Float32Array, n: number, upper: boolean): boolean;
   spotri(A: Float32Array, n: number): boolean;
   setThreads(n: number): void;
@@ -132,6 +134,8 @@ export function loadNativeAddon(): NativeAddon {
   }
   try {
     cachedAddon = createRequire(import.meta.url)(file) as NativeAddon;
+    const addon = cachedAddon;
+    useNativeF16Decoder((src, dst) => addon.f16ToF32(src, dst));
   } catch (err) {
     throw new BackendError(
       `native compute addon at ${file} failed to load (${errMessage(err)}); rebuild it with \`npm run build:native\``,

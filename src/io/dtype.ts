@@ -38,10 +38,25 @@ function f16Table(): Float32Array {
   return F16_TABLE;
 }
 
+/** A native half → float32 decoder (returns false when it converted nothing), or none. */
+type F16Decoder = (src: Uint16Array, dst: Float32Array) => boolean;
+let nativeF16: F16Decoder | null = null;
+/** Below this many values the table loop is as fast as a native call. */
+const NATIVE_F16_MIN = 4096;
+
+/**
+ * Installs the CPU backend's F16C decoder (same values as the table: every half is exactly a float32;
+ * a NaN stays a NaN). src/io loads no native code itself: the backend hands it over when its addon loads.
+ */
+export function useNativeF16Decoder(fn: F16Decoder | null): void {
+  nativeF16 = fn;
+}
+
 /** Decode IEEE half-precision bit patterns into float32. `dst` (if given) must hold src.length values. */
 export function f16ToF32(src: Uint16Array, dst?: Float32Array): Float32Array {
   const out = dst ?? new Float32Array(src.length);
   if (out.length < src.length) throw new RangeError(`f16ToF32: dst holds ${out.length} values, need ${src.length}`);
+  if (nativeF16 && src.length >= NATIVE_F16_MIN && nativeF16(src, out.length === src.length ? out : out.subarray(0, src.length))) return out;
   const table = f16Table();
   const n = src.length;
   for (let i = 0; i < n; i++) out[i] = table[src[i]!]!;
