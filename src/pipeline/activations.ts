@@ -88,7 +88,19 @@ export class ActivationStore {
     return [s0 * per, s1 * per];
   }
 
-  /** Samples [s0, s1) as one fp32 array [(s1−s0)·seqlen, hidden]. */
+  /**
+   * Samples [s0, s1) for reading only: a view of the store when it holds fp32 in memory (no copy, no
+   * fresh pages), else what get() returns. The caller must not write to it.
+   */
+  read(s0: number, s1: number): Float32Array {
+    if (this.mem instanceof Float32Array) {
+      const [a, b] = this.range(s0, s1);
+      return this.mem.subarray(a, b);
+    }
+    return this.get(s0, s1);
+  }
+
+  /** Samples [s0, s1) as one fp32 array [(s1−s0)·seqlen, hidden] (a copy: the caller may write to it). */
   get(s0: number, s1: number): Float32Array {
     const [a, b] = this.range(s0, s1);
     if (this.mem) return this.mem instanceof Float32Array ? this.mem.slice(a, b) : f16ToF32(this.mem.subarray(a, b));

@@ -60,8 +60,10 @@ export class BlockPasses {
     for (let s0 = 0; s0 < acts.samples; s0 += B) {
       const s1 = Math.min(acts.samples, s0 + B);
       const rows = (s1 - s0) * T;
-      const x = fromCarry.residual === 0 ? acts.get(s0, s1) : this.residual!.get(s0, s1);
-      const start = resumeState(ctx, w, from, x, fromCarry.inputWidth > 0 ? this.input!.get(s0, s1) : null, rows);
+      // Read-only views where nothing writes: the block inputs (the residual stream is a new array after
+      // o_proj) and the Linears' inputs; the residual cache is copied (the down_proj step adds in place).
+      const x = fromCarry.residual === 0 ? acts.read(s0, s1) : this.residual!.get(s0, s1);
+      const start = resumeState(ctx, w, from, x, fromCarry.inputWidth > 0 ? this.input!.read(s0, s1) : null, rows);
       const state = advanceBlock(ctx, w, start, to, s1 - s0, T);
       visit(s0, s1, state);
       if (residual && residual !== this.residual) residual.set(s0, state.residual);
