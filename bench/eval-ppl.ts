@@ -120,8 +120,8 @@ class TimingBackend implements Backend {
   cholesky(A: Float32Array, n: number, upper: boolean): boolean {
     return this.inner.cholesky(A, n, upper);
   }
-  choleskyInverse(A: Float32Array, n: number): boolean {
-    return this.inner.choleskyInverse(A, n);
+  inverseCholesky(A: Float32Array, n: number): boolean {
+    return this.inner.inverseCholesky(A, n);
   }
   // Block ops: timed per op.
   readonly ops = new Map<string, { calls: number; seconds: number }>();

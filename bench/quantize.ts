@@ -37,7 +37,7 @@
 //             resuming from the previous group's cached stage up to its input, plus the pass that makes
 //             the next block's inputs, resuming from the last one), without the Hessian updates
 //   hessian   GptqHessian.addBatch = Backend.syrk (X^T X, both triangles written)
-//   cholesky  Backend.choleskyInverse + Backend.cholesky of the damped Hessian (potrf, potri, potrf)
+//   cholesky  Backend.inverseCholesky of the damped Hessian (potrf + trtri of the order-reversed matrix)
 //   gptq      the rest of gptqQuantize: the column loop — its per-column work (Backend.gptqColumns, native)
 //             and its lazy-batch GEMMs shown separately — transposes, dequantize
 //   relerr    the pipeline's relative output error tr(ΔHΔᵀ)/tr(WHWᵀ) (two out×in×in GEMMs per Linear)
@@ -351,12 +351,12 @@ class PhaseClock implements Backend {
     this.cur.choleskyFlops += (n * n * n) / 3;
     return r;
   }
-  choleskyInverse(A: Float32Array, n: number): boolean {
+  inverseCholesky(A: Float32Array, n: number): boolean {
     this.enterGptq();
     const t0 = now();
-    const r = this.inner.choleskyInverse(A, n);
+    const r = this.inner.inverseCholesky(A, n);
     this.cur.choleskySeconds += now() - t0;
-    this.cur.choleskyFlops += n * n * n;
+    this.cur.choleskyFlops += (2 * n * n * n) / 3; // potrf + trtri
     return r;
   }
   gptqColumns(job: GptqColumnsJob, i1: number, s1: number, s2: number): number {

@@ -1,6 +1,6 @@
 {
   # quant4 native compute addon: thin N-API wrappers over BLAS (sgemm, ssyrk) and LAPACK
-  # (spotrf, spotri), the packed-weight runtime kernels (src/qkernels.cc: GEMV/GEMM straight from
+  # (spotrf, strtri), the packed-weight runtime kernels (src/qkernels.cc: GEMV/GEMM straight from
   # INT2..8 and fp16 weights), the block ops (src/blockops.cc: norms, RoPE, attention, activations) and
   # GPTQ's column loop (src/gptqloop.cc, no FP contraction: a pragma in the file);
   # AVX2/FMA per function with runtime dispatch, so no -mavx2 here. Linux links OpenBLAS; macOS links the Accelerate framework.

@@ -240,8 +240,7 @@ function plainFasterquant(
   for (let i = 0; i < n; i++) mean += Hp[i * n + i]!;
   const damp = Math.fround(o.damp * (mean / n));
   for (let i = 0; i < n; i++) Hp[i * n + i] += damp;
-  expect(backend.choleskyInverse(Hp, n)).toBe(true);
-  expect(backend.cholesky(Hp, n, true)).toBe(true);
+  expect(backend.inverseCholesky(Hp, n)).toBe(true);
   const Q = new Uint8Array(out * n);
   const err = new Float32Array(out);
   for (let i = 0; i < n; i++) {

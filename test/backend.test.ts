@@ -420,33 +420,59 @@ describe("cholesky", () => {
   });
 });
 
-describe("choleskyInverse", () => {
-  for (const n of [1, 9, 80]) {
-    it(`full symmetric inverse, inv·A ≈ I and ≈ float64 reference (n=${n})`, () => {
+describe("inverseCholesky", () => {
+  /** float64 upper U with M = UᵀU. */
+  const refUpper = (M: Float64Array, n: number): Float64Array => {
+    const U = new Float64Array(n * n);
+    for (let i = 0; i < n; i++) {
+      let d = M[i * n + i]!;
+      for (let k = 0; k < i; k++) d -= U[k * n + i]! ** 2;
+      U[i * n + i] = Math.sqrt(d);
+      for (let j = i + 1; j < n; j++) {
+        let v = M[i * n + j]!;
+        for (let k = 0; k < i; k++) v -= U[k * n + i]! * U[k * n + j]!;
+        U[i * n + j] = v / U[i * n + i]!;
+      }
+    }
+    return U;
+  };
+  for (const n of [1, 9, 80, 150]) {
+    it(`upper U with A⁻¹ = UᵀU, lower triangle zero, ≈ the float64 reference factor (n=${n})`, () => {
       const A0 = spd(n, 900 + n);
-      const inv = Float32Array.from(A0);
-      expect(be.choleskyInverse(inv, n)).toBe(true);
-      expectSymmetric(inv, n);
-      const prod = matmul(inv, A0, n);
+      const U = Float32Array.from(A0);
+      expect(be.inverseCholesky(U, n)).toBe(true);
+      for (let i = 0; i < n; i++) {
+        expect(U[i * n + i]).toBeGreaterThan(0);
+        for (let j = 0; j < i; j++) expect(U[i * n + j]).toBe(0);
+      }
+      // UᵀU·A ≈ I
+      const UtU = new Float64Array(n * n);
+      for (let i = 0; i < n; i++)
+        for (let j = 0; j < n; j++) {
+          let v = 0;
+          for (let k = 0; k <= Math.min(i, j); k++) v += U[k * n + i]! * U[k * n + j]!;
+          UtU[i * n + j] = v;
+        }
       const I = new Float64Array(n * n);
       for (let i = 0; i < n; i++) I[i * n + i] = 1;
-      expectClose(prod, I, 1, 1e-4);
-      const ref = refInverse(A0, n);
-      expectClose(inv, ref, maxAbs(ref), 1e-4);
+      expectClose(matmul(UtU, A0, n), I, 1, 1e-4);
+      const ref = refUpper(refInverse(A0, n), n);
+      expectClose(U, ref, maxAbs(ref), 1e-4);
     });
   }
 
   it("returns false for non-SPD matrices", () => {
-    expect(be.choleskyInverse(Float32Array.from([1, 2, 2, 1]), 2)).toBe(false);
-    expect(be.choleskyInverse(Float32Array.from([-4]), 1)).toBe(false);
+    expect(be.inverseCholesky(Float32Array.from([1, 2, 2, 1]), 2)).toBe(false);
+    expect(be.inverseCholesky(Float32Array.from([-4]), 1)).toBe(false);
     const A = spd(12, 3);
     A[0] = -2;
-    expect(be.choleskyInverse(A, 12)).toBe(false);
+    expect(be.inverseCholesky(A, 12)).toBe(false);
+    expect(be.inverseCholesky(new Float32Array(0), 0)).toBe(true);
   });
 
   it("wrong sizes throw", () => {
-    expect(() => be.choleskyInverse(new Float32Array(10), 3)).toThrow(BackendError);
-    expect(() => be.choleskyInverse(new Float32Array(10), 3)).toThrow("choleskyInverse: A has 10 elements, expected n*n=9");
+    expect(() => be.inverseCholesky(new Float32Array(10), 3)).toThrow(BackendError);
+    expect(() => be.inverseCholesky(new Float32Array(10), 3)).toThrow("inverseCholesky: A has 10 elements, expected n*n=9");
   });
 });
 

@@ -133,10 +133,11 @@ export interface Backend {
   cholesky(A: Float32Array, n: number, upper: boolean): boolean;
 
   /**
-   * In-place inverse of an SPD matrix from scratch (potrf + potri), full symmetric result.
-   * Returns false when A is not positive definite.
+   * In place: the SPD matrix A becomes the upper triangular U with A⁻¹ = UᵀU (GPTQ's inverse factor),
+   * lower triangle zeroed, from one Cholesky factorisation and one triangular inverse (of A with its
+   * order reversed). Returns false (leaving A unspecified) when A is not positive definite.
    */
-  choleskyInverse(A: Float32Array, n: number): boolean;
+  inverseCholesky(A: Float32Array, n: number): boolean;
 
   /**
    * A resident packed weight for a quantized Linear (outliers included). Absent on a backend without a

@@ -21,7 +21,7 @@ export interface NativeAddon {
   symmetrize(H: Float32Array, n: number): void;
   f16ToF32(src: Uint16Array, dst: Float32Array): boolean;
   spotrf(A: Float32Array, n: number, upper: boolean): boolean;
-  spotri(A: Float32Array, n: number): boolean;
+  inverseCholesky(A: Float32Array, n: number): boolean;
   setThreads(n: number): void;
   getThreads(): number;
   blasInfo(): string;
@@ -229,8 +229,8 @@ export class CpuBackend implements Backend {
     return call(() => this.addon.spotrf(A, n, upper));
   }
 
-  choleskyInverse(A: Float32Array, n: number): boolean {
-    return call(() => this.addon.spotri(A, n));
+  inverseCholesky(A: Float32Array, n: number): boolean {
+    return call(() => this.addon.inverseCholesky(A, n));
   }
 
   packLinear(q: PackableLinear): CpuLinearHandle {
