@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Does AWQ's scale search need more than 8,192 calibration tokens? brown-llama AWQ (compressed-tensors) with
+# Does AWQ's scale search need more than 8,192 calibration tokens? brown-llama AWQ with
 # --awq-tokens 8192 and 16384 over calibration seeds, each scored by perplexity and by KL from the source
 # (eval-ppl --kl-base) on the first 100 windows of 512 of WikiText-2; prints every run, then mean ± sd per
 # sample size and in how many seeds the smaller sample is at least as good (lower or equal KL).
 #
-#   bash bench/awq-tokens.sh [w4|w3]        w4: 4-bit per row asymmetric (default); w3: 3-bit g128 asymmetric
+#   bash bench/awq-tokens.sh [w4|w3]        w4: 4-bit per row asymmetric, compressed-tensors (default);
+#                                           w3: 3-bit g128 asymmetric, gptq format
 #
 # Calibration C4 128 × 512 (65,536 tokens: 16,384 = the first 32 windows, 8,192 = the first 16).
 # Environment: Q (the CLI, default `node dist/bin/quant4.js`), WORK (default out/awq-tokens), SEEDS
@@ -21,8 +22,8 @@ source bench/table-lib.sh
 
 scheme=${1:-w4}
 case $scheme in
-  w4) FLAGS=(--bits 4 --group-size -1 --asym) ;;
-  w3) FLAGS=(--bits 3 --group-size 128 --asym) ;;
+  w4) FLAGS=(--bits 4 --group-size -1 --asym --format compressed-tensors) ;;
+  w3) FLAGS=(--bits 3 --group-size 128 --asym --format gptq) ;;
   *) echo "unknown scheme $scheme (w4, w3)" >&2; exit 2 ;;
 esac
 MODEL=../shared/models/brown-llama
@@ -37,7 +38,7 @@ for seed in "${SEEDLIST[@]}"; do
   for t in "${TOKLIST[@]}"; do
     d="$W/s$seed-t$t"
     OUTFILE="$d.quantize.json"
-    run "${QA[@]}" quantize "$MODEL" "$d" --overwrite --method awq --format compressed-tensors "${FLAGS[@]}" --awq-tokens "$t" "${CALIB[@]}" --seed "$seed" "${THR[@]}" --json
+    run "${QA[@]}" quantize "$MODEL" "$d" --overwrite --method awq "${FLAGS[@]}" --awq-tokens "$t" "${CALIB[@]}" --seed "$seed" "${THR[@]}" --json
     secs=$(jget "$OUTFILE" 'report.totalSeconds.toFixed(1)' 2>/dev/null || echo "?")
     OUTFILE="$d.eval.json"
     run "${QA[@]}" eval-ppl "$d" "${EVAL[@]}" --kl-base "$MODEL" "${THR[@]}" --json
