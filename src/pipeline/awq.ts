@@ -13,8 +13,13 @@ import { attentionModule, blockForward, linear, mlpModule, type BlockWeights, ty
 import type { ActivationStore } from "./activations.js";
 import { batchWindows } from "./passes.js";
 
-/** Calibration tokens (whole windows) the scale search runs on by default, at most (llm-awq uses all its 128×512); --awq-tokens. */
-export const AWQ_SCALE_TOKENS = 16384;
+/**
+ * Calibration tokens (whole windows) the scale search runs on by default, at most; --awq-tokens. 8,192:
+ * over 5 calibration seeds on brown-llama (bench/awq-tokens.sh, README) it matched 16,384 in mean KL
+ * from the source at 4 bits and did better at 3 bits, at about half the search time. llm-awq searches
+ * on all of its 128×512 calibration tokens.
+ */
+export const AWQ_SCALE_TOKENS = 8192;
 /** Tokens the clipping search samples from a Linear's input (llm-awq n_sample_token). */
 export const AWQ_CLIP_TOKENS = 512;
 

@@ -235,7 +235,7 @@ quantize:
   staticGroups: false     # GPTQ: group scales fixed up front
   damp: 0.01              # GPTQ dampening, fraction of mean(diag H)
   blockSize: 128          # GPTQ lazy-batch block
-  # awqTokens: 16384      # AWQ: calibration tokens the scale search runs on, at most
+  # awqTokens: 8192       # AWQ: calibration tokens the scale search runs on, at most
   outliers: 0             # fraction of weights kept exactly in fp16 (needs format quant4)
   propagate: auto         # what feeds the next block: auto | quantized | fp
   format: auto            # auto | gptq | compressed-tensors | awq | quant4 (with \`out\`)
