@@ -5,6 +5,8 @@
 // portable scalar ones, on 1 and 2 threads. Where the native op performs the same float64 steps as the
 // reference (RoPE, activations, e^x, norms up to the order of a float64 sum) the results are bit-identical;
 // attention's fp32 dot products are summed in another order than sgemm's: fp32 rounding.
+// The AVX-512 kernels (attention, SiLU, row log-sum-exp) must give the AVX2 kernels' bits exactly: compared
+// byte for byte over many shapes below (skipped on CPUs without AVX-512).
 
 import { afterAll, describe, expect, it } from "vitest";
 import { mulberry32 as rng } from "../src/calibration/sampler.js";
@@ -15,6 +17,7 @@ import { BackendError } from "../src/util/errors.js";
 
 const be = getBackend("cpu") as CpuBackend;
 const SIMD = be.kernelInfo().simdAvailable;
+const AVX512 = be.kernelInfo().simdLevels.includes("avx512");
 const threads0 = be.getThreads();
 afterAll(() => {
   be.setSimd(true);
@@ -257,7 +260,7 @@ const MODES: { simd: boolean; threads: number }[] = [
   { simd: false, threads: 2 },
 ];
 
-describe.each(MODES)("block ops ($simd ? AVX2 : scalar, $threads thread(s))", ({ simd, threads }) => {
+describe.each(MODES)("block ops (SIMD $simd (the best level), $threads thread(s))", ({ simd, threads }) => {
   const setup = () => {
     expect(be.setSimd(simd)).toBe(simd);
     be.setThreads(threads);
@@ -408,6 +411,164 @@ describe.each(MODES)("block ops ($simd ? AVX2 : scalar, $threads thread(s))", ({
     }
     expect(bitsEqual(cache.k, cacheRef.k)).toBe(cache.k.length);
     expect(bitsEqual(cache.v, cacheRef.v)).toBe(cache.v.length);
+  });
+});
+
+/** Runs fn at the avx2 and the avx512 level; the outputs it returns must be the same bytes. */
+function sameAtBothLevels(fn: () => ArrayBufferView[], what: string): void {
+  const out: Uint8Array[][] = [];
+  for (const level of ["avx2", "avx512"] as const) {
+    expect(be.setSimd(level)).toBe(level);
+    out.push(fn().map((a) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength)));
+  }
+  for (let i = 0; i < out[0]!.length; i++) {
+    const [a, b] = [out[0]![i]!, out[1]![i]!];
+    let diff = 0;
+    for (let j = 0; j < a.length; j++) if (a[j] !== b[j]) diff++;
+    expect(diff, `${what}: output ${i}, bytes that differ between avx2 and avx512`).toBe(0);
+  }
+}
+
+function lse(x: Float32Array, rows: number, V: number): ArrayBufferView[] {
+  const max = new Float32Array(rows);
+  const sum = new Float64Array(rows);
+  const top = new Int32Array(rows);
+  be.rowLse(x, rows, V, max, sum, top);
+  return [max, sum, top];
+}
+
+describe.skipIf(!AVX512)("AVX-512 kernels: the AVX2 kernels' bits", () => {
+  afterAll(() => {
+    be.setSimd(true);
+    be.setThreads(threads0);
+  });
+
+  // Head dims 8..128 (24: a last 8-column P·V pass), GQA 1/2/4, T to 600 (ragged against the 32-row query
+  // chunks, the 4-row P·V groups, the 2-row and 4-pair score blocks and the 4-key sums), B > 1.
+  it("attention without a cache: random shapes", () => {
+    const r = rng(20);
+    const pick = <T>(a: readonly T[]): T => a[Math.floor(r() * a.length)]!;
+    let calls = 0;
+    for (const d of [8, 16, 24, 64, 128])
+      for (const G of [1, 2, 4])
+        for (let rep = 0; rep < 4; rep++) {
+          const T = rep === 0 ? pick([1, 2, 3, 5, 31, 33]) : 1 + Math.floor(r() * (d >= 64 ? 600 : 300));
+          const B = pick([1, 1, 2, 3]);
+          const nKv = pick([1, 2]);
+          const nH = nKv * G;
+          const rows = B * T;
+          const seed = 1000 * d + 100 * G + rep;
+          // scale 3: scores spread over tens of units, so the softmax's e^x covers a wide range (and underflows)
+          const q = randn(rows * nH * d, seed, 3);
+          const k = randn(rows * nKv * d, seed + 1, 3);
+          const v = randn(rows * nKv * d, seed + 2);
+          const shape = { B, T, nHeads: nH, nKvHeads: nKv, headDim: d, pos0: 0 };
+          be.setThreads(rep % 2 === 0 ? 1 : 2);
+          sameAtBothLevels(() => {
+            const out = new Float32Array(rows * nH * d);
+            be.attention(q, k, v, shape, undefined, out);
+            return [out];
+          }, `d ${d}, ${nH}/${nKv} heads, B ${B}, T ${T}`);
+          calls++;
+        }
+    expect(calls).toBe(60);
+  });
+
+  it("attention with a KV cache: prompt chunks and decoding from pos0 > 0", () => {
+    for (const [nH, nKv, d] of [[4, 2, 64], [8, 2, 16], [4, 4, 128], [6, 3, 8], [2, 1, 24]] as const) {
+      const kvDim = nKv * d;
+      const cap = 640;
+      const outs: Float32Array[][] = [[], []];
+      const caches = [0, 1].map(() => ({ k: new Float32Array(cap * kvDim), v: new Float32Array(cap * kvDim), capacity: cap }) as KvCache);
+      let pos0 = 0;
+      let seed = 50 + d;
+      for (const T of [37, 1, 1, 3, 130, 1, 64, 7, 300]) {
+        const q = randn(T * nH * d, seed++, 2);
+        const k = randn(T * kvDim, seed++, 2);
+        const v = randn(T * kvDim, seed++);
+        (["avx2", "avx512"] as const).forEach((level, i) => {
+          be.setSimd(level);
+          const out = new Float32Array(T * nH * d);
+          be.attention(q, k, v, { B: 1, T, nHeads: nH, nKvHeads: nKv, headDim: d, pos0 }, caches[i], out);
+          outs[i]!.push(out);
+        });
+        pos0 += T;
+      }
+      const a = outs[0]!, b = outs[1]!;
+      for (let i = 0; i < a.length; i++) expect(bitsEqual(b[i]!, a[i]!), `${nH}/${nKv} × ${d}, call ${i}`).toBe(a[i]!.length);
+    }
+  });
+
+  it("attention on constant, tied and extreme scores, NaN and ∞ inputs", () => {
+    const [B, T, nH, nKv, d] = [2, 70, 4, 2, 64];
+    const rows = B * T;
+    const q = randn(rows * nH * d, 5, 1);
+    const k = randn(rows * nKv * d, 6, 1);
+    const v = randn(rows * nKv * d, 7);
+    const qBig = q.map((x) => x * 40); // scores in the thousands: e^(s − max) is 0 for all but a few keys
+    const kSame = k.map((_, i) => k[i % (nKv * d)]!); // every key equal: ties everywhere
+    const zeros = new Float32Array(q.length); // all scores 0
+    const qNaN = q.slice();
+    qNaN[5 * nH * d + 3] = NaN; // one query row of head 0 NaN
+    const vInf = v.slice();
+    vInf[40 * nKv * d + 7] = Infinity; // 0 · ∞ in the rows of a 4-row P·V group that cannot see key 40
+    for (const [name, qq, kk, vv] of [["big", qBig, k, v], ["ties", q, kSame, v], ["zero q", zeros, k, v], ["NaN q", qNaN, k, v], ["∞ v", q, k, vInf]] as const)
+      sameAtBothLevels(() => {
+        const out = new Float32Array(rows * nH * d);
+        be.attention(qq, kk, vv, { B, T, nHeads: nH, nKvHeads: nKv, headDim: d, pos0: 0 }, undefined, out);
+        return [out];
+      }, name);
+  });
+
+  it("silu and silu·up: ragged lengths, out-of-range values, 1 and 2 threads", () => {
+    for (const threads of [1, 2])
+      for (const n of [1, 3, 4, 7, 8, 9, 15, 16, 17, 1000, 20_001, 100_003]) {
+        be.setThreads(threads);
+        const x = randn(n, n + threads, 6);
+        if (n > 40) {
+          x[n - 9] = -800; // |x| ≥ 700: ExpPd's scalar branch, late in the array
+          x[n - 30] = 750;
+          x[Math.floor(n / 2)] = 0;
+        }
+        const up = randn(n, n + 7);
+        sameAtBothLevels(() => {
+          const a = x.slice();
+          be.activate("silu", a);
+          const b = x.slice();
+          be.activateMul("silu", b, up);
+          return [a, b];
+        }, `n ${n}, ${threads} thread(s)`);
+      }
+  });
+
+  it("rowLse: vocabularies with and without a tail, −∞, NaN, a wide spread", () => {
+    for (const V of [7, 8, 100, 512, 1003, 4096, 32000, 50257])
+      for (const rows of [1, 3, 4, 9]) {
+        const x = randn(rows * V, V + rows, 5);
+        if (rows >= 4) {
+          x[V + 3] = -Infinity;
+          x[2 * V + Math.floor(V / 2)] = NaN;
+          for (let j = 0; j < V; j += 3) x[3 * V + j] = -900 + j / V; // x − max ≤ −700: ExpScalar
+        }
+        be.setThreads(rows % 2 === 0 ? 2 : 1);
+        sameAtBothLevels(() => lse(x, rows, V), `V ${V}, ${rows} rows`);
+      }
+  });
+
+  it("rowLse: e^x of single elements, through sums of 1 + e^(x − max)", () => {
+    // A sum's last bit hides a term's last-bit differences, so each row here is one 8-lane block holding
+    // the max (e^0 = 1), one probe x with e^(x − max) in (0.5, 1) and six terms of ~e^−690 (lost in the
+    // sum): the sum 1 + e^(x − max) then shows a changed last bit of the probe's e^x about half the time.
+    const rows = 40_000;
+    const x = new Float32Array(rows * 8).fill(-690);
+    const r = rng(77);
+    for (let i = 0; i < rows; i++) {
+      const lane = i % 8;
+      x[i * 8 + lane] = -r() * 0.69;
+      x[i * 8 + ((lane + 1 + (i % 7)) % 8)] = 0;
+    }
+    be.setThreads(1);
+    sameAtBothLevels(() => lse(x, rows, 8), "probes");
   });
 });
 

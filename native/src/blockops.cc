@@ -1,10 +1,16 @@
 // quant4 block ops (see blockops.h): norms, RoPE, causal attention, activations, residual add.
 // Scalar versions are the portable fallback and the exact transcription of the TypeScript reference; the
 // AVX2/FMA ones (__attribute__((target)), chosen at run time) keep the same float64 steps where the
-// reference rounds in float64, so they differ from it only where a sum's order differs.
+// reference rounds in float64, so they differ from it only where a sum's order differs. At the avx512
+// level attention, SiLU and the row log-sum-exp run AVX-512 versions that reproduce the AVX2 ones bit for
+// bit (every value from the same operations in the same order; test/blockops.test.ts compares the levels),
+// so no calibrated result depends on the level.
 //
-// No FMA contraction in the scalar code: it is compiled for baseline x86-64 (no FMA instructions), and the
-// AVX2 functions spell every multiply and add with intrinsics (their tails call the scalar code).
+// No FMA contraction in the scalar code: it is compiled for baseline x86-64 (no FMA instructions). The
+// vector functions spell their multiplies and adds with intrinsics, but GCC's default -ffp-contract=fast
+// still fuses an intrinsic multiply into a following add (ExpPd: every product is fused); the AVX-512
+// ports are written the same way so that the same pairs fuse (checked in the generated code), and the
+// AVX2 code they must match is left as it was.
 
 #include "blockops.h"
 
@@ -20,6 +26,17 @@
 #define Q4B_X86 1
 #include <immintrin.h>
 #define Q4_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define Q4_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")))
+// Around the AVX-512 code: GCC 12's AVX-512 intrinsics pass _mm512_undefined_*() (a self-initialized
+// variable) as the unused merge source, which -Wmaybe-uninitialized reports at every inlined call; spurious.
+#if defined(__GNUC__) && !defined(__clang__)
+#define Q4_AVX512_BEGIN \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define Q4_AVX512_END _Pragma("GCC diagnostic pop")
+#else
+#define Q4_AVX512_BEGIN
+#define Q4_AVX512_END
+#endif
 #endif
 
 namespace q4 {
@@ -63,6 +80,14 @@ bool Simd() {
   return SimdInUse();
 #else
   return false;
+#endif
+}
+// The SIMD level in use (qkernels.h: 0 scalar, 1 AVX2, 2 AVX-512): the ops with AVX-512 versions.
+int Level() {
+#ifdef Q4B_X86
+  return SimdLevel();
+#else
+  return 0;
 #endif
 }
 
@@ -273,8 +298,11 @@ Q4_AVX2 void RopeHeadAvx2(float* x, const float* c, const float* s, int64_t half
   RopeHeadScalar(x, c, s, i, half);
 }
 
-/** gate[i] = float(silu(gate[i])) · up[i] (up null: silu only), 4 lanes of float64. */
-Q4_AVX2 void SiluAvx2(float* gate, const float* up, int64_t n) {
+/**
+ * gate[i] = float(silu(gate[i])) · up[i] (up null: silu only), 4 lanes of float64. Not inlined: SiluAvx512
+ * hands it the blocks it does not take, which then run this very code.
+ */
+Q4_AVX2 __attribute__((noinline)) void SiluAvx2(float* gate, const float* up, int64_t n) {
   const __m256d one = _mm256_set1_pd(1.0);
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
@@ -286,6 +314,65 @@ Q4_AVX2 void SiluAvx2(float* gate, const float* up, int64_t n) {
   }
   for (; i < n; i++) gate[i] = up ? SiluScalar(gate[i]) * up[i] : SiluScalar(gate[i]);
 }
+
+Q4_AVX512_BEGIN
+
+/** Whether every lane is inside (−700, 700), where ExpPd takes its vector path. */
+Q4_AVX512 inline bool ExpInRange512(__m512d x) {
+  return (_mm512_cmp_pd_mask(x, _mm512_set1_pd(-700), _CMP_GT_OQ) & _mm512_cmp_pd_mask(x, _mm512_set1_pd(700), _CMP_LT_OQ)) == 0xff;
+}
+
+/**
+ * ExpPd's vector path on 8 lanes, all in range (ExpInRange512): the same operations written the same way,
+ * so the compiler contracts the same products into FMAs (GCC's default -ffp-contract=fast) and every lane
+ * has ExpPd's bits.
+ */
+Q4_AVX512 inline __m512d ExpPd512(__m512d x) {
+  const __m512d shift = _mm512_set1_pd(kExpShift);
+  const __m512d k = _mm512_sub_pd(_mm512_add_pd(_mm512_mul_pd(x, _mm512_set1_pd(kExpInv)), shift), shift);
+  const __m512d r = _mm512_sub_pd(_mm512_sub_pd(x, _mm512_mul_pd(k, _mm512_set1_pd(kExpHi))), _mm512_mul_pd(k, _mm512_set1_pd(kExpLo)));
+  const __m256i ki = _mm512_cvtpd_epi32(k);  // k is an integer: exact
+  const __m512d r2 = _mm512_mul_pd(r, r);
+  const __m512d inner = _mm512_add_pd(_mm512_set1_pd(1.0 / 24), _mm512_mul_pd(r, _mm512_set1_pd(1.0 / 120)));
+  const __m512d poly = _mm512_add_pd(_mm512_add_pd(_mm512_set1_pd(0.5), _mm512_mul_pd(r, _mm512_set1_pd(1.0 / 6))), _mm512_mul_pd(r2, inner));
+  const __m512d q = _mm512_add_pd(r, _mm512_mul_pd(r2, poly));
+  const __m512d t = _mm512_i32gather_pd(_mm256_and_si256(ki, _mm256_set1_epi32(63)), g_expT.t, 8);
+  const __m512i e = _mm512_slli_epi64(_mm512_cvtepi32_epi64(_mm256_add_epi32(_mm256_srai_epi32(ki, 6), _mm256_set1_epi32(1023))), 52);
+  return _mm512_mul_pd(_mm512_add_pd(t, _mm512_mul_pd(t, q)), _mm512_castsi512_pd(e));
+}
+
+/**
+ * v, as a value the compiler cannot look through: a product computed before it is never contracted (FMA)
+ * with a sum after it. SiluAvx2's ExpPd result reaches 1 + e through its out-of-range branch, so that
+ * multiply and add stay separate there; without the branch GCC would fuse them here.
+ */
+Q4_AVX512 inline __m512d Opaque512(__m512d v) {
+  asm("" : "+v"(v));
+  return v;
+}
+
+/**
+ * SiluAvx2 8 lanes at a time; the last n mod 8 go to SiluAvx2 (the same elements as its scalar tail), and
+ * so does the rest of the range from a block with a lane out of ExpPd's range on (|x| ≥ 700: never in a
+ * working model; SiluAvx2 takes such lanes through ExpScalar 4 at a time, so this keeps its bits).
+ */
+Q4_AVX512 void SiluAvx512(float* gate, const float* up, int64_t n) {
+  const __m512d one = _mm512_set1_pd(1.0);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(gate + i));
+    const __m512d x = _mm512_sub_pd(_mm512_setzero_pd(), v);
+    if (!ExpInRange512(x)) break;
+    __m256 f = _mm512_cvtpd_ps(_mm512_div_pd(v, _mm512_add_pd(one, Opaque512(ExpPd512(x)))));
+    if (up) f = _mm256_mul_ps(f, _mm256_loadu_ps(up + i));
+    _mm256_storeu_ps(gate + i, f);
+  }
+  if (i == n) return;
+  if (up) SiluAvx2(gate + i, up + i, n - i);
+  else SiluAvx2(gate + i, nullptr, n - i);  // (a constant null, as in Activate's call: the same clone of it)
+}
+
+Q4_AVX512_END
 #endif  // Q4B_X86
 
 // ---------------------------------------------------------------------------------------------
@@ -400,8 +487,8 @@ Q4_AVX2 inline __m256 ExpNegPs(__m256 x) {
   return _mm256_mul_ps(e, _mm256_castsi256_ps(pow2n));
 }
 
-/** Softmax numerators e^(s − max) (fp32) over [0, n) in place, zeros on [n, nFill); returns 1/Σ (float64 sum). */
-Q4_AVX2 double SoftmaxAvx2(float* S, int64_t n, int64_t nFill) {
+/** max of S[0, n) (8 lanes, then the lanes, then the tail: the order matters only for NaN). */
+Q4_AVX2 inline float MaxPs(const float* S, int64_t n) {
   __m256 mv = _mm256_set1_ps(-INFINITY);
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(S + j));
@@ -410,17 +497,12 @@ Q4_AVX2 double SoftmaxAvx2(float* S, int64_t n, int64_t nFill) {
   m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
   float m = _mm_cvtss_f32(m4);
   for (; j < n; j++) m = std::max(m, S[j]);
-  const __m256 mvv = _mm256_set1_ps(m);
-  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-  j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const __m256 e = ExpNegPs(_mm256_sub_ps(_mm256_loadu_ps(S + j), mvv));
-    _mm256_storeu_ps(S + j, e);
-    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-  }
-  double s = HsumPd(_mm256_add_pd(s0, s1));
-  if (j < n) {  // the last 1..7: the same kernel on a padded vector
+  return m;
+}
+
+/** Softmax after its 8-wide chunks: the last 1..7 of [j, n) (added to s one by one), zeros, 1/Σ. */
+Q4_AVX2 inline double SoftmaxEnd(float* S, int64_t j, int64_t n, int64_t nFill, float m, double s) {
+  if (j < n) {  // the same kernel on a padded vector
     alignas(32) float t[8];
     for (int i = 0; i < 8; i++) t[i] = j + i < n ? S[j + i] - m : -100.0f;
     _mm256_store_ps(t, ExpNegPs(_mm256_load_ps(t)));
@@ -431,6 +513,21 @@ Q4_AVX2 double SoftmaxAvx2(float* S, int64_t n, int64_t nFill) {
   }
   for (j = n; j < nFill; j++) S[j] = 0;
   return 1 / s;
+}
+
+/** Softmax numerators e^(s − max) (fp32) over [0, n) in place, zeros on [n, nFill); returns 1/Σ (float64 sum). */
+Q4_AVX2 double SoftmaxAvx2(float* S, int64_t n, int64_t nFill) {
+  const float m = MaxPs(S, n);
+  const __m256 mvv = _mm256_set1_ps(m);
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = ExpNegPs(_mm256_sub_ps(_mm256_loadu_ps(S + j), mvv));
+    _mm256_storeu_ps(S + j, e);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  return SoftmaxEnd(S, j, n, nFill, m, HsumPd(_mm256_add_pd(s0, s1)));
 }
 
 /**
@@ -478,10 +575,194 @@ Q4_AVX2 void PvAvx2(const float* P, int64_t ldp, const float* V, int64_t kvDim, 
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 attention (the avx512 level): the same fp32 and float64 values as the AVX2 kernels above, bit for
+// bit (test/blockops.test.ts compares the levels), with 512-bit vectors and 32 registers. Every score, P·V
+// element and softmax sum goes through the same operations in the same order as in the AVX2 kernel;
+// only how the work is laid out across lanes and registers changes.
+
+Q4_AVX512_BEGIN
+
+/** _mm256_hadd_ps on each 128-bit lane: [a1 + a0, a3 + a2, b1 + b0, b3 + b2] (HADDPS's operand order). */
+Q4_AVX512 inline __m512 Hadd512(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+}
+
+/**
+ * Scores of P query-row pairs (P ≤ 4) over keys [0, n[P−1]); pair p = task rows 2p, 2p+1 (one row if
+ * lone), Scores2Avx2's pairs. The AVX2 kernel keeps one 8-lane partial sum per (row, key); here the two rows
+ * of a pair share a zmm (Qp: the pair's q values, row 2p in the low 256 bits, step s of 8 at Qp + 16s) and
+ * each key's 8 values are broadcast to both halves, so 4 pairs × 4 keys are 16 accumulators, 8 loads per
+ * 16 FMAs. Each lane sees the same FMA sequence over the head dim. Then the AVX2 kernel's horizontal sums:
+ * for the keys it took 4 at a time (below n[p] rounded down to 4) Hsum4 (three hadd levels, low + high 128
+ * bits), done here for 4 keys × 8 rows at once; for its last 1..3 keys HsumPs. Keys past a pair's n (the
+ * block runs to the last pair's) are computed and dropped; K rows past the block's n are not read.
+ */
+template <int P>
+Q4_AVX512 void ScoresBlockAvx512(const float* Qp, int64_t d, const float* K, int64_t kvDim, const int64_t* n, bool lone, float scale, float* S, int64_t Lc) {
+  const int64_t steps = d / 8, nMax = n[P - 1];
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t j = 0; j < nMax; j += 4) {
+    const float* kr[4];
+    for (int k = 0; k < 4; k++) kr[k] = K + std::min(j + k, nMax - 1) * kvDim;
+    __m512 acc[P][4];
+    for (int p = 0; p < P; p++)
+      for (int k = 0; k < 4; k++) acc[p][k] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < steps; s++) {
+      __m512 kv[4];
+      for (int k = 0; k < 4; k++) kv[k] = _mm512_broadcast_f32x8(_mm256_loadu_ps(kr[k] + 8 * s));
+      for (int p = 0; p < P; p++) {
+        const __m512 qv = _mm512_loadu_ps(Qp + (p * steps + s) * 16);
+        for (int k = 0; k < 4; k++) acc[p][k] = _mm512_fmadd_ps(qv, kv[k], acc[p][k]);
+      }
+    }
+    // Hsum4 of every pair: 128-bit lane 0 of h[p] holds row 2p's sums of lanes 0..3 for the 4 keys, lane 1
+    // its lanes 4..7, lanes 2, 3 row 2p+1's; then (lane 0 + lane 1) · scale, two pairs per vector.
+    __m512 h[P];
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++) h[p] = Hadd512(Hadd512(acc[p][0], acc[p][1]), Hadd512(acc[p][2], acc[p][3]));
+#pragma GCC unroll 2
+    for (int p = 0; p < P; p += 2) {
+      const __m512 b = p + 1 < P ? h[p + 1] : h[p];
+      const __m512 lo = _mm512_shuffle_f32x4(h[p], b, _MM_SHUFFLE(2, 0, 2, 0)), hi = _mm512_shuffle_f32x4(h[p], b, _MM_SHUFFLE(3, 1, 3, 1));
+      const __m512 r = _mm512_mul_ps(_mm512_add_ps(lo, hi), sc);  // rows 2p, 2p+1, 2p+2, 2p+3: keys j..j+3
+      if (j + 4 <= (n[p] & ~int64_t(3))) {
+        _mm_storeu_ps(S + 2 * p * Lc + j, _mm512_castps512_ps128(r));
+        if (!(lone && p == P - 1)) _mm_storeu_ps(S + (2 * p + 1) * Lc + j, _mm512_extractf32x4_ps(r, 1));
+      }
+      if (p + 1 < P && j + 4 <= (n[p + 1] & ~int64_t(3))) {
+        _mm_storeu_ps(S + (2 * p + 2) * Lc + j, _mm512_extractf32x4_ps(r, 2));
+        if (!(lone && p + 1 == P - 1)) _mm_storeu_ps(S + (2 * p + 3) * Lc + j, _mm512_extractf32x4_ps(r, 3));
+      }
+    }
+    // A pair's last 1..3 keys: HsumPs per row and key (once per pair and block).
+#pragma GCC unroll 4
+    for (int p = 0; p < P; p++) {
+      if (j + 4 <= (n[p] & ~int64_t(3)) || j >= n[p]) continue;
+      alignas(64) float t[4][16];
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; k++) _mm512_store_ps(t[k], acc[p][k]);
+      for (int i = 0; i < (lone && p == P - 1 ? 1 : 2); i++)
+        for (int k = 0; j + k < n[p]; k++) S[(2 * p + i) * Lc + j + k] = HsumPs(_mm256_load_ps(t[k] + 8 * i)) * scale;
+    }
+  }
+}
+
+/** All score rows of a task (tc rows, Scores2Avx2's pairs and key counts), 4 pairs per block. */
+Q4_AVX512 void ScoresAvx512(const float* Q, int64_t qDim, int64_t tc, const float* K, int64_t kvDim, int64_t d, int64_t visible0, float scale, float* S, int64_t Lc) {
+  thread_local std::vector<float> QpBuf;
+  const int64_t pairs = (tc + 1) / 2, steps = d / 8;
+  QpBuf.resize(static_cast<size_t>(pairs * steps * 16));
+  float* Qp = QpBuf.data();
+  int64_t n[(kQChunk + 1) / 2];
+  for (int64_t p = 0; p < pairs; p++) {
+    const int64_t last = std::min(2 * p + 1, tc - 1);
+    n[p] = visible0 + last;
+    for (int64_t s = 0; s < steps; s++)
+      for (int i = 0; i < 2; i++) std::memcpy(Qp + (p * steps + s) * 16 + 8 * i, Q + std::min(2 * p + i, last) * qDim + 8 * s, 32);
+  }
+  for (int64_t p = 0; p < pairs; p += 4) {
+    const int np = static_cast<int>(std::min<int64_t>(4, pairs - p));
+    const bool lone = p + np == pairs && tc % 2 == 1;
+    const float* qp = Qp + p * steps * 16;
+    float* Sp = S + 2 * p * Lc;
+    if (np == 4) ScoresBlockAvx512<4>(qp, d, K, kvDim, &n[p], lone, scale, Sp, Lc);
+    if (np == 3) ScoresBlockAvx512<3>(qp, d, K, kvDim, &n[p], lone, scale, Sp, Lc);
+    if (np == 2) ScoresBlockAvx512<2>(qp, d, K, kvDim, &n[p], lone, scale, Sp, Lc);
+    if (np == 1) ScoresBlockAvx512<1>(qp, d, K, kvDim, &n[p], lone, scale, Sp, Lc);
+  }
+}
+
+/** ExpNegPs on 16 lanes: the same operations, so the same bits per lane. */
+Q4_AVX512 inline __m512 ExpNegPs512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r), _mm512_set1_ps(1.0f));
+  const __m512i pow2n = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(e, _mm512_castsi512_ps(pow2n));
+}
+
+/**
+ * SoftmaxAvx2 with 16-lane e^x. Its float64 sum adds lanes 0..3 of each 8-value chunk into s0 and lanes 4..7
+ * into s1, chunk after chunk: here one 8-lane accumulator whose low half is s0 and high half s1.
+ */
+Q4_AVX512 double SoftmaxAvx512(float* S, int64_t n, int64_t nFill) {
+  const float m = MaxPs(S, n);
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512d s01 = _mm512_setzero_pd();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 e = ExpNegPs512(_mm512_sub_ps(_mm512_loadu_ps(S + j), mv));
+    _mm512_storeu_ps(S + j, e);
+    s01 = _mm512_add_pd(s01, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    s01 = _mm512_add_pd(s01, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
+  }
+  if (j + 8 <= n) {
+    const __m256 e = ExpNegPs(_mm256_sub_ps(_mm256_loadu_ps(S + j), _mm512_castps512_ps256(mv)));
+    _mm256_storeu_ps(S + j, e);
+    s01 = _mm512_add_pd(s01, _mm512_cvtps_pd(e));
+    j += 8;
+  }
+  return SoftmaxEnd(S, j, n, nFill, m, HsumPd(_mm256_add_pd(_mm512_castpd512_pd256(s01), _mm512_extractf64x4_pd(s01, 1))));
+}
+
+/** float(acc · inv) per lane (float64 product), as PvAvx2's end. */
+Q4_AVX512 inline __m512 ScalePs512(__m512 acc, __m512d iv) {
+  const __m256 lo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(acc)), iv));
+  const __m256 hi = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(acc, 1)), iv));
+  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+
+/**
+ * PvAvx2<R> with 64 output columns (16 accumulators) per pass, then 16, then PvAvx2's 8: each output element
+ * is the same fp32 FMA chain over the keys in order; d = 64 reads P once instead of 4 times.
+ */
+template <int R>
+Q4_AVX512 void PvAvx512(const float* P, int64_t ldp, const float* V, int64_t kvDim, int64_t d, int64_t n, const double* inv, float* o, int64_t ldo) {
+  int64_t c = 0;
+  for (; c + 64 <= d; c += 64) {
+    __m512 acc[R][4];
+    for (int r = 0; r < R; r++)
+      for (int h = 0; h < 4; h++) acc[r][h] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j++) {
+      const float* vr = V + j * kvDim + c;
+      __m512 v[4];
+      for (int h = 0; h < 4; h++) v[h] = _mm512_loadu_ps(vr + 16 * h);
+      for (int r = 0; r < R; r++) {
+        const __m512 p = _mm512_set1_ps(P[r * ldp + j]);
+        for (int h = 0; h < 4; h++) acc[r][h] = _mm512_fmadd_ps(p, v[h], acc[r][h]);
+      }
+    }
+    for (int r = 0; r < R; r++)
+      for (int h = 0; h < 4; h++) _mm512_storeu_ps(o + r * ldo + c + 16 * h, ScalePs512(acc[r][h], _mm512_set1_pd(inv[r])));
+  }
+  for (; c + 16 <= d; c += 16) {
+    __m512 acc[R];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j++) {
+      const __m512 v = _mm512_loadu_ps(V + j * kvDim + c);
+      for (int r = 0; r < R; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(P[r * ldp + j]), v, acc[r]);
+    }
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(o + r * ldo + c, ScalePs512(acc[r], _mm512_set1_pd(inv[r])));
+  }
+  if (c < d) PvAvx2<R>(P, ldp, V + c, kvDim, d - c, n, inv, o + c, ldo);
+}
+
+Q4_AVX512_END
+
 #endif  // Q4B_X86
 
 /** One task: sequence b, query head h, query rows [t0, t0 + tc). */
-void AttnTask(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t tc, bool simd) {
+void AttnTask(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t tc, int level) {
   thread_local std::vector<float> Sbuf;
   thread_local std::vector<double> invBuf;
   const int64_t d = a.d;
@@ -497,7 +778,18 @@ void AttnTask(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t tc, b
   float* O = a.out + (b * a.T + t0) * a.qDim + h * d;
   auto visible = [&](int64_t t) { return a.pos0 + t0 + t + 1; };
 #ifdef Q4B_X86
-  if (simd && d % 8 == 0) {
+  if (level >= 2 && d % 8 == 0) {
+    ScoresAvx512(Q, a.qDim, tc, K, a.kvDim, d, visible(0), a.scale, S, Lc);
+    for (int64_t t = 0; t < tc; t++) inv[t] = SoftmaxAvx512(S + t * Lc, visible(t), std::min(Lc, visible(t / 4 * 4 + 3)));
+    int64_t t = 0;
+    for (; t + 4 <= tc; t += 4) PvAvx512<4>(S + t * Lc, Lc, V, a.kvDim, d, visible(t + 3), inv + t, O + t * a.qDim, a.qDim);
+    const int64_t rest = tc - t;
+    if (rest == 3) PvAvx512<3>(S + t * Lc, Lc, V, a.kvDim, d, visible(t + 2), inv + t, O + t * a.qDim, a.qDim);
+    if (rest == 2) PvAvx512<2>(S + t * Lc, Lc, V, a.kvDim, d, visible(t + 1), inv + t, O + t * a.qDim, a.qDim);
+    if (rest == 1) PvAvx512<1>(S + t * Lc, Lc, V, a.kvDim, d, visible(t), inv + t, O + t * a.qDim, a.qDim);
+    return;
+  }
+  if (level >= 1 && d % 8 == 0) {
     int64_t t = 0;
     for (; t + 2 <= tc; t += 2)
       Scores2Avx2(Q + t * a.qDim, Q + (t + 1) * a.qDim, K, a.kvDim, d, visible(t + 1), a.scale, S + t * Lc, S + (t + 1) * Lc);
@@ -513,7 +805,7 @@ void AttnTask(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t tc, b
     return;
   }
 #endif
-  (void)simd;
+  (void)level;
   for (int64_t t = 0; t < tc; t++) {
     const int64_t n = visible(t);
     ScoresScalar(Q + t * a.qDim, K, a.kvDim, d, n, a.scale, S + t * Lc);
@@ -587,7 +879,37 @@ Q4_AVX2 void RowMaxAvx2(const float* xr, int64_t V, float* mx, int32_t* top) {
   *top = t;
 }
 
-/** 4 rows at a time: e^(x − max) 4 lanes wide (ExpPd: the same bits), then 4 interleaved sequential sums. */
+/** e[j] = e^(x[j] − m) for j in [j0, nc): ExpPd 4 lanes at a time, ExpScalar for the last (nc − j0) mod 4. */
+Q4_AVX2 inline void ExpRowAvx2Rest(const float* xr, double m, int64_t j0, int64_t nc, double* e) {
+  const __m256d mv = _mm256_set1_pd(m);
+  int64_t j = j0;
+  for (; j + 4 <= nc; j += 4) _mm256_storeu_pd(e + j, ExpPd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(xr + j)), mv)));
+  for (; j < nc; j++) e[j] = ExpScalar(static_cast<double>(xr[j]) - m);
+}
+Q4_AVX2 inline void ExpRowAvx2(const float* xr, double m, int64_t nc, double* e) { ExpRowAvx2Rest(xr, m, 0, nc, e); }
+
+Q4_AVX512_BEGIN
+/**
+ * ExpRowAvx2 8 lanes at a time (ExpPd512); ExpRowAvx2 itself takes the last nc mod 8, and the rest of the
+ * row from a block with a lane out of range on (x − max ≤ −700, e.g. a −∞ logit).
+ */
+Q4_AVX512 void ExpRowAvx512(const float* xr, double m, int64_t nc, double* e) {
+  const __m512d mv = _mm512_set1_pd(m);
+  int64_t j = 0;
+  for (; j + 8 <= nc; j += 8) {
+    const __m512d x = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_loadu_ps(xr + j)), mv);
+    if (!ExpInRange512(x)) break;
+    _mm512_storeu_pd(e + j, ExpPd512(x));
+  }
+  ExpRowAvx2Rest(xr, m, j, nc, e);
+}
+Q4_AVX512_END
+
+/**
+ * 4 rows at a time: e^(x − max) per row (ExpRow: ExpRowAvx2, or ExpRowAvx512 at the avx512 level; ExpPd's
+ * bits either way), then 4 interleaved sequential sums.
+ */
+template <void (*ExpRow)(const float*, double, int64_t, double*)>
 Q4_AVX2 void RowLseAvx2(const float* x, int64_t r0, int64_t r1, int64_t V, float* mx, double* sum, int32_t* top) {
   alignas(32) double e[4][kLseCols];
   for (int64_t r = r0; r < r1; r += 4) {
@@ -597,12 +919,7 @@ Q4_AVX2 void RowLseAvx2(const float* x, int64_t r0, int64_t r1, int64_t V, float
     for (int64_t c0 = 0; c0 < V; c0 += kLseCols) {
       const int64_t nc = std::min(kLseCols, V - c0);
       for (int i = 0; i < nr; i++) {
-        const float* xr = x + (r + i) * V + c0;
-        const double m = mx[r + i];
-        const __m256d mv = _mm256_set1_pd(m);
-        int64_t j = 0;
-        for (; j + 4 <= nc; j += 4) _mm256_store_pd(e[i] + j, ExpPd(_mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(xr + j)), mv)));
-        for (; j < nc; j++) e[i][j] = ExpScalar(static_cast<double>(xr[j]) - m);
+        ExpRow(x + (r + i) * V + c0, mx[r + i], nc, e[i]);
       }
       if (nr == 4) {
         double s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
@@ -703,7 +1020,7 @@ void Attention(const float* q, const float* k, const float* v, const AttnShape& 
   }
   const int64_t nChunks = (s.T + kQChunk - 1) / kQChunk;
   const int64_t tasks = s.B * s.nHeads * nChunks;
-  const bool simd = Simd();
+  const int level = Level();
   // Work ≈ Σ query rows × visible keys × d; small calls (decoding a small model) stay on this thread.
   const double work = static_cast<double>(s.B) * s.nHeads * s.T * (s.pos0 + (s.T + 1) / 2.0) * s.headDim;
   auto run = [&](int64_t task) {
@@ -711,7 +1028,7 @@ void Attention(const float* q, const float* k, const float* v, const AttnShape& 
     const int64_t c = nChunks - 1 - task % nChunks;
     const int64_t bh = task / nChunks;
     const int64_t t0 = c * kQChunk;
-    AttnTask(a, bh / s.nHeads, bh % s.nHeads, t0, std::min(kQChunk, s.T - t0), simd);
+    AttnTask(a, bh / s.nHeads, bh % s.nHeads, t0, std::min(kQChunk, s.T - t0), level);
   };
   if (OpThreads() <= 1 || tasks < 2 || work < 65536) {
     for (int64_t t = 0; t < tasks; t++) run(t);
@@ -721,36 +1038,39 @@ void Attention(const float* q, const float* k, const float* v, const AttnShape& 
 }
 
 void Activate(int kind, float* x, int64_t n) {
-  const bool simd = Simd();
+  const int level = Level();
   ForRows(n, 1, [&](int64_t i0, int64_t i1) {
 #ifdef Q4B_X86
-    if (simd && kind == kSilu) return SiluAvx2(x + i0, nullptr, i1 - i0);
+    if (level >= 2 && kind == kSilu) return SiluAvx512(x + i0, nullptr, i1 - i0);
+    if (level >= 1 && kind == kSilu) return SiluAvx2(x + i0, nullptr, i1 - i0);
 #endif
     for (int64_t i = i0; i < i1; i++) x[i] = ActScalar(kind, x[i]);
   });
-  (void)simd;
+  (void)level;
 }
 
 void ActivateMul(int kind, float* gate, const float* up, int64_t n) {
-  const bool simd = Simd();
+  const int level = Level();
   ForRows(n, 1, [&](int64_t i0, int64_t i1) {
 #ifdef Q4B_X86
-    if (simd && kind == kSilu) return SiluAvx2(gate + i0, up + i0, i1 - i0);
+    if (level >= 2 && kind == kSilu) return SiluAvx512(gate + i0, up + i0, i1 - i0);
+    if (level >= 1 && kind == kSilu) return SiluAvx2(gate + i0, up + i0, i1 - i0);
 #endif
     for (int64_t i = i0; i < i1; i++) gate[i] = ActScalar(kind, gate[i]) * up[i];
   });
-  (void)simd;
+  (void)level;
 }
 
 void RowLse(const float* x, int64_t rows, int64_t V, float* mx, double* sum, int32_t* top) {
-  const bool simd = Simd();
+  const int level = Level();
   ForRows(rows, V, [&](int64_t r0, int64_t r1) {
 #ifdef Q4B_X86
-    if (simd) return RowLseAvx2(x, r0, r1, V, mx, sum, top);
+    if (level >= 2) return RowLseAvx2<ExpRowAvx512>(x, r0, r1, V, mx, sum, top);
+    if (level >= 1) return RowLseAvx2<ExpRowAvx2>(x, r0, r1, V, mx, sum, top);
 #endif
     RowLseScalar(x, r0, r1, V, mx, sum, top);
   });
-  (void)simd;
+  (void)level;
 }
 
 bool F16ToF32(const uint16_t* src, float* dst, int64_t n) {

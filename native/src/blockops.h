@@ -5,7 +5,8 @@
 // Every op runs on the kernel pool of qkernels.cc (the same thread count as the GEMV and BLAS, set with
 // setThreads), split by rows (norms, RoPE, activations) or by (sequence, head, query chunk) (attention);
 // small calls stay on the calling thread. AVX2/FMA versions are compiled per function and chosen at run time
-// with the packed kernels' SIMD switch (QUANT4_NO_SIMD=1 or setSimd(false): the portable scalar versions).
+// with the packed kernels' SIMD switch (QUANT4_NO_SIMD=1 or setSimd(false): the portable scalar versions);
+// at the avx512 level attention, SiLU and the row log-sum-exp run AVX-512 versions with the AVX2 ones' bits.
 //
 // Arithmetic follows the TypeScript reference it replaced (test/blockops.test.ts compares them): norms
 // accumulate in float64 and scale in float64 before rounding to fp32; RoPE rotates in float64 (exact

@@ -76,18 +76,19 @@ bool CpuHasAvx2() {
 #endif
 }
 
-/** AVX-512 F/BW/VL (libgcc also checks that the OS saves the zmm state) on top of AVX2/FMA/F16C. */
+/** AVX-512 F/DQ/BW/VL (libgcc also checks that the OS saves the zmm state) on top of AVX2/FMA/F16C. */
 bool CpuHasAvx512() {
 #ifdef Q4_X86
   __builtin_cpu_init();
-  return CpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return CpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
 #else
   return false;
 #endif
 }
 
-// SIMD levels: 0 scalar, 1 AVX2/FMA/F16C, 2 AVX-512 (F/BW/VL) for the 2- and 4-bit GEMV (everything else
-// runs the AVX2 kernels at level 2). The highest level this CPU has; QUANT4_SIMD=avx512|avx2|scalar starts
+// SIMD levels: 0 scalar, 1 AVX2/FMA/F16C, 2 AVX-512 (F/DQ/BW/VL) for the 2- and 4-bit GEMV and the block
+// ops' attention, SiLU and row log-sum-exp (everything else runs the AVX2 kernels at level 2). The highest level this CPU has; QUANT4_SIMD=avx512|avx2|scalar starts
 // lower (a higher request is capped), QUANT4_NO_SIMD=1 starts on scalar.
 const int g_maxLevel = CpuHasAvx512() ? 2 : CpuHasAvx2() ? 1 : 0;
 bool EnvNoSimd() {

@@ -68,8 +68,9 @@ const ACTIVATION: Record<ActivationKind, number> = { silu: 0, relu: 1, gelu_new:
 export type NativeWeight = { readonly __nativeWeight: unique symbol };
 
 /**
- * SIMD level of the packed kernels: "avx512" (AVX-512 F/BW/VL for the 2- and 4-bit GEMV, AVX2 for the
- * rest), "avx2" (AVX2/FMA/F16C) or "scalar" (portable).
+ * SIMD level of the packed kernels and block ops: "avx512" (AVX-512 F/DQ/BW/VL for the 2- and 4-bit GEMV
+ * and for attention, SiLU and the row log-sum-exp, which give the AVX2 kernels' bits; AVX2 for the rest),
+ * "avx2" (AVX2/FMA/F16C) or "scalar" (portable).
  */
 export type SimdLevel = "avx512" | "avx2" | "scalar";
 
