@@ -126,7 +126,7 @@ function reference(W: Float32Array, x: Float32Array, rows: number, out: number, 
   return y;
 }
 
-/** Every SIMD level this CPU runs, best first ("avx512" only where the CPU has AVX-512 F/BW/VL). */
+/** Every SIMD level this CPU runs, best first ("avx512" only where the CPU has AVX-512 F/DQ/BW/VL). */
 const SIMD_MODES: SimdLevel[] = be.kernelInfo().simdLevels;
 const PATHS: KernelPath[] = ["gemv", "gemm", "auto"];
 
