@@ -5,7 +5,8 @@ import fs from "node:fs";
 import type { Command } from "commander";
 import { z } from "zod";
 import { resolveText, textEncodingSchema } from "../calibration/texts.js";
-import { evaluatePerplexity, pplProtocolSchema, pplTokens, windowCount, type PplProtocol, type PplResult } from "../eval/perplexity.js";
+import { evalBatching, evaluatePerplexity, pplProtocolSchema, pplTokens, windowCount, type PplProtocol, type PplResult } from "../eval/perplexity.js";
+import { evalFlops, evaluatePerplexityParallel, evaluatorBytes, planEvaluators } from "../eval/parallel.js";
 
 export type { PplProtocol };
 import { Model } from "../model/model.js";
@@ -118,7 +119,7 @@ export function registerEvalPpl(program: Command): void {
     .option("--max-increase <percent>", "gate: fail (exit 1) when perplexity exceeds the baseline by more than this")
     .option("--max-ppl <x>", "gate: fail (exit 1) when perplexity exceeds x")
     .option("--device <cpu|cuda>", "compute device", "cpu")
-    .option("--threads <n>", "BLAS and kernel threads (default: all cores)")
+    .option("--threads <n>", "threads (default: all cores): n one-thread evaluators over disjoint windows when n copies of the model fit in memory (see Threads below), else one evaluator with n BLAS/kernel threads")
     .option("--kl-base <model-dir>", "also run this model (the fp source) on the same windows and report KL(base ‖ model) per prediction and how often both pick the same top token")
     .option("--dequantize", "run a packed checkpoint dequantized to fp32 (the pre-runtime path) instead of on the packed kernels", false)
     .addHelpText("after", `
@@ -130,6 +131,13 @@ bare-number baseline is accepted with a warning. A gate never passes a non-finit
 --kl-base measures fidelity rather than quality: perplexity on text unlike the model's training
 data can move either way with a small quantization error, KL from the source model only grows
 (llama.cpp's --kl-divergence); it costs a second forward pass per window.
+Threads: with --threads n ≥ 2 (or n cores by default), n evaluators, each with its own copy of the
+model and one BLAS/kernel thread, score disjoint batches of windows side by side (a small model's GEMMs
+are too short to keep several BLAS threads busy); the numbers are the same, bit for bit, as with
+--threads 1. One evaluator runs on n BLAS/kernel threads instead when the n − 1 extra copies do not fit
+in 75% of the available memory (free memory or the cgroup limit), or when the evaluation is too short
+to repay starting them (under ~1 s of work per evaluator); QUANT4_EVAL_WORKERS=0 forces one evaluator,
+QUANT4_EVAL_WORKERS=k asks for k. --json says which (evaluators, evaluatorPlan).
 Token cache: a text's token ids are kept after the first run (~/.cache/quant4/tokens, or
 $XDG_CACHE_HOME/quant4/tokens, or $QUANT4_CACHE_DIR/tokens), keyed by the text and the tokenizer's
 files; QUANT4_NO_CACHE=1 turns it off.
@@ -153,8 +161,9 @@ Examples:
         const model = Model.load(dir, backend, undefined, { dequantize: o.dequantize });
         const tok = await loadTokenizer(dir);
         let klBase: Model | undefined;
+        let baseDir: string | undefined;
         if (o.klBase !== undefined) {
-          const baseDir = await resolveModelArg(o.klBase, { json: o.json });
+          baseDir = await resolveModelArg(o.klBase, { json: o.json });
           status.set(`loading ${baseDir}…`);
           klBase = Model.load(baseDir, backend, undefined, { dequantize: o.dequantize });
           if (klBase.arch.vocabSize !== model.arch.vocabSize)
@@ -170,7 +179,8 @@ Examples:
         status.stop();
         const seqlen = o.seqlen ?? Math.min(2048, model.arch.maxPositions);
         // A baseline measured on another protocol is refused before the evaluation, not after it.
-        const protocol = pplProtocol(src.name, src.text, tok.vocabSize, tokens, { seqlen, windows: windowCount(model, tokens.length, seqlen, o.maxWindows) }, addBos);
+        const windows = windowCount(model, tokens.length, seqlen, o.maxWindows);
+        const protocol = pplProtocol(src.name, src.text, tok.vocabSize, tokens, { seqlen, windows }, addBos);
         if (baseline?.protocol) {
           const diff = protocolDifferences(baseline.protocol, protocol);
           if (diff.length > 0)
@@ -183,22 +193,28 @@ Examples:
         // The bar learns the window count from the evaluation itself (one place decides it).
         let bar = null as Progress | null; // assigned in the callback
         const t0 = performance.now();
+        // --threads n: n one-thread evaluators side by side when n copies of the model fit (src/eval/parallel.ts).
+        const threads = backend.getThreads();
+        const batches = Math.ceil(windows / evalBatching(model.arch, seqlen).windowsPerBatch);
+        const plan =
+          o.device === "cpu"
+            ? planEvaluators({ threads, perEvaluatorBytes: evaluatorBytes(model, klBase, seqlen), batches, flops: evalFlops(model, klBase, seqlen, windows) })
+            : { evaluators: 1, why: `--device ${o.device}` };
+        const pplOpts = {
+          seqlen,
+          maxWindows: o.maxWindows,
+          klBase,
+          onWindow: (done: number, total: number, tokDone: number) => {
+            bar ??= startProgress(mode, "eval-ppl windows", total, "{bar} {value}/{total} windows | {tps} tok/s | ETA {eta_formatted}", { tps: 0 }, (p) => `${p["tps"]} tok/s`);
+            bar.update(done, { tps: Math.round(tokDone / ((performance.now() - t0) / 1000)) });
+          },
+        };
         let res: PplResult;
         try {
-          res = evaluatePerplexity(
-            model,
-            tokens,
-            {
-              seqlen,
-              maxWindows: o.maxWindows,
-              klBase,
-              onWindow: (done, total, tokDone) => {
-                bar ??= startProgress(mode, "eval-ppl windows", total, "{bar} {value}/{total} windows | {tps} tok/s | ETA {eta_formatted}", { tps: 0 }, (p) => `${p["tps"]} tok/s`);
-                bar.update(done, { tps: Math.round(tokDone / ((performance.now() - t0) / 1000)) });
-              },
-            },
-            addBos,
-          );
+          res =
+            plan.evaluators > 1
+              ? await evaluatePerplexityParallel(model, tokens, pplOpts, addBos, { evaluators: plan.evaluators, spec: { modelDir: dir, klBaseDir: baseDir, dequantize: o.dequantize }, backend })
+              : evaluatePerplexity(model, tokens, pplOpts, addBos);
         } finally {
           bar?.stop();
         }
@@ -211,6 +227,8 @@ Examples:
             protocol,
             protocolDescription: res.protocol,
             klBase: klBase ? klBase.src.dir : null,
+            evaluators: plan.evaluators,
+            evaluatorPlan: plan.why,
             baseline: baseline?.ppl ?? null,
             gate: verdict === null ? null : verdict.pass ? "pass" : "fail",
             gateReason: verdict?.line ?? null,
@@ -223,7 +241,7 @@ Examples:
               `KL(base ‖ model) mean ${k.meanKl.toExponential(4)} nats (median ${k.medianKl.toExponential(3)}, p99 ${k.p99Kl.toExponential(3)}, max ${k.maxKl.toExponential(3)}); same top token ${(100 * k.sameTop).toFixed(2)}%; base perplexity ${k.basePpl.toFixed(4)}\n`,
             );
           }
-          writeStdout(`throughput ${Math.round(res.tokensPerSecond)} tokens/s over ${res.seconds.toFixed(1)} s\n`);
+          writeStdout(`throughput ${Math.round(res.tokensPerSecond)} tokens/s over ${res.seconds.toFixed(1)} s${plan.evaluators > 1 ? ` (${plan.evaluators} evaluators)` : ""}\n`);
         }
         if (verdict) process.stderr.write(`quant4: gate ${verdict.pass ? "pass" : "failed"}: ${verdict.line}\n`);
         if (verdict && !verdict.pass) process.exitCode = EXIT_GATE;

@@ -216,62 +216,121 @@ export function evalBatching(arch: Model["arch"], seqlen: number, batchRows = EV
   return { windowsPerBatch, windowsPerHead };
 }
 
-export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts: PplOptions, bos: boolean): PplResult {
-  const { seqlen } = opts;
-  const windows = windowCount(model, tokens.length, seqlen, opts.maxWindows);
-  const V = model.arch.vocabSize;
-  const t0 = performance.now();
-  let total = 0;
-  const base = opts.klBase;
-  const kls = base ? new Float64Array(windows * (seqlen - 1)) : null;
-  let baseNll = 0;
-  let sameTop = 0;
-  // Batching changes which rows share a GEMM, not what any row computes: the per-window NLLs, and their
-  // sum in window order, are those of one window at a time (a test).
-  const { windowsPerBatch, windowsPerHead } = evalBatching(model.arch, seqlen, opts.batchRows);
-  const batchTokens = new Int32Array(Math.min(windowsPerBatch, windows) * seqlen);
-  const hd = model.arch.hidden;
-  const headRows = Math.min(windowsPerHead, windows) * seqlen;
-  // The LM head writes into these, reused across chunks (rows × vocab fp32 each, EVAL_LOGITS_BYTES at most).
-  const logitsBuf = new Float32Array(headRows * V);
-  const baseBuf = base ? new Float32Array(headRows * V) : null;
-  for (let w0 = 0; w0 < windows; w0 += windowsPerBatch) {
-    const nb = Math.min(windowsPerBatch, windows - w0);
-    const toks = batchTokens.subarray(0, nb * seqlen);
-    for (let i = 0; i < nb * seqlen; i++) toks[i] = tokens[w0 * seqlen + i]!;
-    const hidden = model.hidden(toks, nb, seqlen);
-    const baseHidden = base?.hidden(toks, nb, seqlen);
-    for (let c0 = 0; c0 < nb; c0 += windowsPerHead) {
-      const nc = Math.min(windowsPerHead, nb - c0);
-      const rows = nc * seqlen;
-      const logitsAll = model.logits(hidden.subarray(c0 * seqlen * hd, (c0 + nc) * seqlen * hd), rows, logitsBuf.subarray(0, rows * V));
-      const st = rowsLse(logitsAll, rows, V, model.ctx.backend);
-      const baseAll = base?.logits(baseHidden!.subarray(c0 * seqlen * base.arch.hidden, (c0 + nc) * seqlen * base.arch.hidden), rows, baseBuf!.subarray(0, rows * V));
-      const bst = base ? rowsLse(baseAll!, rows, V, base.ctx.backend) : null;
-      for (let j = 0; j < nc; j++) {
-        const w = w0 + c0 + j;
-        const r0 = j * seqlen;
-        const win = toks.subarray((c0 + j) * seqlen, (c0 + j + 1) * seqlen);
-        const logits = logitsAll.subarray(r0 * V, (r0 + seqlen) * V);
-        const nll = nllOf(logits, st, r0, win, seqlen, V);
-        if (firstBadRow(st, r0, r0 + seqlen) >= 0 || !Number.isFinite(nll)) {
-          const bad = firstNonFinite(logits);
-          const where = bad >= 0 ? `: logit ${logits[bad]} at position ${Math.floor(bad / V)}, token id ${bad % V}` : `: mean NLL ${nll}`;
-          throw nonFinite(model, `window ${w + 1} of ${windows} (tokens ${w * seqlen}..${(w + 1) * seqlen - 1})${where}`);
+/**
+ * What the protocol sums, kept per window so that any evaluator can score any window (src/eval/parallel.ts
+ * runs several over disjoint windows): each window's mean NLL and, with a KL base, its per-prediction KL,
+ * the base's NLL sum and the count of equal argmaxes. combineWindows sums them in window order, as one
+ * evaluator always did. On SharedArrayBuffers when `shared` (evaluator threads write them in place).
+ */
+export interface WindowResults {
+  windows: number;
+  seqlen: number;
+  nll: Float64Array;
+  /** windows × (seqlen − 1) */
+  kl: Float64Array | null;
+  baseNllSum: Float64Array | null;
+  sameTop: Int32Array | null;
+}
+
+export function newWindowResults(windows: number, seqlen: number, withKl: boolean, shared = false): WindowResults {
+  const f64 = (n: number) => new Float64Array(shared ? new SharedArrayBuffer(8 * n) : new ArrayBuffer(8 * n));
+  return {
+    windows,
+    seqlen,
+    nll: f64(windows),
+    kl: withKl ? f64(windows * (seqlen - 1)) : null,
+    baseNllSum: withKl ? f64(windows) : null,
+    sameTop: withKl ? new Int32Array(shared ? new SharedArrayBuffer(4 * windows) : new ArrayBuffer(4 * windows)) : null,
+  };
+}
+
+/**
+ * The evaluation loop's body: scores the windows of a range, batch by batch (evalBatching), into a
+ * WindowResults. The one code path for every evaluator: evaluatePerplexity runs it on all windows, the
+ * evaluator threads of src/eval/parallel.ts on the batches they claim. A window's numbers do not depend
+ * on which windows share its batch (test/eval-batching.test.ts), so neither do they on the evaluator.
+ */
+export class WindowScorer {
+  readonly windows: number;
+  readonly windowsPerBatch: number;
+  private readonly windowsPerHead: number;
+  private readonly batchTokens: Int32Array;
+  private readonly logitsBuf: Float32Array;
+  private readonly baseBuf: Float32Array | null;
+
+  constructor(
+    private readonly model: Model,
+    private readonly tokens: ArrayLike<number>,
+    private readonly seqlen: number,
+    windows: number,
+    private readonly base?: Model,
+    batchRows?: number,
+  ) {
+    this.windows = windows;
+    const V = model.arch.vocabSize;
+    ({ windowsPerBatch: this.windowsPerBatch, windowsPerHead: this.windowsPerHead } = evalBatching(model.arch, seqlen, batchRows));
+    this.batchTokens = new Int32Array(Math.min(this.windowsPerBatch, windows) * seqlen);
+    const headRows = Math.min(this.windowsPerHead, windows) * seqlen;
+    // The LM head writes into these, reused across chunks (rows × vocab fp32 each, EVAL_LOGITS_BYTES at most).
+    this.logitsBuf = new Float32Array(headRows * V);
+    this.baseBuf = base ? new Float32Array(headRows * V) : null;
+  }
+
+  /**
+   * Scores windows [w0, w1) into `res` (batches of windowsPerBatch from w0), calling onWindow(w) after each
+   * window in order. Throws the ModelError naming the first window whose logits are not finite.
+   */
+  score(w0: number, w1: number, res: WindowResults, onWindow?: (w: number) => void): void {
+    const { model, base, seqlen, tokens, windows, windowsPerHead } = this;
+    const V = model.arch.vocabSize;
+    const hd = model.arch.hidden;
+    for (let b0 = w0; b0 < w1; b0 += this.windowsPerBatch) {
+      const nb = Math.min(this.windowsPerBatch, w1 - b0);
+      const toks = this.batchTokens.subarray(0, nb * seqlen);
+      for (let i = 0; i < nb * seqlen; i++) toks[i] = tokens[b0 * seqlen + i]!;
+      const hidden = model.hidden(toks, nb, seqlen);
+      const baseHidden = base?.hidden(toks, nb, seqlen);
+      for (let c0 = 0; c0 < nb; c0 += windowsPerHead) {
+        const nc = Math.min(windowsPerHead, nb - c0);
+        const rows = nc * seqlen;
+        const logitsAll = model.logits(hidden.subarray(c0 * seqlen * hd, (c0 + nc) * seqlen * hd), rows, this.logitsBuf.subarray(0, rows * V));
+        const st = rowsLse(logitsAll, rows, V, model.ctx.backend);
+        const baseAll = base?.logits(baseHidden!.subarray(c0 * seqlen * base.arch.hidden, (c0 + nc) * seqlen * base.arch.hidden), rows, this.baseBuf!.subarray(0, rows * V));
+        const bst = base ? rowsLse(baseAll!, rows, V, base.ctx.backend) : null;
+        for (let j = 0; j < nc; j++) {
+          const w = b0 + c0 + j;
+          const r0 = j * seqlen;
+          const win = toks.subarray((c0 + j) * seqlen, (c0 + j + 1) * seqlen);
+          const logits = logitsAll.subarray(r0 * V, (r0 + seqlen) * V);
+          const nll = nllOf(logits, st, r0, win, seqlen, V);
+          if (firstBadRow(st, r0, r0 + seqlen) >= 0 || !Number.isFinite(nll)) {
+            const bad = firstNonFinite(logits);
+            const where = bad >= 0 ? `: logit ${logits[bad]} at position ${Math.floor(bad / V)}, token id ${bad % V}` : `: mean NLL ${nll}`;
+            throw nonFinite(model, `window ${w + 1} of ${windows} (tokens ${w * seqlen}..${(w + 1) * seqlen - 1})${where}`);
+          }
+          res.nll[w] = nll;
+          if (base) {
+            if (firstBadRow(bst!, r0, r0 + seqlen) >= 0) throw nonFinite(base, `window ${w + 1} of ${windows}`);
+            const bl = baseAll!.subarray(r0 * V, (r0 + seqlen) * V);
+            const k = klOf(logits, bl, st, bst!, r0, win, seqlen, V, res.kl!.subarray(w * (seqlen - 1), (w + 1) * (seqlen - 1)));
+            res.baseNllSum![w] = k.baseNllSum;
+            res.sameTop![w] = k.sameTop;
+          }
+          onWindow?.(w);
         }
-        total += nll;
-        if (base) {
-          if (firstBadRow(bst!, r0, r0 + seqlen) >= 0) throw nonFinite(base, `window ${w + 1} of ${windows}`);
-          const bl = baseAll!.subarray(r0 * V, (r0 + seqlen) * V);
-          const k = klOf(logits, bl, st, bst!, r0, win, seqlen, V, kls!.subarray(w * (seqlen - 1), (w + 1) * (seqlen - 1)));
-          baseNll += k.baseNllSum;
-          sameTop += k.sameTop;
-        }
-        opts.onWindow?.(w + 1, windows, (w + 1) * seqlen);
       }
     }
   }
-  const seconds = (performance.now() - t0) / 1000;
+}
+
+/**
+ * The result from every window's numbers: the NLLs (and the base's NLL sums) summed in window order, as
+ * the evaluation loop always summed them, so the bits do not depend on which evaluator scored what.
+ */
+export function combineWindows(model: Model, res: WindowResults, totalTokens: number, seconds: number, bos: boolean): PplResult {
+  const { windows, seqlen } = res;
+  let total = 0;
+  for (let w = 0; w < windows; w++) total += res.nll[w]!;
   const meanNll = total / windows;
   if (!Number.isFinite(meanNll)) throw nonFinite(model, `the mean NLL over ${windows} windows (${meanNll})`);
   const r = {
@@ -280,12 +339,19 @@ export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts
     windows,
     seqlen,
     predictionsPerWindow: seqlen - 1,
-    totalTokens: tokens.length,
+    totalTokens,
     seconds,
     tokensPerSecond: (windows * seqlen) / seconds,
   };
   let kl: KlResult | undefined;
+  const kls = res.kl;
   if (kls) {
+    let baseNll = 0;
+    let sameTop = 0;
+    for (let w = 0; w < windows; w++) {
+      baseNll += res.baseNllSum![w]!;
+      sameTop += res.sameTop![w]!;
+    }
     const n = kls.length;
     const meanKl = kls.reduce((a, b) => a + b, 0) / n;
     const sorted = Float64Array.from(kls).sort();
@@ -299,4 +365,16 @@ export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts
     };
   }
   return { ...r, protocol: protocolLine(r, bos), ...(kl ? { kl } : {}) };
+}
+
+export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts: PplOptions, bos: boolean): PplResult {
+  const { seqlen } = opts;
+  const windows = windowCount(model, tokens.length, seqlen, opts.maxWindows);
+  const t0 = performance.now();
+  // Batching changes which rows share a GEMM, not what any row computes: the per-window NLLs, and their
+  // sum in window order, are those of one window at a time (a test).
+  const scorer = new WindowScorer(model, tokens, seqlen, windows, opts.klBase, opts.batchRows);
+  const res = newWindowResults(windows, seqlen, opts.klBase !== undefined);
+  scorer.score(0, windows, res, opts.onWindow && ((w) => opts.onWindow!(w + 1, windows, (w + 1) * seqlen)));
+  return combineWindows(model, res, tokens.length, (performance.now() - t0) / 1000, bos);
 }
