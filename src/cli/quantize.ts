@@ -279,6 +279,7 @@ export function buildPlan(
   // What defines the run for --resume, stored flat in the journal so a refusal names what differs.
   // BLAS results depend on the thread count, so a bit-identical resume needs the same one: part of it.
   const threads = o.threads ?? os.availableParallelism();
+  const awqTokens = o.awqTokens ?? AWQ_SCALE_TOKENS;
   const sha = (b: string | Uint8Array) => crypto.createHash("sha256").update(b).digest("hex").slice(0, 16);
   const runSettings = {
     model: fileFingerprint(src.ckpt.files).join(", "),
@@ -286,7 +287,7 @@ export function buildPlan(
     format: format.name, seqlen, nsamples: calibrate ? o.nsamples : 0, seed: o.seed, blockSize: o.blockSize, actDtype: o.actDtype, threads, propagate: propagationOf(o),
     outliers: o.outliers, rules: JSON.stringify(rules),
     // Only AWQ runs record it, so other runs' keys (and journals from before the option) are unchanged.
-    ...(METHODS[o.method].awq ? { awqTokens: o.awqTokens ?? AWQ_SCALE_TOKENS } : {}),
+    ...(METHODS[o.method].awq ? { awqTokens } : {}),
     calib: text ? `sha256 ${sha(text.text)}` : "none",
     calibWindows: sha(new Uint8Array(windows.buffer, windows.byteOffset, windows.byteLength)),
   };
@@ -314,7 +315,7 @@ export function buildPlan(
     resume: o.resume,
     overwrite: o.overwrite,
     propagate: propagationOf(o),
-    awqTokens: o.awqTokens ?? AWQ_SCALE_TOKENS,
+    awqTokens,
     rules,
     outlierFraction: o.outliers,
     calibName: text?.name ?? null,
