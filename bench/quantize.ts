@@ -170,6 +170,8 @@ interface BlockTiming {
   phases: Record<Phase, number>;
   hessianSeconds: number;
   hessianFlops: number;
+  /** Of hessianSeconds, the syrks inside the AWQ fp pass (AWQ alone with fp propagation); absent in older results. */
+  captureHessianSeconds?: number;
   choleskySeconds: number;
   choleskyFlops: number;
   lazyGemmSeconds: number;
@@ -213,7 +215,7 @@ interface ChildResult {
 function newBlock(block: number): BlockTiming {
   return {
     block, seconds: 0, phases: { forward: 0, gptq: 0, relerr: 0, pack: 0, write: 0, "awq-capture": 0, "awq-scale": 0, "awq-clip": 0 },
-    hessianSeconds: 0, hessianFlops: 0, choleskySeconds: 0, choleskyFlops: 0, lazyGemmSeconds: 0, columnsSeconds: 0, forwardGemmSeconds: 0, forwardGemmFlops: 0, awqScaleGemmSeconds: 0, awqScaleGemmFlops: 0,
+    hessianSeconds: 0, hessianFlops: 0, captureHessianSeconds: 0, choleskySeconds: 0, choleskyFlops: 0, lazyGemmSeconds: 0, columnsSeconds: 0, forwardGemmSeconds: 0, forwardGemmFlops: 0, awqScaleGemmSeconds: 0, awqScaleGemmFlops: 0,
   };
 }
 
@@ -293,7 +295,8 @@ class PhaseClock implements Backend {
     // The pipeline's relative error: after GPTQ, or (no GPTQ) right after the group's forward, whose end
     // starts the rounding.
     else if (relerr && this.phase === "forward") {
-      this.switchTo("gptq", this.lastForwardEnd || t0);
+      // (No forward since AWQ's preparation when its fp pass made the Hessians: rounding from there.)
+      this.switchTo("gptq", Math.max(this.lastForwardEnd, this.phaseStart));
       this.switchTo("relerr", t0);
     } else if (relerr && this.phase === "gptq") this.switchTo("relerr", t0);
     // AWQ's relErrorBefore (after packing): a plain gemm on a rescaled copy of the Hessian.
@@ -330,6 +333,7 @@ class PhaseClock implements Backend {
     this.hessians.add(H);
     this.cur.hessianSeconds += t1 - t0;
     this.cur.hessianFlops += rows * n * (n + 1);
+    if (this.phase === "awq-capture") this.cur.captureHessianSeconds! += t1 - t0;
     if (this.phase === "forward") this.lastForwardEnd = t1;
   }
   /** The Hessian's one mirror before it is read (GptqHessian.H): Hessian time. */
@@ -582,10 +586,12 @@ function printResult(r: ChildResult, log: (s: string) => void): void {
   const n = r.blocks.length;
   const b0 = r.blocks[0] ?? newBlock(0);
   const tot = sum((b) => b.seconds);
-  const fwd = sum((b) => b.phases.forward) - sum((b) => b.hessianSeconds);
+  const capH = sum((b) => b.captureHessianSeconds ?? 0);
+  const fwd = sum((b) => b.phases.forward) - (sum((b) => b.hessianSeconds) - capH);
   const awqRows: [string, number, string][] = [
     (r.settings ?? "").includes("fp propagation")
-      ? ["AWQ: fp pass + capture", sum((b) => b.phases["awq-capture"] ?? 0), "the fp block over every window (the next block's inputs), capturing the AWQ sample on the way (+ loading the block)"]
+      ? ["AWQ: fp pass + capture", sum((b) => b.phases["awq-capture"] ?? 0) - capH, "the fp block over every window (the next block's inputs), capturing the AWQ sample on the way (+ loading the block)" +
+        (capH > 0 ? "; AWQ alone: the Hessians too (their syrks in the Hessian row), no quantized pass" : "")]
       : ["AWQ: capture inputs", sum((b) => b.phases["awq-capture"] ?? 0), "fp block forward over the AWQ sample (+ loading the block)"],
     ["AWQ: scale search + fold", sum((b) => b.phases["awq-scale"] ?? 0), "20 α per scale pair, each scored on the module output" +
       (sum((b) => b.awqScaleGemmSeconds ?? 0) > 0 ? `; GEMMs ${sum((b) => b.awqScaleGemmSeconds ?? 0).toFixed(1)} s at ${(sum((b) => b.awqScaleGemmFlops ?? 0) / sum((b) => b.awqScaleGemmSeconds ?? 0) / 1e9).toFixed(1)} GFLOP/s (${((100 * sum((b) => b.awqScaleGemmSeconds ?? 0)) / Math.max(1e-9, sum((b) => b.phases["awq-scale"] ?? 0))).toFixed(0)}% of it)` : "")],

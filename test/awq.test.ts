@@ -10,6 +10,10 @@ import { quantizeRtn } from "../algorithms/rtn.js";
 import { getBackend } from "../src/compute/index.js";
 import { resolveArchitecture, type ArchSpec } from "../src/model/architectures.js";
 import { blockForward, createContext, type BlockWeights } from "../src/model/forward.js";
+import { embedTokens, loadBlockWeights, loadGlobalWeights, openModel } from "../src/model/model.js";
+import { sampleWindows } from "../src/calibration/sampler.js";
+import { resolveText } from "../src/calibration/texts.js";
+import { loadTokenizer } from "../src/tokenizer/index.js";
 import { ActivationStore } from "../src/pipeline/activations.js";
 import { prepareAwqBlock } from "../src/pipeline/awq.js";
 import { gaussian, makeTmpDir, removeTmpDirs, rng, runCli, STORIES_VENDORED, syntheticConfig } from "./helpers.js";
@@ -164,6 +168,57 @@ describe("--method awq on stories260K (vendored), per-row asymmetric, compressed
     }));
     expect(outs[0]!.equals(outs[1]!)).toBe(true);
     expect(outs[0]!.equals(outs[2]!)).toBe(false);
+  });
+});
+
+describe("AWQ alone with fp propagation takes its statistics from the fp block (no quantized pass)", () => {
+  // relErrorBefore is plain RTN's output error on the source weights, measured on the Hessian the run
+  // used. From the fp block's inputs (what llm-awq scores on) it is computable here without AWQ's internals;
+  // with --propagate quantized, o/gate/down see inputs from the block with earlier groups quantized instead.
+  it("block 0's relErrorBefore equals RTN's error on the fp forward's inputs (and differs under --propagate quantized)", async () => {
+    const N = 4, T = 128;
+    const run = async (prop: string) => {
+      const out = path.join(makeTmpDir("quant4-awq-fph-"), "out");
+      const r = await runCli(["quantize", STORIES_VENDORED, out, "--method", "awq", "--calib", "c4", "--nsamples", String(N), "--seqlen", String(T), "--threads", "1", "--group-size", "-1", "--asym", "--format", "compressed-tensors", "--propagate", prop, "--json"]);
+      expect(r.code, r.stderr).toBe(0);
+      return new Map((JSON.parse(r.stdout).report.layers as { name: string; relErrorBefore: number }[]).map((l) => [l.name, l.relErrorBefore]));
+    };
+    const [fp, quantized] = await Promise.all([run("fp"), run("quantized")]);
+    const src = openModel(STORIES_VENDORED);
+    const arch = src.arch;
+    const windows = sampleWindows(loadTokenizer(STORIES_VENDORED).encode(resolveText("c4").text), N, T, 0, "c4");
+    const x = embedTokens(arch, loadGlobalWeights(src), windows, T);
+    const w = loadBlockWeights(src, 0);
+    const names = ["self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj"];
+    const X = new Map<string, Float32Array>();
+    blockForward(createContext(arch, backend, Math.max(arch.maxPositions, T)), w, x, N, T, {
+      onLinearInput: (n, xin, rows) => {
+        const l = arch.linears.find((l) => l.name === n)!;
+        if (names.includes(n)) X.set(n, xin.slice(0, rows * l.in));
+      },
+    });
+    for (const n of names) {
+      const l = arch.linears.find((l) => l.name === n)!;
+      const W = w.get(`${n}.weight`)!;
+      const Q = quantizeRtn(W, l.out, l.in, { bits: 4, groupSize: -1, sym: false }).dequant;
+      // ‖(W − Q)Xᵀ‖² / ‖WXᵀ‖² in float64, straight from the inputs.
+      const xs = X.get(n)!;
+      let num = 0, den = 0;
+      for (let t = 0; t < N * T; t++)
+        for (let r = 0; r < l.out; r++) {
+          let y = 0, d = 0;
+          for (let c = 0; c < l.in; c++) {
+            y += W[r * l.in + c]! * xs[t * l.in + c]!;
+            d += (W[r * l.in + c]! - Q[r * l.in + c]!) * xs[t * l.in + c]!;
+          }
+          num += d * d;
+          den += y * y;
+        }
+      const want = num / den;
+      expect(fp.get(`model.layers.0.${n}`)! / want, n).toBeCloseTo(1, 3);
+      // The first group's input is the same either way; later groups' are not.
+      if (n !== "self_attn.q_proj") expect(Math.abs(quantized.get(`model.layers.0.${n}`)! / want - 1), n).toBeGreaterThan(1e-3);
+    }
   });
 });
 

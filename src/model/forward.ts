@@ -33,7 +33,7 @@ export interface BlockRunOptions {
   /** Absolute position of the first row of each sequence (non-zero only with a cache). */
   pos0?: number;
   cache?: LayerCache;
-  /** Called with the input of each Linear (rows × in) just before it runs. */
+  /** Called with the input of each Linear (rows × in) just before it runs; x is a scratch buffer the next batch reuses (copy what you keep). */
   onLinearInput?: (linear: string, x: Float32Array, rows: number) => void;
 }
 
@@ -121,10 +121,10 @@ function runLinear(ctx: ForwardContext, w: BlockTensors, name: string, x: Float3
   return linear(ctx.backend, x, rows, weight(w, `${name}.weight`), spec.out, spec.in, spec.bias ? denseTensor(w, `${name}.bias`) : undefined, y ?? new Float32Array(rows * spec.out));
 }
 
-/** Buffers of one block run: fresh arrays where a hook may keep them, scratch otherwise. */
-function inputBuffer(ctx: ForwardContext, opts: BlockRunOptions): (role: string, n: number) => Float32Array {
+/** Buffers of one block run: the context's scratch (a Linear-input hook copies what it keeps). */
+function inputBuffer(ctx: ForwardContext): (role: string, n: number) => Float32Array {
   const sc = scratch(ctx);
-  return opts.onLinearInput !== undefined ? (_role, n) => new Float32Array(n) : (role, n) => sc.get(role, n);
+  return (role, n) => sc.get(role, n);
 }
 
 /**
@@ -136,7 +136,7 @@ function attentionCore(ctx: ForwardContext, w: BlockTensors, h: Float32Array, B:
   const rows = B * T;
   const pos0 = opts.pos0 ?? 0;
   const sc = scratch(ctx);
-  const input = inputBuffer(ctx, opts);
+  const input = inputBuffer(ctx);
   const hd = arch.hidden;
   const qDim = arch.nHeads * arch.headDim;
   const kvDim = arch.nKvHeads * arch.headDim;
@@ -174,7 +174,7 @@ function attentionCore(ctx: ForwardContext, w: BlockTensors, h: Float32Array, B:
 function mlpHidden(ctx: ForwardContext, w: BlockTensors, h: Float32Array, rows: number, opts: BlockRunOptions): Float32Array {
   const { arch } = ctx;
   const sc = scratch(ctx);
-  const input = inputBuffer(ctx, opts);
+  const input = inputBuffer(ctx);
   const m = arch.mlpLinears;
   const inter = arch.linears.find((l) => l.name === m.down)!.in;
   if (m.gate) {
@@ -252,7 +252,7 @@ export function stageCarry(arch: ArchSpec, stage: Stage): { residual: 0 | 1 | 2;
 export function resumeState(ctx: ForwardContext, w: BlockTensors, stage: Stage, residual: Float32Array, input: Float32Array | null, rows: number, opts: BlockRunOptions = {}): BlockState {
   const { arch } = ctx;
   const norm = stage === Stage.attnIn ? arch.attnNorm : stage === Stage.mlpIn ? arch.mlpNorm : null;
-  if (norm) input = applyNorm(ctx.backend, arch, (n) => denseTensor(w, n), norm, residual, rows, inputBuffer(ctx, opts)(stage === Stage.attnIn ? "h1" : "h2", rows * arch.hidden));
+  if (norm) input = applyNorm(ctx.backend, arch, (n) => denseTensor(w, n), norm, residual, rows, inputBuffer(ctx)(stage === Stage.attnIn ? "h1" : "h2", rows * arch.hidden));
   else if (stage !== Stage.out && !input) throw new Error(`internal: resuming stage ${stage} needs its Linears' input`);
   return { stage, residual, input: stage === Stage.out ? null : input };
 }
@@ -298,8 +298,7 @@ export function advanceBlock(ctx: ForwardContext, w: BlockTensors, s: BlockState
 
 /**
  * Run one decoder block on x [B*T, hidden]; returns a new [B*T, hidden] array. Intermediates live in
- * the context's scratch buffers, except the inputs handed to onLinearInput, which are always fresh
- * arrays (a hook may keep them, or tell inputs apart by identity).
+ * the context's scratch buffers, the inputs handed to onLinearInput too (q/k/v, gate/up see one array).
  */
 export function blockForward(ctx: ForwardContext, w: BlockTensors, x: Float32Array, B: number, T: number, opts: BlockRunOptions = {}): Float32Array {
   return advanceBlock(ctx, w, resumeState(ctx, w, Stage.attnIn, x, null, B * T, opts), Stage.out, B, T, opts).residual;

@@ -60,7 +60,7 @@ export function awqCapture(
  * Collects a capture from fp block forwards over batches of whole windows: `hook(s0, s1)` is the
  * blockForward onLinearInput hook for the batch of windows [s0, s1) (undefined past the sample).
  */
-export function awqCollector(a: ArchSpec, cap: AwqCapture, seqlen: number): { inputs: Map<string, Float32Array>; hook: (s0: number, s1: number) => ((n: string, x: Float32Array) => void) | undefined } {
+export function awqCollector(a: ArchSpec, cap: AwqCapture, seqlen: number): { inputs: Map<string, Float32Array>; hook: (s0: number, s1: number) => ((n: string, x: Float32Array, rows: number) => void) | undefined } {
   const dims = new Map(a.linears.map((l) => [l.name, l.in]));
   const inputs = new Map<string, Float32Array>();
   for (const n of cap.names) inputs.set(n, new Float32Array(cap.windows * seqlen * dims.get(n)!));

@@ -4,8 +4,10 @@
 // inside a block the Linears are quantized in the architecture's true-sequential groups, each group's
 // Hessian collected with the earlier groups already quantized; each group's calibration pass resumes
 // from the previous one's cached stage (passes.ts), so a block costs about one forward over the
-// calibration set. Each finished block is written to the
-// journal's work directory, so an interrupted run resumes at the first unfinished block.
+// calibration set. AWQ alone with fp propagation (llm-awq's setting) needs no quantized pass: the fp
+// forward that makes the next block's inputs also collects AWQ's sample and every group's Hessian.
+// Each finished block is written to the journal's work directory, so an interrupted run resumes at the
+// first unfinished block.
 
 import fs from "node:fs";
 import path from "node:path";
@@ -189,11 +191,20 @@ function rtnErrorBefore(backend: Backend, W: Float32Array, Hs: Float32Array, s: 
   return relativeError(backend, W, quantizeRtn(W, out, inF, opts).dequant, H, out, inF);
 }
 
+/** H[r][c] ÷ (s[r]·s[c]) in place: the Hessian of x ÷ s from that of x (rtnErrorBefore maps it back). */
+function unscaleHessian(H: Float32Array, s: Float32Array): void {
+  const n = s.length;
+  for (let r = 0; r < n; r++) {
+    const sr = s[r]!;
+    for (let c = 0; c < n; c++) H[r * n + c] = H[r * n + c]! / (sr * s[c]!);
+  }
+}
+
 /** Run the block over every calibration sample, writing its outputs to `write`. */
 function runBlockOverSamples(
   ctx: ForwardContext, w: BlockWeights, acts: ActivationStore, write: ActivationStore,
   /** A Linear-input hook per batch of windows [s0, s1) (AWQ's capture rides on the fp pass). */
-  hook?: (s0: number, s1: number) => ((name: string, x: Float32Array) => void) | undefined,
+  hook?: (s0: number, s1: number) => ((name: string, x: Float32Array, rows: number) => void) | undefined,
 ): void {
   const B = batchWindows(acts.seqlen, acts.samples);
   for (let s0 = 0; s0 < acts.samples; s0 += B) {
@@ -274,6 +285,8 @@ async function quantizeBlock(
   keepLast: boolean,
   /** AWQ's capture, when the fp pass that feeds the next block already made it. */
   awqInputs?: Map<string, Float32Array>,
+  /** Each group's Hessian (by its first Linear) from the fp block's inputs, when that pass made them (then no `passes`). */
+  fpHessians?: Map<string, GptqHessian>,
 ): Promise<{ tensors: TensorToWrite[]; stats: LayerStat[] }> {
   const a = plan.src.arch;
   const prefix = a.blockPrefix(i);
@@ -289,6 +302,12 @@ async function quantizeBlock(
   // AWQ rewrites the working block (scales folded, weights clipped) before anything is quantized.
   const awq = method.awq ? prepareAwqBlock(ctx, backend, w, acts, optsOf, (l) => reasonOf(l) === null, { clip: true, tokens: plan.awqTokens }, awqInputs) : null;
   if (awq) await checkpoint(events, i, a.nLayers);
+  // Hessians of the fp block's inputs describe the inputs before AWQ's folds; the working Linears now
+  // read x ÷ s (s: the scales folded into their input columns), so H → diag(1/s)·H·diag(1/s).
+  for (const [first, h] of fpHessians ?? []) {
+    const s = awq?.get(first)?.scales;
+    if (s) unscaleHessian(h.H, s);
+  }
   let done = 0;
   // Groups with a quantized Linear get a calibration pass; each pass caches its stage for the next one
   // (or for the pass that makes the next block's inputs, when that resumes: keepLast).
@@ -296,7 +315,7 @@ async function quantizeBlock(
   const lastFed = fed.lastIndexOf(true);
   for (const [gi, group] of a.sequentialGroups.entries()) {
     // The Linears of a group share one input (q/k/v, gate/up), hence one Hessian, fed by the group's first Linear.
-    const hessian = plan.calibrate ? new GptqHessian(backend, byName.get(group[0]!)!.in) : null;
+    const hessian = fpHessians ? (fpHessians.get(group[0]!) ?? null) : plan.calibrate ? new GptqHessian(backend, byName.get(group[0]!)!.in) : null;
     if (hessian && fed[gi])
       passes!.run(stageOfLinear(a, group[0]!), (s0, s1, st) => hessian.addBatch(st.input!, (s1 - s0) * acts.seqlen), gi < lastFed || keepLast);
     // GPTQ's damped inverse Cholesky factor depends only on H, damp and act-order: one per Hessian, made
@@ -475,18 +494,33 @@ async function quantizeLocked(plan: QuantizePlan, backend: Backend, events: Quan
         // With fp propagation the next block's inputs are the fp block's outputs: computed first, from w
         // as loaded, and the same forward captures what AWQ's searches read (no forward of its own).
         let awqInputs: Map<string, Float32Array> | undefined;
+        let fpHessians: Map<string, GptqHessian> | undefined;
         if (plan.calibrate && fpPropagation) {
           let hook: Parameters<typeof runBlockOverSamples>[4];
           if (METHODS[plan.settings.method].awq) {
             const quantized = (l: LinearSpec): boolean => skipReason(plan, l, a.blockPrefix(i) + l.name) === null;
             const c = awqCollector(a, awqCapture(a, acts.samples, acts.seqlen, quantized, true, plan.awqTokens), acts.seqlen);
             awqInputs = c.inputs;
-            hook = c.hook;
+            // AWQ alone (no GPTQ) with fp propagation takes every statistic from the fp block, as llm-awq
+            // does: the same forward accumulates each group's Hessian (for the output-error metric and
+            // outlier saliency), so no quantized calibration pass runs for this block.
+            if (!METHODS[plan.settings.method].gptq) {
+              const groups = a.sequentialGroups.filter((g) => g.some((n) => quantized(a.linears.find((l) => l.name === n)!)));
+              fpHessians = new Map(groups.map((g) => [g[0]!, new GptqHessian(backend, a.linears.find((l) => l.name === g[0])!.in)]));
+            }
+            hook = (s0, s1) => {
+              const capture = c.hook(s0, s1);
+              if (!fpHessians) return capture;
+              return (n, x, rows) => {
+                capture?.(n, x, rows);
+                fpHessians!.get(n)?.addBatch(x, rows);
+              };
+            };
           }
           runBlockOverSamples(ctx, w, acts, next, hook);
         }
         let tensors: TensorToWrite[];
-        ({ tensors, stats } = await quantizeBlock(plan, backend, ctx, i, w, acts, events, original, passes, !fpPropagation, awqInputs));
+        ({ tensors, stats } = await quantizeBlock(plan, backend, ctx, i, w, acts, events, original, fpHessians ? null : passes, !fpPropagation, awqInputs, fpHessians));
         writeSafetensors(journal.blockFile(i), tensors);
         // Otherwise they come from the quantized block, resuming from the last pass's cache.
         if (!(plan.calibrate && fpPropagation)) passes?.run(Stage.out, (s0, _s1, st) => next.set(s0, st.residual), false);
