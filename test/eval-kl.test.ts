@@ -42,9 +42,21 @@ describe("eval-ppl --kl-base", () => {
     const out = path.join(makeTmpDir(), "rtn3");
     const q = await runCli(["quantize", STORIES_VENDORED, out, "--method", "rtn", "--bits", "3", "--group-size", "32", "--format", "gptq", "--json"], { timeoutMs: 120_000 });
     expect(q.code, q.stderr).toBe(0);
-    const r = await runCli(["eval-ppl", out, "--kl-base", STORIES_VENDORED, ...QUICK]);
+    const r = await runCli(["eval-ppl", out, "--kl-base", STORIES_VENDORED, ...QUICK, "--per-window"]);
     expect(r.code, r.stderr).toBe(0);
     const j = JSON.parse(r.stdout);
+    // ln(ppl / base ppl) is the mean per-window NLL difference; its error the windows' sd / √windows.
+    const d = (j.perWindow.nll as number[]).map((x, w) => x - j.perWindow.baseNll[w]);
+    expect(d).toHaveLength(4);
+    const m = d.reduce((a, b) => a + b, 0) / d.length;
+    expect(j.kl.lnPplRatio).toBeCloseTo(Math.log(j.ppl / j.kl.basePpl), 10);
+    expect(j.kl.lnPplRatio).toBeCloseTo(m, 10);
+    expect(j.kl.lnPplRatioStderr).toBeCloseTo(Math.sqrt(d.reduce((a, x) => a + (x - m) ** 2, 0) / 3 / 4), 10);
+    expect(j.kl.meanKlStderr).toBeGreaterThan(0);
+    expect(j.kl.meanKlStderr).toBeLessThan(j.kl.meanKl);
+    expect(s.kl.lnPplRatio).toBe(0);
+    expect(s.kl.lnPplRatioStderr).toBe(0);
+    expect(s.perWindow).toBeUndefined(); // only with --per-window
     expect(j.kl.meanKl).toBeGreaterThan(1e-3);
     expect(j.kl.medianKl).toBeLessThanOrEqual(j.kl.p99Kl);
     expect(j.kl.p99Kl).toBeLessThanOrEqual(j.kl.maxKl);
@@ -56,7 +68,11 @@ describe("eval-ppl --kl-base", () => {
 
     const text = await runCli(["eval-ppl", out, "--kl-base", STORIES_VENDORED, "--text", "tinystories", "--seqlen", "128", "--max-windows", "2"]);
     expect(text.code, text.stderr).toBe(0);
-    expect(text.stdout).toMatch(/KL\(base ‖ model\) mean \S+ nats .*same top token \d+\.\d+%; base perplexity \d+\.\d{4}/);
+    expect(text.stdout).toMatch(/KL\(base ‖ model\) mean \S+ ± \S+ nats .*same top token \d+\.\d+%; base perplexity \d+\.\d{4}/);
+    expect(text.stdout).toMatch(/ln\(ppl \/ base ppl\) -?\d+\.\d{5} ± \d+\.\d{5}/);
+    const noJson = await runCli(["eval-ppl", out, "--per-window", "--text", "tinystories", "--seqlen", "128", "--max-windows", "2"]);
+    expect(noJson.code).toBe(2);
+    expect(noJson.stderr).toContain("--per-window needs --json");
   }, 240_000);
 
   it.skipIf(!hasShared)(withShared("refuses a base with another vocabulary, naming it"), async () => {

@@ -28,6 +28,7 @@ const optionsSchema = z.object({
   threads: intOpt(1).optional(),
   dequantize: z.boolean().default(false),
   klBase: z.string().optional(),
+  perWindow: z.boolean().default(false),
 });
 
 export function pplProtocol(textName: string, text: string, vocabSize: number, tokens: ArrayLike<number>, res: { seqlen: number; windows: number }, bos: boolean): PplProtocol {
@@ -105,6 +106,9 @@ export function gateVerdict(ppl: number, o: GateOptions): { pass: boolean; line:
   return { pass: true, line: passed.join("; ") };
 }
 
+/** " ± x" for a standard error, "" when there is none (one window). */
+const pm = (e: number | null, f: (x: number) => string): string => (e === null ? "" : ` ± ${f(e)}`);
+
 export function registerEvalPpl(program: Command): void {
   program
     .command("eval-ppl")
@@ -121,6 +125,7 @@ export function registerEvalPpl(program: Command): void {
     .option("--device <cpu|cuda>", "compute device", "cpu")
     .option("--threads <n>", "threads (default: all cores): n one-thread evaluators over disjoint windows when n copies of the model fit in memory (see Threads below), else one evaluator with n BLAS/kernel threads")
     .option("--kl-base <model-dir>", "also run this model (the fp source) on the same windows and report KL(base ‖ model) per prediction and how often both pick the same top token")
+    .option("--per-window", "with --json: also each window's mean NLL (and the --kl-base model's), to compare two results window by window", false)
     .option("--dequantize", "run a packed checkpoint dequantized to fp32 (the pre-runtime path) instead of on the packed kernels", false)
     .addHelpText("after", `
 Protocol: the text is tokenized once (BOS prepended when the model has one), cut into
@@ -130,7 +135,10 @@ seqlen, windows, BOS); a --baseline result file measured on another protocol is 
 bare-number baseline is accepted with a warning. A gate never passes a non-finite perplexity.
 --kl-base measures fidelity rather than quality: perplexity on text unlike the model's training
 data can move either way with a small quantization error, KL from the source model only grows
-(llama.cpp's --kl-divergence); it costs a second forward pass per window.
+(llama.cpp's --kl-divergence); it costs a second forward pass per window. It also reports
+ln(ppl / base ppl) on the same predictions; both come with a standard error over windows (positions
+within a window are correlated), so a difference between two models smaller than about twice their
+errors is noise. --per-window (with --json) adds each window's mean NLL for paired comparisons.
 Threads: with --threads n ≥ 2 (or n cores by default), n evaluators, each with its own copy of the
 model and one BLAS/kernel thread, score disjoint batches of windows side by side (a small model's GEMMs
 are too short to keep several BLAS threads busy); the numbers are the same, bit for bit, as with
@@ -200,8 +208,10 @@ Examples:
           o.device === "cpu"
             ? planEvaluators({ threads, perEvaluatorBytes: evaluatorBytes(model, klBase, seqlen), batches, flops: evalFlops(model, klBase, seqlen, windows) })
             : { evaluators: 1, why: `--device ${o.device}` };
+        if (o.perWindow && !o.json) throw new UsageError("--per-window needs --json (it adds per-window arrays to the JSON result)");
         const pplOpts = {
           seqlen,
+          perWindow: o.perWindow,
           maxWindows: o.maxWindows,
           klBase,
           onWindow: (done: number, total: number, tokDone: number) => {
@@ -238,7 +248,8 @@ Examples:
           if (res.kl) {
             const k = res.kl;
             writeStdout(
-              `KL(base ‖ model) mean ${k.meanKl.toExponential(4)} nats (median ${k.medianKl.toExponential(3)}, p99 ${k.p99Kl.toExponential(3)}, max ${k.maxKl.toExponential(3)}); same top token ${(100 * k.sameTop).toFixed(2)}%; base perplexity ${k.basePpl.toFixed(4)}\n`,
+              `KL(base ‖ model) mean ${k.meanKl.toExponential(4)}${pm(k.meanKlStderr, (x) => x.toExponential(1))} nats (median ${k.medianKl.toExponential(3)}, p99 ${k.p99Kl.toExponential(3)}, max ${k.maxKl.toExponential(3)}); same top token ${(100 * k.sameTop).toFixed(2)}%; base perplexity ${k.basePpl.toFixed(4)}\n` +
+                `ln(ppl / base ppl) ${k.lnPplRatio.toFixed(5)}${pm(k.lnPplRatioStderr, (x) => x.toFixed(5))} (± one standard error over windows)\n`,
             );
           }
           writeStdout(`throughput ${Math.round(res.tokensPerSecond)} tokens/s over ${res.seconds.toFixed(1)} s${plan.evaluators > 1 ? ` (${plan.evaluators} evaluators)` : ""}\n`);

@@ -519,7 +519,7 @@ function checkExtraOutputs(plan: Plan, outs: readonly { dir: string; format: str
 export function registerQuantize(program: Command): void {
   const cmd = program
     .command("quantize")
-    .description("Quantize every decoder Linear to INT4 (RTN or GPTQ) and write a packed checkpoint engines load")
+    .description("Quantize every decoder Linear to INT4 (RTN, GPTQ, AWQ or AWQ+GPTQ) and write a packed checkpoint engines load")
     .argument("[model-dir]", "fp16/bf16/fp32 Hugging Face model directory or Hub id (required unless the --recipe names one)")
     .argument("[out-dir]", "output directory (written atomically; an interrupted run leaves <out-dir>.partial/ for --resume; required unless the --recipe names it)");
   addMethodOptions(cmd, {

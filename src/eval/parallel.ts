@@ -380,5 +380,5 @@ export async function evaluatePerplexityParallel(model: Model, tokens: ArrayLike
   }
   if (errors.length) throw errors.reduce((a, b) => (b.batch < a.batch ? b : a)).error;
   for (let b = 0; b < batches; b++) if (done[b] !== 1) throw new Error(`internal: ${batchWindows(b)} were never scored`);
-  return combineWindows(model, res, tokens.length, (performance.now() - t0) / 1000, bos);
+  return combineWindows(model, res, tokens.length, (performance.now() - t0) / 1000, bos, opts.perWindow);
 }

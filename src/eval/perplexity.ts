@@ -34,6 +34,8 @@ export interface PplOptions {
   klBase?: Model;
   /** Rows per batched forward (internal; default EVAL_BATCH_ROWS; `seqlen` = one window at a time). */
   batchRows?: number;
+  /** Also return every window's mean NLL (and the base's): PplResult.perWindow, for paired comparisons. */
+  perWindow?: boolean;
   onWindow?: (done: number, total: number, tokensDone: number) => void;
 }
 
@@ -49,6 +51,8 @@ export interface PplResult {
   protocol: string;
   /** With `klBase`: how far the evaluated model's next-token distributions are from the base's. */
   kl?: KlResult;
+  /** With PplOptions.perWindow: each window's mean NLL, in window order (baseNll with `klBase`). */
+  perWindow?: { nll: number[]; baseNll: number[] | null };
 }
 
 /**
@@ -60,6 +64,15 @@ export interface PplResult {
 export interface KlResult {
   /** Mean KL(base ‖ model) over every scored prediction, nats. */
   meanKl: number;
+  /** Standard error of meanKl over windows (sd of the windows' means / √windows; null for one window). */
+  meanKlStderr: number | null;
+  /**
+   * ln(ppl / base ppl) = mean over windows of (NLL − base NLL) on the same predictions (llama.cpp's
+   * "Mean ln(PPL(Q)/PPL(base))"), with its standard error over windows (null for one window). Positions
+   * in a window are correlated, so the error is taken over windows, not predictions.
+   */
+  lnPplRatio: number;
+  lnPplRatioStderr: number | null;
   /** Median, 99th percentile and maximum of the per-prediction KL. */
   medianKl: number;
   p99Kl: number;
@@ -327,7 +340,19 @@ export class WindowScorer {
  * The result from every window's numbers: the NLLs (and the base's NLL sums) summed in window order, as
  * the evaluation loop always summed them, so the bits do not depend on which evaluator scored what.
  */
-export function combineWindows(model: Model, res: WindowResults, totalTokens: number, seconds: number, bos: boolean): PplResult {
+/** Mean and standard error of the mean (null below two values). */
+function meanStderr(v: ArrayLike<number>): { mean: number; stderr: number | null } {
+  const n = v.length;
+  let m = 0;
+  for (let i = 0; i < n; i++) m += v[i]!;
+  m /= n;
+  if (n < 2) return { mean: m, stderr: null };
+  let ss = 0;
+  for (let i = 0; i < n; i++) ss += (v[i]! - m) ** 2;
+  return { mean: m, stderr: Math.sqrt(ss / (n - 1) / n) };
+}
+
+export function combineWindows(model: Model, res: WindowResults, totalTokens: number, seconds: number, bos: boolean, perWindow = false): PplResult {
   const { windows, seqlen } = res;
   let total = 0;
   for (let w = 0; w < windows; w++) total += res.nll[w]!;
@@ -355,8 +380,18 @@ export function combineWindows(model: Model, res: WindowResults, totalTokens: nu
     const n = kls.length;
     const meanKl = kls.reduce((a, b) => a + b, 0) / n;
     const sorted = Float64Array.from(kls).sort();
+    const P = seqlen - 1;
+    const winKl = Float64Array.from({ length: windows }, (_, w) => {
+      let s = 0;
+      for (let t = 0; t < P; t++) s += kls[w * P + t]!;
+      return s / P;
+    });
+    const ratio = meanStderr(Float64Array.from({ length: windows }, (_, w) => res.nll[w]! - res.baseNllSum![w]! / P));
     kl = {
       meanKl,
+      meanKlStderr: meanStderr(winKl).stderr,
+      lnPplRatio: ratio.mean,
+      lnPplRatioStderr: ratio.stderr,
       medianKl: sorted[Math.floor((n - 1) / 2)]!,
       p99Kl: sorted[Math.min(n - 1, Math.floor(0.99 * n))]!,
       maxKl: sorted[n - 1]!,
@@ -364,7 +399,8 @@ export function combineWindows(model: Model, res: WindowResults, totalTokens: nu
       basePpl: Math.exp(baseNll / n),
     };
   }
-  return { ...r, protocol: protocolLine(r, bos), ...(kl ? { kl } : {}) };
+  const pw = perWindow ? { perWindow: { nll: Array.from(res.nll), baseNll: res.baseNllSum ? Array.from(res.baseNllSum, (x) => x / (seqlen - 1)) : null } } : {};
+  return { ...r, protocol: protocolLine(r, bos), ...(kl ? { kl } : {}), ...pw };
 }
 
 export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts: PplOptions, bos: boolean): PplResult {
@@ -376,5 +412,5 @@ export function evaluatePerplexity(model: Model, tokens: ArrayLike<number>, opts
   const scorer = new WindowScorer(model, tokens, seqlen, windows, opts.klBase, opts.batchRows);
   const res = newWindowResults(windows, seqlen, opts.klBase !== undefined);
   scorer.score(0, windows, res, opts.onWindow && ((w) => opts.onWindow!(w + 1, windows, (w + 1) * seqlen)));
-  return combineWindows(model, res, tokens.length, (performance.now() - t0) / 1000, bos);
+  return combineWindows(model, res, tokens.length, (performance.now() - t0) / 1000, bos, opts.perWindow);
 }
