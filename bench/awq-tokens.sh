@@ -2,7 +2,7 @@
 # Does AWQ's scale search need more than 8,192 calibration tokens? brown-llama AWQ with
 # --awq-tokens 8192 and 16384 over calibration seeds, each scored by perplexity and by KL from the source
 # (eval-ppl --kl-base) on the first 100 windows of 512 of WikiText-2; prints every run, then mean ± sd per
-# sample size and in how many seeds the smaller sample is at least as good (lower or equal KL).
+# sample size and in how many seeds each size beats the largest (strictly lower perplexity, KL; bench/seed-summary.ts).
 #
 #   bash bench/awq-tokens.sh [w4|w3]        w4: 4-bit per row asymmetric, compressed-tensors (default);
 #                                           w3: 3-bit g128 asymmetric, gptq format
@@ -47,19 +47,4 @@ for seed in "${SEEDLIST[@]}"; do
 done
 echo
 echo "### brown-llama AWQ ${FLAGS[*]}, ${CALIB[*]}; eval ${EVAL[*]}"
-node -e '
-  const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => l.split("\t"));
-  console.log("| seed | --awq-tokens | ppl | KL from source | quantize s |\n|---|---|---|---|---|");
-  for (const r of rows) console.log(`| ${r.join(" | ")} |`);
-  const ts = [...new Set(rows.map((r) => r[1]))];
-  const stat = (v) => { const m = v.reduce((a, b) => a + b, 0) / v.length; return [m, Math.sqrt(v.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(1, v.length - 1))]; };
-  console.log("\n| --awq-tokens | ppl mean ± sd | KL mean ± sd | seeds with KL ≤ the largest sample |\n|---|---|---|---|");
-  const big = ts[ts.length - 1];
-  for (const t of ts) {
-    const rs = rows.filter((r) => r[1] === t);
-    const [pm, ps] = stat(rs.map((r) => +r[2]));
-    const [km, ks] = stat(rs.map((r) => +r[3]));
-    const wins = rs.filter((r) => +r[3] <= +rows.find((b) => b[0] === r[0] && b[1] === big)[3]).length;
-    console.log(`| ${t} | ${pm.toFixed(2)} ± ${ps.toFixed(2)} | ${km.toExponential(3)} ± ${ks.toExponential(2)} | ${t === big ? "—" : `${wins}/${rs.length}`} |`);
-  }
-' "$ROWS"
+node --import tsx bench/seed-summary.ts "$ROWS" --setting awq-tokens --ref "${TOKLIST[${#TOKLIST[@]}-1]}" --extra "quantize s"

@@ -52,17 +52,4 @@ for seed in "${SEEDLIST[@]}"; do
 done
 echo
 echo "### $preset: GPTQ ${FLAGS[*]} --asym, ${CALIB[*]}; eval ${EVAL[*]}"
-node -e '
-  const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map((l) => l.split("\t"));
-  console.log("| seed | outliers | ppl | KL from source |\n|---|---|---|---|");
-  for (const r of rows) console.log(`| ${r.join(" | ")} |`);
-  const fr = [...new Set(rows.map((r) => r[1]))];
-  const stat = (v) => { const m = v.reduce((a, b) => a + b, 0) / v.length; return [m, Math.sqrt(v.reduce((a, b) => a + (b - m) ** 2, 0) / Math.max(1, v.length - 1))]; };
-  console.log("\n| outliers | seeds | ppl mean ± sd | KL mean ± sd | ppl below outliers 0 | KL below outliers 0 |\n|---|---|---|---|---|---|");
-  for (const f of fr) {
-    const rs = rows.filter((r) => r[1] === f);
-    const [pm, ps] = stat(rs.map((r) => +r[2])), [km, ks] = stat(rs.map((r) => +r[3]));
-    const base = (r) => rows.find((x) => x[0] === r[0] && x[1] === fr[0]);
-    const wins = (i) => rs.filter((r) => +r[i] < +base(r)[i]).length;
-    console.log(`| ${f} | ${rs.length} | ${pm.toFixed(4)} ± ${ps.toFixed(4)} | ${km.toExponential(3)} ± ${ks.toExponential(2)} | ${f === fr[0] ? "–" : wins(2) + "/" + rs.length} | ${f === fr[0] ? "–" : wins(3) + "/" + rs.length} |`);
-  }' "$ROWS"
+node --import tsx bench/seed-summary.ts "$ROWS" --setting outliers --ref "${OUTLIERS[0]}"
