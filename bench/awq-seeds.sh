@@ -22,14 +22,7 @@ source bench/table-lib.sh
 
 scheme=${1:-w3}
 TEXT=${2:-c4}
-case $scheme in
-  w4) FLAGS=(--bits 4 --group-size -1 --asym --format compressed-tensors) ;;
-  w3) FLAGS=(--bits 3 --group-size 128 --asym --format gptq) ;;
-  *) echo "unknown scheme $scheme (w4, w3)" >&2; exit 2 ;;
-esac
-MODEL=../shared/models/brown-llama
-if [ ! -f "$MODEL/config.json" ]; then echo "(skipping: $MODEL not found)"; exit 0; fi
-CALIB=(--calib c4 --nsamples 128 --seqlen 512)
+brown_scheme "$scheme"
 W="${WORK:-out/awq-seeds}/$scheme"
 mkdir -p "$W"
 evalrun() { # dir

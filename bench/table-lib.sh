@@ -1,4 +1,4 @@
-# Shared by bench/awq-table.sh and bench/outlier-table.sh (sourced, not run): printing and running each
+# Shared by the bench table and seed-study scripts (sourced, not run): printing and running each
 # command, reading a field of a JSON result, and the KL-from-source cell.
 #
 # Environment: REUSE=1 keeps a result whose output file already exists (the command is printed with
@@ -33,4 +33,18 @@ preset() {
     stories) MODEL=models/stories260K; CALIB=(--calib c4 --nsamples 32 --seqlen 256); EVSEQ=256; TEXTS=(tinystories wikitext2) ;;
     *) return 1 ;;
   esac
+}
+
+# brown_scheme <w4|w3>: brown-llama with the AWQ table's calibration (C4 128 × 512) and the scheme's flags
+# (sets MODEL, CALIB, FLAGS; w4: 4-bit per row asym, compressed-tensors; w3: 3-bit g128 asym, gptq);
+# exits 0 with a line where brown-llama is absent, 2 for an unknown scheme.
+brown_scheme() {
+  case $1 in
+    w4) FLAGS=(--bits 4 --group-size -1 --asym --format compressed-tensors) ;;
+    w3) FLAGS=(--bits 3 --group-size 128 --asym --format gptq) ;;
+    *) echo "unknown scheme $1 (w4, w3)" >&2; exit 2 ;;
+  esac
+  MODEL=../shared/models/brown-llama
+  if [ ! -f "$MODEL/config.json" ]; then echo "(skipping: $MODEL not found)"; exit 0; fi
+  CALIB=(--calib c4 --nsamples 128 --seqlen 512)
 }
