@@ -217,7 +217,7 @@ export interface BlockState {
   stage: Stage;
   /** The residual stream: the block input up to oIn, input + attention from mlpIn, the block output at out. */
   residual: Float32Array;
-  /** The input of the stage's Linears (null at out). A scratch view unless a hook is set: consume it before the next forward call. */
+  /** The input of the stage's Linears (null at out). A scratch view: consume it before the next forward call. */
   input: Float32Array | null;
 }
 

@@ -104,8 +104,11 @@ function gramError(backend: Backend, W: Float32Array, Q: Float32Array, G: Float3
   return e;
 }
 
-/** The output a pair is scored on, for its captured input X (nWin windows of T rows), with weights `w`. */
-function moduleOutput(ctx: ForwardContext, w: BlockWeights, pair: ScalePair, X: Float32Array, nWin: number, T: number): Float32Array[] {
+/**
+ * The output a pair is scored on, for its captured input X (nWin windows of T rows), with weights `w`;
+ * the attention or MLP half's goes into `into` when given (one buffer for every candidate of a pair).
+ */
+function moduleOutput(ctx: ForwardContext, w: BlockWeights, pair: ScalePair, X: Float32Array, nWin: number, T: number, into?: Float32Array): Float32Array[] {
   const a = ctx.arch;
   const hd = a.hidden;
   const rows = nWin * T;
@@ -116,7 +119,7 @@ function moduleOutput(ctx: ForwardContext, w: BlockWeights, pair: ScalePair, X: 
     });
   }
   // The halves work on whole windows (attention is causal within a window); batches bound the memory.
-  const y = new Float32Array(rows * hd);
+  const y = into ?? new Float32Array(rows * hd);
   const B = batchWindows(T, nWin);
   for (let s0 = 0; s0 < nWin; s0 += B) {
     const s1 = Math.min(nWin, s0 + B);
@@ -180,15 +183,15 @@ export function prepareAwqBlock(
         return acc / pair.linears.length;
       };
     } else {
-      const ref = moduleOutput(ctx, w, pair, X, nWin, T).map((y) => y.slice());
+      const ref = moduleOutput(ctx, w, pair, X, nWin, T);
+      const got = new Float32Array(ref[0]!.length);
       score = (s) => {
         const cand: BlockWeights = new Map(w);
         for (const n of pair.linears) {
           const q = candidate(n, s);
           if (q) cand.set(`${n}.weight`, q);
         }
-        const got = moduleOutput(ctx, cand, pair, X, nWin, T);
-        return got.reduce((acc, y, k) => acc + mse(backend, ref[k]!, y), 0) / got.length;
+        return mse(backend, ref[0]!, moduleOutput(ctx, cand, pair, X, nWin, T, got)[0]!);
       };
     }
     const r = searchScale(xMean, score);
