@@ -13,10 +13,7 @@
 # WORK (default out/awq-seeds), SEEDS (default "0 1 2 3 4"), THREADS, REUSE=1 (bench/table-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-read -r -a QA <<< "${Q:-node dist/bin/quant4.js}"
 read -r -a SEEDLIST <<< "${SEEDS-0 1 2 3 4}"
-THR=()
-if [ -n "${THREADS:-}" ]; then THR=(--threads "$THREADS"); fi
 # shellcheck source=bench/table-lib.sh
 source bench/table-lib.sh
 

@@ -25,12 +25,9 @@
 # RTN gets the same --calib as the others: it does not change RTN's weights, only measures its errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-read -r -a QA <<< "${Q:-node dist/bin/quant4.js}"
 WORK_ROOT=${WORK:-out/awq-table}
 read -r -a METHODS <<< "${METHODS-rtn gptq awq awq-gptq}"
 read -r -a FP_METHODS <<< "${FP_METHODS-awq awq-gptq}"
-THR=()
-if [ -n "${THREADS:-}" ]; then THR=(--threads "$THREADS"); fi
 # shellcheck source=bench/table-lib.sh
 source bench/table-lib.sh
 

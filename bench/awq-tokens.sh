@@ -12,11 +12,8 @@
 # (default "0 1 2 3 4"), TOKENS (default "8192 16384"), THREADS, REUSE=1 (see bench/table-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-read -r -a QA <<< "${Q:-node dist/bin/quant4.js}"
 read -r -a TOKLIST <<< "${TOKENS-8192 16384}"
 read -r -a SEEDLIST <<< "${SEEDS-0 1 2 3 4}"
-THR=()
-if [ -n "${THREADS:-}" ]; then THR=(--threads "$THREADS"); fi
 # shellcheck source=bench/table-lib.sh
 source bench/table-lib.sh
 

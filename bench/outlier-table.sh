@@ -28,11 +28,8 @@
 # BROWN_TARGETS3/BROWN_TARGETS4/STORIES_TARGETS3/STORIES_TARGETS4 (the --target-bits values per base).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-read -r -a QA <<< "${Q:-node dist/bin/quant4.js}"
 WORK_ROOT=${WORK:-out/outlier-table}
 read -r -a OUTLIERS <<< "${OUTLIERS-0 0.005 0.01}"
-THR=()
-if [ -n "${THREADS:-}" ]; then THR=(--threads "$THREADS"); fi
 # shellcheck source=bench/table-lib.sh
 source bench/table-lib.sh
 

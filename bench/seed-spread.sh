@@ -16,10 +16,7 @@
 # OUTLIERS (default "0 0.005 0.01"), THREADS, REUSE=1 (see bench/table-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-read -r -a QA <<< "${Q:-node dist/bin/quant4.js}"
 read -r -a OUTLIERS <<< "${OUTLIERS-0 0.005 0.01}"
-THR=()
-if [ -n "${THREADS:-}" ]; then THR=(--threads "$THREADS"); fi
 # shellcheck source=bench/table-lib.sh
 source bench/table-lib.sh
 

@@ -5,6 +5,12 @@
 # "(reused)", its numbers are the earlier run's); KL_WINDOWS (default 100) windows of the first eval text
 # for the KL cell.
 
+# Every script runs the CLI as QA (env Q, default the built dist: `npm run build` first) with THR (env
+# THREADS: --threads for every command).
+read -r -a QA <<< "${Q:-node dist/bin/quant4.js}"
+THR=()
+if [ -n "${THREADS:-}" ]; then THR=(--threads "$THREADS"); fi
+
 run() { # print the command, then run it (stdout to $OUTFILE, stderr to $OUTFILE.err)
   if [ "${REUSE:-}" = 1 ] && [ -s "$OUTFILE" ]; then echo "(reused) \$ $* > $OUTFILE"; return; fi
   echo "\$ $* > $OUTFILE"
