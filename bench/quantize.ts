@@ -49,7 +49,7 @@
 //                down_proj-shaped GEMM (N = hidden, K = intermediate)
 //   awq-scale    the scale searches (20 α per scale pair, each scored on the module's output) and the folds;
 //                ends at the first GEMM shaped like the clipping search's (M = the clip sample's
-//                tokens, K = a group width or a Linear's input width, not attention)
+//                tokens, K = a group width or a Linear's input width; attention is a block op, not a GEMM)
 //   awq-clip     the clipping searches; ends when the pipeline first asks shouldStop (right after
 //                prepareAwqBlock returns)
 // For AWQ the "relerr" row also holds the two GEMMs of relErrorBefore (plain RTN's error, measured after
@@ -233,7 +233,6 @@ interface AwqShapes {
   clipWidths: Set<number>;
   /** N of the clipping search's GEMMs (the Linears' output widths). */
   linearOuts: Set<number>;
-  headDim: number;
 }
 
 /**
@@ -290,7 +289,7 @@ class PhaseClock implements Backend {
     const t0 = now();
     const aw = this.awq;
     const relerr = !transA && !transB && this.hessians.has(B);
-    if (this.phase === "awq-scale" && aw && !transA && transB && M === aw.clipTokens && aw.clipWidths.has(K) && aw.linearOuts.has(N) && K !== aw.headDim)
+    if (this.phase === "awq-scale" && aw && !transA && transB && M === aw.clipTokens && aw.clipWidths.has(K) && aw.linearOuts.has(N))
       this.switchTo("awq-clip", t0);
     // The pipeline's relative error: after GPTQ, or (no GPTQ) right after the group's forward, whose end
     // starts the rounding.
@@ -481,7 +480,6 @@ async function runChild(spec: ChildSpec): Promise<ChildResult> {
       clipTokens: Math.ceil(rows / stride),
       clipWidths: new Set(spec.groupSize === -1 ? quantized.map((l) => l.in) : [spec.groupSize]),
       linearOuts: new Set(quantized.map((l) => l.out)),
-      headDim: a.headDim,
     };
   }
   const clock = new PhaseClock(be, awq, spec.tsColumns === true);

@@ -336,10 +336,6 @@ export class WindowScorer {
   }
 }
 
-/**
- * The result from every window's numbers: the NLLs (and the base's NLL sums) summed in window order, as
- * the evaluation loop always summed them, so the bits do not depend on which evaluator scored what.
- */
 /** Mean and standard error of the mean (null below two values). */
 function meanStderr(v: ArrayLike<number>): { mean: number; stderr: number | null } {
   const n = v.length;
@@ -352,6 +348,10 @@ function meanStderr(v: ArrayLike<number>): { mean: number; stderr: number | null
   return { mean: m, stderr: Math.sqrt(ss / (n - 1) / n) };
 }
 
+/**
+ * The result from every window's numbers: the NLLs (and the base's NLL sums) summed in window order, as
+ * the evaluation loop always summed them, so the bits do not depend on which evaluator scored what.
+ */
 export function combineWindows(model: Model, res: WindowResults, totalTokens: number, seconds: number, bos: boolean, perWindow = false): PplResult {
   const { windows, seqlen } = res;
   let total = 0;

@@ -121,12 +121,6 @@ function runLinear(ctx: ForwardContext, w: BlockTensors, name: string, x: Float3
   return linear(ctx.backend, x, rows, weight(w, `${name}.weight`), spec.out, spec.in, spec.bias ? denseTensor(w, `${name}.bias`) : undefined, y ?? new Float32Array(rows * spec.out));
 }
 
-/** Buffers of one block run: the context's scratch (a Linear-input hook copies what it keeps). */
-function inputBuffer(ctx: ForwardContext): (role: string, n: number) => Float32Array {
-  const sc = scratch(ctx);
-  return (role, n) => sc.get(role, n);
-}
-
 /**
  * The attention half up to the output projection's input, on the normed input h [B*T, hidden]: q/k/v,
  * RoPE and causal attention; returns the attention output [B*T, nHeads*headDim].
@@ -136,7 +130,6 @@ function attentionCore(ctx: ForwardContext, w: BlockTensors, h: Float32Array, B:
   const rows = B * T;
   const pos0 = opts.pos0 ?? 0;
   const sc = scratch(ctx);
-  const input = inputBuffer(ctx);
   const hd = arch.hidden;
   const qDim = arch.nHeads * arch.headDim;
   const kvDim = arch.nKvHeads * arch.headDim;
@@ -164,7 +157,7 @@ function attentionCore(ctx: ForwardContext, w: BlockTensors, h: Float32Array, B:
     ctx.backend.rope(q, rows, T, arch.nHeads, pos0, ctx.rope);
     ctx.backend.rope(k, rows, T, arch.nKvHeads, pos0, ctx.rope);
   }
-  const att = input("att", rows * qDim);
+  const att = sc.get("att", rows * qDim);
   const shape = { B, T, nHeads: arch.nHeads, nKvHeads: arch.nKvHeads, headDim: arch.headDim, pos0 };
   ctx.backend.attention(q, k, v, shape, opts.cache, att);
   return att;
@@ -174,16 +167,15 @@ function attentionCore(ctx: ForwardContext, w: BlockTensors, h: Float32Array, B:
 function mlpHidden(ctx: ForwardContext, w: BlockTensors, h: Float32Array, rows: number, opts: BlockRunOptions): Float32Array {
   const { arch } = ctx;
   const sc = scratch(ctx);
-  const input = inputBuffer(ctx);
   const m = arch.mlpLinears;
   const inter = arch.linears.find((l) => l.name === m.down)!.in;
   if (m.gate) {
-    const gate = runLinear(ctx, w, m.gate, h, rows, opts, input("gate", rows * inter));
+    const gate = runLinear(ctx, w, m.gate, h, rows, opts, sc.get("gate", rows * inter));
     const up = runLinear(ctx, w, m.up, h, rows, opts, sc.get("up", rows * inter));
     ctx.backend.activateMul(arch.activation, gate, up);
     return gate;
   }
-  const act = runLinear(ctx, w, m.up, h, rows, opts, input("up", rows * inter));
+  const act = runLinear(ctx, w, m.up, h, rows, opts, sc.get("up", rows * inter));
   ctx.backend.activate(arch.activation, act);
   return act;
 }
@@ -252,7 +244,7 @@ export function stageCarry(arch: ArchSpec, stage: Stage): { residual: 0 | 1 | 2;
 export function resumeState(ctx: ForwardContext, w: BlockTensors, stage: Stage, residual: Float32Array, input: Float32Array | null, rows: number, opts: BlockRunOptions = {}): BlockState {
   const { arch } = ctx;
   const norm = stage === Stage.attnIn ? arch.attnNorm : stage === Stage.mlpIn ? arch.mlpNorm : null;
-  if (norm) input = applyNorm(ctx.backend, arch, (n) => denseTensor(w, n), norm, residual, rows, inputBuffer(ctx)(stage === Stage.attnIn ? "h1" : "h2", rows * arch.hidden));
+  if (norm) input = applyNorm(ctx.backend, arch, (n) => denseTensor(w, n), norm, residual, rows, scratch(ctx).get(stage === Stage.attnIn ? "h1" : "h2", rows * arch.hidden));
   else if (stage !== Stage.out && !input) throw new Error(`internal: resuming stage ${stage} needs its Linears' input`);
   return { stage, residual, input: stage === Stage.out ? null : input };
 }
