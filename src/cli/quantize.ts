@@ -420,7 +420,7 @@ export function addMethodOptions(cmd: Command, text: { calibHelp: string; work: 
     .option("--outliers <fraction>", "keep this fraction of each Linear's most salient weights exactly in fp16 (e.g. 0.005); needs --format quant4 (auto picks it)", "0")
     .option("--dynamic <rule>", "per-module override, GPTQModel syntax: '[+:]<regex>=bits:8,group:64,sym:false' or '-:<regex>' (skip); regex re.match-ed on full module names; repeatable, first match wins", collect, [])
     .option("--skip <regex>", "keep matching modules fp16 (same as --dynamic '-:<regex>'); repeatable", collect, [])
-    .option("--propagate <auto|quantized|fp>", "what feeds the next block during calibration: the quantized block's outputs (as GPTQ) or the fp block's (as llm-awq); auto = fp for AWQ methods (measured better on stories260K and brown-llama, README), quantized otherwise", "auto")
+    .option("--propagate <auto|quantized|fp>", "what feeds the next block during calibration: the quantized block's outputs (as GPTQ) or the fp block's (as llm-awq); auto = fp for AWQ methods (measured better on stories260K and brown-llama, README), quantized otherwise; with fp, --method awq runs no quantized pass (its per-Linear errors are measured on the fp block's inputs)", "auto")
     .option("--calib <name|file>", `calibration text: c4, wikitext2-valid, tinystories (bundled) or a .txt/.jsonl file (${text.calibHelp})`)
     .option("--text-encoding <utf8|latin1|utf16le>", "encoding of a --calib file (invalid UTF-8 or NUL bytes are refused; latin1 reads any bytes)", "utf8")
     .option("--nsamples <n>", "number of calibration windows", "128")
