@@ -190,6 +190,7 @@ export function searchClip(
   const bestMax = Float32Array.from(orgMax);
   const cur = new Float32Array(W.length);
   const part = new Float32Array(tokens * out);
+  const errs = new Float64Array(out);
   const steps = Math.floor(maxShrink * nGrid);
   for (let i = 0; i < steps; i++) {
     const f = 1 - i / nGrid;
@@ -206,13 +207,17 @@ export function searchClip(
       const w = Math.min(inF, g * gs + gs) - g * gs;
       backend.gemm(false, true, tokens, out, w, 1, Xg[g]!, Wg(q, g), 0, part);
       const o = orgOut[g]!;
-      for (let r = 0; r < out; r++) {
-        let e = 0;
-        for (let t = 0; t < tokens; t++) {
-          const d = part[t * out + r]! - o[t * out + r]!;
-          e += d * d;
+      // Σ_t per output row, rows innermost (contiguous in [tokens, out]); each row's sum in token order.
+      errs.fill(0);
+      for (let t = 0; t < tokens; t++) {
+        const to = t * out;
+        for (let r = 0; r < out; r++) {
+          const d = part[to + r]! - o[to + r]!;
+          errs[r]! += d * d;
         }
-        e /= Math.max(1, tokens);
+      }
+      for (let r = 0; r < out; r++) {
+        const e = errs[r]! / Math.max(1, tokens);
         const k = r * nG + g;
         if (e < bestErr[k]!) {
           bestErr[k] = e;

@@ -121,6 +121,50 @@ describe("AWQ folding is exact: the fp block computes the same outputs after the
   });
 });
 
+describe("AWQ's Linear-scored pairs (o ← v, down ← up) pick the α of least output error", () => {
+  // With at least as many sampled tokens as input features a pair is scored through its Gram matrix XᵀX,
+  // with fewer on the Linear's outputs over the tokens (cheaper then). Here rows = 32: o (32 inputs) takes
+  // the Gram path, down (48 inputs) the direct one; both must agree with a float64 brute force.
+  it("matches a float64 search over the grid on the fp block's own inputs, on both scoring paths", () => {
+    const arch = resolveArchitecture({ ...syntheticConfig("llama3"), num_key_value_heads: 4 }, "config.json", []);
+    const ctx = createContext(arch, backend);
+    const w = randomBlock(arch, 21);
+    const T = 8, N = 4, rows = N * T;
+    const g = gaussian(rng(22));
+    const acts = new ActivationStore(N, T, arch.hidden, "fp32", null);
+    for (let s = 0; s < N; s++) acts.set(s, Float32Array.from({ length: T * arch.hidden }, (_, i) => g() * (i % arch.hidden < 3 ? 8 : 1)));
+    const X = new Map<string, Float32Array>();
+    blockForward(ctx, w, acts.get(0, N), N, T, { onLinearInput: (n, x, r) => void X.set(n, x.slice(0, r * arch.linears.find((l) => l.name === n)!.in)) });
+    const opts = { bits: 3, groupSize: -1, sym: false };
+    const want = (name: string): number => {
+      const l = arch.linears.find((l) => l.name === name)!;
+      const W = w.get(`${name}.weight`)!;
+      const x = X.get(name)!;
+      const xMean = meanAbsPerChannel(x, rows, l.in);
+      let best = -1, bestLoss = Infinity;
+      for (let k = 0; k < 20; k++) {
+        const Q = scaledFakeQuant(W, l.out, l.in, awqScales(xMean, k / 20), opts);
+        let loss = 0;
+        for (let t = 0; t < rows; t++)
+          for (let r = 0; r < l.out; r++) {
+            let d = 0;
+            for (let c = 0; c < l.in; c++) d += x[t * l.in + c]! * (Q[r * l.in + c]! - W[r * l.in + c]!);
+            loss += d * d;
+          }
+        if (loss < bestLoss) (bestLoss = loss), (best = k / 20);
+      }
+      return best;
+    };
+    const wantO = want("self_attn.o_proj"), wantDown = want("mlp.down_proj");
+    expect(arch.linears.find((l) => l.name === "self_attn.o_proj")!.in).toBeLessThanOrEqual(rows);
+    expect(arch.linears.find((l) => l.name === "mlp.down_proj")!.in).toBeGreaterThan(rows);
+    const info = prepareAwqBlock(ctx, backend, w, acts, () => opts, () => true, { clip: false });
+    expect(info.get("self_attn.o_proj")!.alpha).toBe(wantO);
+    expect(info.get("mlp.down_proj")!.alpha).toBe(wantDown);
+    expect(wantO + wantDown).toBeGreaterThan(0); // not the trivial α = 0 on both
+  });
+});
+
 describe("--method awq on stories260K (vendored), per-row asymmetric, compressed-tensors", () => {
   // The issue's setting: C4 sample 32 × 256 calibration, tinystories seqlen 256 evaluation.
   const CAL = ["--calib", "c4", "--nsamples", "32", "--seqlen", "256", "--threads", "1", "--group-size", "-1", "--asym", "--format", "compressed-tensors"];

@@ -105,21 +105,22 @@ function gramError(backend: Backend, W: Float32Array, Q: Float32Array, G: Float3
 }
 
 /**
- * The output a pair is scored on, for its captured input X (nWin windows of T rows), with weights `w`;
- * the attention or MLP half's goes into `into` when given (one buffer for every candidate of a pair).
+ * The outputs a pair is scored on (the attention or MLP half's, or each of its Linears'), for its captured
+ * input X (nWin windows of T rows), with weights `w`; into `into` when given (one set of buffers for every
+ * candidate of a pair).
  */
-function moduleOutput(ctx: ForwardContext, w: BlockWeights, pair: ScalePair, X: Float32Array, nWin: number, T: number, into?: Float32Array): Float32Array[] {
+function moduleOutput(ctx: ForwardContext, w: BlockWeights, pair: ScalePair, X: Float32Array, nWin: number, T: number, into?: Float32Array[]): Float32Array[] {
   const a = ctx.arch;
   const hd = a.hidden;
   const rows = nWin * T;
   if (pair.scoreOn === "linears") {
-    return pair.linears.map((n) => {
+    return pair.linears.map((n, k) => {
       const l = a.linears.find((x) => x.name === n)!;
-      return linear(ctx.backend, X, rows, w.get(`${n}.weight`)!, l.out, l.in, l.bias ? w.get(`${n}.bias`) : undefined);
+      return linear(ctx.backend, X, rows, w.get(`${n}.weight`)!, l.out, l.in, l.bias ? w.get(`${n}.bias`) : undefined, into?.[k]);
     });
   }
   // The halves work on whole windows (attention is causal within a window); batches bound the memory.
-  const y = into ?? new Float32Array(rows * hd);
+  const y = into?.[0] ?? new Float32Array(rows * hd);
   const B = batchWindows(T, nWin);
   for (let s0 = 0; s0 < nWin; s0 += B) {
     const s1 = Math.min(nWin, s0 + B);
@@ -168,10 +169,11 @@ export function prepareAwqBlock(
       return quantized(l) ? scaledFakeQuant(w.get(`${n}.weight`)!, l.out, l.in, s, optsOf(l), backend) : null;
     };
     let score: (s: Float32Array) => number;
-    if (pair.scoreOn === "linears") {
+    const rows = nWin * T;
+    if (pair.scoreOn === "linears" && rows >= inF) {
       // A Linear's output error is linear in its weight error D: ‖X·Dᵀ‖² = Σ_o D_o·(XᵀX)·D_oᵀ. One Gram
-      // matrix per pair replaces a GEMM over every sampled token per candidate (in² · out vs tokens · in · out).
-      const rows = nWin * T;
+      // matrix per pair replaces a GEMM over every sampled token per candidate (in² · out vs tokens · in · out),
+      // when there are at least as many tokens as input features (else the Linears run on the tokens, below).
       const G = new Float32Array(inF * inF);
       backend.syrk(inF, rows, 1, X, 0, G);
       score = (s) => {
@@ -184,14 +186,15 @@ export function prepareAwqBlock(
       };
     } else {
       const ref = moduleOutput(ctx, w, pair, X, nWin, T);
-      const got = new Float32Array(ref[0]!.length);
+      const got = ref.map((y) => new Float32Array(y.length));
       score = (s) => {
         const cand: BlockWeights = new Map(w);
         for (const n of pair.linears) {
           const q = candidate(n, s);
           if (q) cand.set(`${n}.weight`, q);
         }
-        return mse(backend, ref[0]!, moduleOutput(ctx, cand, pair, X, nWin, T, got)[0]!);
+        const outs = moduleOutput(ctx, cand, pair, X, nWin, T, got);
+        return outs.reduce((acc, y, k) => acc + mse(backend, ref[k]!, y), 0) / outs.length;
       };
     }
     const r = searchScale(xMean, score);
