@@ -93,6 +93,27 @@ export function sumSquaredDiffTs(a: Float32Array, b: Float32Array): number {
   return (acc[0]! + acc[1]! + (acc[2]! + acc[3]!)) + (acc[4]! + acc[5]! + (acc[6]! + acc[7]!));
 }
 
+/**
+ * acc[c] = Σ_r (a − b)²[r, c] for [rows, cols] arrays, in float64 with the rows in order; on the
+ * backend when it has it (Backend.columnSumSquaredDiff: the same bits, columns as vector lanes).
+ */
+export function columnSumSquaredDiff(a: Float32Array, b: Float32Array, rows: number, cols: number, acc: Float64Array, backend?: Backend): void {
+  if (a.length < rows * cols || b.length < rows * cols || acc.length < cols) throw new UsageError(`columnSumSquaredDiff: arrays shorter than ${rows}×${cols}`);
+  if (backend?.columnSumSquaredDiff) backend.columnSumSquaredDiff(a, b, rows, cols, acc);
+  else columnSumSquaredDiffTs(a, b, rows, cols, acc);
+}
+
+export function columnSumSquaredDiffTs(a: Float32Array, b: Float32Array, rows: number, cols: number, acc: Float64Array): void {
+  acc.fill(0, 0, cols);
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    for (let c = 0; c < cols; c++) {
+      const d = a[o + c]! - b[o + c]!;
+      acc[c]! += d * d;
+    }
+  }
+}
+
 export interface ScaleSearch {
   /** The chosen ratio α (0 = no scaling). */
   alpha: number;
@@ -207,15 +228,8 @@ export function searchClip(
       const w = Math.min(inF, g * gs + gs) - g * gs;
       backend.gemm(false, true, tokens, out, w, 1, Xg[g]!, Wg(q, g), 0, part);
       const o = orgOut[g]!;
-      // Σ_t per output row, rows innermost (contiguous in [tokens, out]); each row's sum in token order.
-      errs.fill(0);
-      for (let t = 0; t < tokens; t++) {
-        const to = t * out;
-        for (let r = 0; r < out; r++) {
-          const d = part[to + r]! - o[to + r]!;
-          errs[r]! += d * d;
-        }
-      }
+      // Σ_t per output row (columns of [tokens, out]), each in token order.
+      columnSumSquaredDiff(part, o, tokens, out, errs, backend);
       for (let r = 0; r < out; r++) {
         const e = errs[r]! / Math.max(1, tokens);
         const k = r * nG + g;

@@ -1,12 +1,12 @@
 // AWQ's candidate rounding and output error in native code (native/src/gptqloop.cc: Backend.fakeQuant,
-// Backend.sumSquaredDiff) against their TypeScript references (algorithms/awq.ts scaledFakeQuantTs,
-// sumSquaredDiffTs): bit for bit over bits 2/3/4/8, per-row, ragged and even groups, sym/asym, with and
+// Backend.sumSquaredDiff, Backend.columnSumSquaredDiff) against their TypeScript references (algorithms/awq.ts scaledFakeQuantTs,
+// sumSquaredDiffTs, columnSumSquaredDiffTs): bit for bit over bits 2/3/4/8, per-row, ragged and even groups, sym/asym, with and
 // without scales, rows of zeros, on both the AVX2 and the portable path and with 1 and 2 threads; the
 // reference itself against quantizeRtn; and failures (NaN, Inf, fp16 overflow) raising the reference's error.
 
 import { afterAll, describe, expect, it } from "vitest";
 
-import { awqScales, scaledFakeQuant, scaledFakeQuantTs, sumSquaredDiff, sumSquaredDiffTs } from "../algorithms/awq.js";
+import { awqScales, columnSumSquaredDiff, columnSumSquaredDiffTs, scaledFakeQuant, scaledFakeQuantTs, sumSquaredDiff, sumSquaredDiffTs } from "../algorithms/awq.js";
 import { quantizeRtn } from "../algorithms/rtn.js";
 import { getBackend } from "../src/compute/index.js";
 import type { CpuBackend } from "../src/compute/cpu.js";
@@ -98,5 +98,32 @@ describe("native sum of squared differences", () => {
       expect(Math.abs(ref - plain)).toBeLessThanOrEqual(1e-12 * Math.max(1, plain));
     }
     expect(() => sumSquaredDiff(new Float32Array(3), new Float32Array(4), native)).toThrow(/lengths differ/);
+  });
+});
+
+describe("native per-column sums of squared differences (AWQ's clipping search)", () => {
+  it("equal the reference bit for bit on both SIMD paths and 1 or 2 threads, and each column's plain sum", () => {
+    for (const [rows, cols] of [[0, 5], [1, 1], [7, 13], [33, 1030], [512, 4099]] as const) {
+      const a = gaussianArray(rows * cols, rows + cols, 3);
+      const b = gaussianArray(rows * cols, rows * cols + 7, 0.5);
+      const ref = new Float64Array(cols);
+      columnSumSquaredDiffTs(a, b, rows, cols, ref);
+      for (const simd of [true, false])
+        for (const threads of [1, 2]) {
+          native.setSimd(simd);
+          native.setThreads(threads);
+          const got = new Float64Array(cols).fill(NaN); // overwritten, not accumulated into
+          columnSumSquaredDiff(a, b, rows, cols, got, native);
+          expect(Buffer.from(got.buffer).equals(Buffer.from(ref.buffer)), `${rows}×${cols} simd ${simd} threads ${threads}`).toBe(true);
+        }
+      for (let c = 0; c < cols; c += Math.max(1, Math.floor(cols / 5))) {
+        let plain = 0;
+        for (let r = 0; r < rows; r++) plain += (a[r * cols + c]! - b[r * cols + c]!) ** 2;
+        expect(ref[c]).toBe(plain); // the same order: exactly the plain loop
+      }
+    }
+    native.setSimd(true);
+    native.setThreads(1);
+    expect(() => columnSumSquaredDiff(new Float32Array(3), new Float32Array(4), 2, 2, new Float64Array(2), native)).toThrow(/shorter than 2×2/);
   });
 });

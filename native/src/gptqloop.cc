@@ -19,6 +19,7 @@
 //     0 done; 1 a group holds a non-finite weight; 2 a scale overflows float16 (the caller throws).
 //   rtnFakeQuant(W, out, in, bits, groupSize, sym, s|null, Y) -> 0 | 1 | 2
 //   sumSquaredDiff(a, b) -> number
+//   columnSumSquaredDiff(a, b, rows, cols, acc) -> undefined   (acc[c] = Σ_r (a − b)²[r, c], rows in order)
 
 #if defined(__clang__)
 #pragma clang fp contract(off)
@@ -443,6 +444,45 @@ double SumSquaredDiff(const float* a, const float* b, int64_t n) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+// Per column of two [rows, cols] arrays, Σ_r (a − b)² in float64 with the rows in order: each column's sum
+// is its own lane, so vectorizing across columns (and splitting the columns over threads) keeps every
+// sum's order (algorithms/awq.ts columnSumSquaredDiffTs is the reference).
+#define Q4_COLSSD_BODY                                                                       \
+  for (int64_t c = c0; c < c1; c++) acc[c] = 0;                                             \
+  for (int64_t r = 0; r < rows; r++) {                                                      \
+    const float* __restrict ar = a + r * cols;                                              \
+    const float* __restrict br = b + r * cols;                                              \
+    for (int64_t c = c0; c < c1; c++) {                                                     \
+      const double d = static_cast<double>(ar[c]) - static_cast<double>(br[c]);             \
+      acc[c] += d * d;                                                                      \
+    }                                                                                       \
+  }
+
+namespace {
+void ColSsdBase(const float* a, const float* b, int64_t rows, int64_t cols, int64_t c0, int64_t c1, double* __restrict acc) {
+  Q4_COLSSD_BODY
+}
+#ifdef Q4_GPTQ_AVX2
+// AVX2 only (no "fma"): the multiply and the add stay two roundings, as in the reference.
+__attribute__((target("avx2"))) void ColSsdAvx2(const float* a, const float* b, int64_t rows, int64_t cols, int64_t c0, int64_t c1,
+                                                double* __restrict acc) {
+  Q4_COLSSD_BODY
+}
+#endif
+}  // namespace
+
+void ColumnSumSquaredDiff(const float* a, const float* b, int64_t rows, int64_t cols, double* acc) {
+  // Column blocks per thread; at least 512 columns each (a hand-off costs more than a smaller share).
+  const int chunks = static_cast<int>(cols < 1024 ? 1 : cols / 512 < 64 ? cols / 512 : 64);
+  q4::ParallelFor(chunks, [&](int p, int np) {
+    const int64_t c0 = cols * p / np, c1 = cols * (p + 1) / np;
+#ifdef Q4_GPTQ_AVX2
+    if (UseAvx2()) return ColSsdAvx2(a, b, rows, cols, c0, c1, acc);
+#endif
+    ColSsdBase(a, b, rows, cols, c0, c1, acc);
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // N-API wrapper
 
@@ -598,12 +638,29 @@ Napi::Value SumSquaredDiffFn(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, SumSquaredDiff(a, b, na));
 }
 
+// columnSumSquaredDiff(a, b, rows, cols, acc): acc[c] = Σ_r (a − b)²[r, c] (float64, rows in order)
+Napi::Value ColumnSumSquaredDiffFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  gFn = "columnSumSquaredDiff";
+  int64_t rows, cols;
+  if (!Int(info, 2, "rows", 0, int64_t{1} << 40, &rows) || !Int(info, 3, "cols", 0, int64_t{1} << 40, &cols)) return env.Undefined();
+  float *a, *b;
+  double* acc;
+  int64_t na, nb, nacc;
+  if (!View(info, 0, napi_float32_array, "a", rows * cols, false, &a, &na) || !View(info, 1, napi_float32_array, "b", rows * cols, false, &b, &nb) ||
+      !View(info, 4, napi_float64_array, "acc", cols, false, &acc, &nacc))
+    return env.Undefined();
+  ColumnSumSquaredDiff(a, b, rows, cols, acc);
+  return env.Undefined();
+}
+
 }  // namespace
 
 void Register(Napi::Env env, Napi::Object exports) {
   exports.Set("gptqColumns", Napi::Function::New(env, GptqColumnsFn, "gptqColumns"));
   exports.Set("rtnFakeQuant", Napi::Function::New(env, RtnFakeQuantFn, "rtnFakeQuant"));
   exports.Set("sumSquaredDiff", Napi::Function::New(env, SumSquaredDiffFn, "sumSquaredDiff"));
+  exports.Set("columnSumSquaredDiff", Napi::Function::New(env, ColumnSumSquaredDiffFn, "columnSumSquaredDiff"));
 }
 
 }  // namespace q4gptq

@@ -41,6 +41,8 @@ int FakeQuant(const float* W, int64_t out, int64_t inF, int bits, int64_t groupS
 
 // Σ (a − b)² in float64, element i into partial sum i mod 8, the eight added pairwise (fixed order).
 double SumSquaredDiff(const float* a, const float* b, int64_t n);
+// acc[c] = Σ_r (a − b)²[r, c] over [rows, cols] arrays, float64, rows in order (columns split over threads).
+void ColumnSumSquaredDiff(const float* a, const float* b, int64_t rows, int64_t cols, double* acc);
 
 // Adds gptqColumns, rtnFakeQuant and sumSquaredDiff to the addon's exports (argument lists in gptqloop.cc).
 void Register(Napi::Env env, Napi::Object exports);

@@ -166,6 +166,9 @@ export interface Backend {
   /** Σ (a − b)², equal bit for bit to algorithms/awq.ts sumSquaredDiffTs. Absent: the reference runs. */
   sumSquaredDiff?(a: Float32Array, b: Float32Array): number;
 
+  /** acc[c] = Σ_r (a − b)²[r, c] over [rows, cols], equal bit for bit to algorithms/awq.ts columnSumSquaredDiffTs. Absent: the reference runs. */
+  columnSumSquaredDiff?(a: Float32Array, b: Float32Array, rows: number, cols: number, acc: Float64Array): void;
+
   // --- Block ops. Row-wise, on rows of `dim` (or the shapes given); `out` may be `x` itself. ---
 
   /** out[r] = x[r] / rms(x[r]) · w  (HF LlamaRMSNorm: sum of squares in float64). */

@@ -54,6 +54,7 @@ export interface NativeAddon {
   /** AWQ's candidate rounding and output error (native/src/gptqloop.cc). */
   rtnFakeQuant(W: Float32Array, out: number, inF: number, bits: number, groupSize: number, sym: boolean, s: Float32Array | null, Y: Float32Array): number;
   sumSquaredDiff(a: Float32Array, b: Float32Array): number;
+  columnSumSquaredDiff(a: Float32Array, b: Float32Array, rows: number, cols: number, acc: Float64Array): void;
   /** GPTQ's column loop over one sub-block (native/src/gptqloop.cc). */
   gptqColumns(
     Wt: Float32Array, U: Float32Array, qt: Uint8Array, err: Float32Array, sT: Float32Array, zT: Uint8Array,
@@ -293,6 +294,10 @@ export class CpuBackend implements Backend {
 
   sumSquaredDiff(a: Float32Array, b: Float32Array): number {
     return call(() => this.addon.sumSquaredDiff(a, b));
+  }
+
+  columnSumSquaredDiff(a: Float32Array, b: Float32Array, rows: number, cols: number, acc: Float64Array): void {
+    call(() => this.addon.columnSumSquaredDiff(a, b, rows, cols, acc));
   }
 
   /** The block ops' float64 e^x (equal to src/model/ops.ts fastExp bit for bit; for tests). */
