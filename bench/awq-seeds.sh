@@ -20,6 +20,9 @@ source bench/table-lib.sh
 scheme=${1:-w3}
 TEXT=${2:-c4}
 brown_scheme "$scheme"
+# AWQ's scale-search sample, given explicitly (the default) so that the fitted windows below follow from it.
+AWQ_TOKENS=8192
+FIT=$((AWQ_TOKENS / 512))
 W="${WORK:-out/awq-seeds}/$scheme"
 mkdir -p "$W"
 evalrun() { # dir
@@ -33,13 +36,13 @@ specs=()
 for seed in "${SEEDLIST[@]}"; do
   d="$W/awq-s$seed"
   OUTFILE="$d.quantize.json"
-  run "${QA[@]}" quantize "$MODEL" "$d" --overwrite --method awq "${FLAGS[@]}" "${CALIB[@]}" --seed "$seed" "${THR[@]}" --json
+  run "${QA[@]}" quantize "$MODEL" "$d" --overwrite --method awq --awq-tokens "$AWQ_TOKENS" "${FLAGS[@]}" "${CALIB[@]}" --seed "$seed" "${THR[@]}" --json
   evalrun "$d"
   specs+=("awq seed $seed=$d.eval-$TEXT.json@$seed")
 done
 echo
-echo "### brown-llama ${FLAGS[*]}, AWQ calibration ${CALIB[*]} (scale search on the first 16 windows); eval $TEXT seqlen 512"
+echo "### brown-llama ${FLAGS[*]}, AWQ calibration ${CALIB[*]} (scale search on the first $FIT windows); eval $TEXT seqlen 512"
 # The split by overlap with AWQ's fitted windows only means something on the calibration text itself.
 SPLIT=()
-if [ "$TEXT" = c4 ]; then SPLIT=(--calib c4 --model "$MODEL" --nsamples 128 --seqlen 512 --fit-windows 16); fi
+if [ "$TEXT" = c4 ]; then SPLIT=(--calib c4 --model "$MODEL" --nsamples 128 --seqlen 512 --fit-windows "$FIT"); fi
 node --import tsx bench/paired-ppl.ts --ref "rtn=$W/rtn.eval-$TEXT.json" "${SPLIT[@]}" "${specs[@]}"

@@ -44,7 +44,7 @@ double SumSquaredDiff(const float* a, const float* b, int64_t n);
 // acc[c] = Σ_r (a − b)²[r, c] over [rows, cols] arrays, float64, rows in order (columns split over threads).
 void ColumnSumSquaredDiff(const float* a, const float* b, int64_t rows, int64_t cols, double* acc);
 
-// Adds gptqColumns, rtnFakeQuant and sumSquaredDiff to the addon's exports (argument lists in gptqloop.cc).
+// Adds gptqColumns, rtnFakeQuant, sumSquaredDiff and columnSumSquaredDiff to the addon's exports (argument lists in gptqloop.cc).
 void Register(Napi::Env env, Napi::Object exports);
 
 }  // namespace q4gptq
