@@ -10,5 +10,8 @@ export default defineConfig({
     maxWorkers: 2,
     // Tests never read or write the user's token cache (test/token-cache.test.ts uses temp dirs).
     env: { QUANT4_NO_CACHE: "1" },
+    // A worker that dies (native crash, OOM killer) is named with the test it was in (test/worker-trail.ts).
+    globalSetup: ["test/worker-trail.ts"],
+    setupFiles: ["test/worker-trail.ts"],
   },
 });
