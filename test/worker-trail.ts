@@ -31,7 +31,7 @@ export function setup(): () => void {
       const test = lines.filter((l) => l.startsWith("test ")).pop()?.slice(5) ?? "(before its first test)";
       console.error(
         `quant4 tests: worker ${f} died in ${test}: ` +
-          (exit ? `it ${exit} (code ${exit.slice(5)})` : "killed by a signal (a native crash, or the OOM killer)"),
+          (exit ? `it exited with code ${exit.slice(5)}` : "killed by a signal (a native crash, or the OOM killer)"),
       );
     }
     rmSync(dir, { recursive: true, force: true });
